@@ -1,0 +1,44 @@
+"""Turning whatever the caller passed into the arrays the kernels expect, or a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+def resolve_dtype(dtype) -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return resolved
+
+
+def as_float_array(value, dtype: np.dtype, name: str) -> np.ndarray:
+    """C-contiguous array of `dtype` (no copy when `value` already is one)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got an array of dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def check_shape(array: np.ndarray, expected: tuple, name: str, hint: str = "") -> None:
+    if array.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}{hint}, got {array.shape}")
+
+
+def as_lengths(lengths, batch: int, steps: int) -> np.ndarray:
+    """(B,) int64 array of sequence lengths, each in [0, steps]."""
+    array = np.asarray(lengths)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got an array of dtype {array.dtype}")
+    array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array, dtype=np.int64)
+    check_shape(array, (batch,), "lengths", " (one length per batch row)")
+    if batch and (array.min() < 0 or array.max() > steps):
+        raise ValueError(
+            f"lengths must lie in [0, {steps}] (the number of steps in x), "
+            f"got values from {array.min()} to {array.max()}")
+    return array

@@ -1,0 +1,272 @@
+"""The public surface: GRU (an immutable model) and Stream (step-by-step state for one caller)."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from fastgru._boundary import as_float_array, as_lengths, check_shape, resolve_dtype
+from fastgru._weights import GRUSpec
+from fastgru._workspace import WorkspacePool
+from fastgru.kernels import gru as kernels
+from fastgru.kernels.config import parallel_guard
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array)
+    array.setflags(write=False)
+    return array
+
+
+class GRU:
+    """A multi-layer GRU with the torch.nn.GRU calling convention, computed by Numba kernels.
+
+    Build one with :meth:`from_torch` or :meth:`from_onnx`, or directly from a
+    :class:`fastgru._weights.GRUSpec`. The object is immutable and may be called from many threads
+    at once.
+    """
+
+    def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32") -> None:
+        self._spec = spec
+        self._dtype = resolve_dtype(dtype)
+        self._batch_first = bool(batch_first)
+        dirs, H = spec.num_directions, spec.hidden_size
+        dt = self._dtype
+        # Kernel-ready arrays, derived once. Input weights of all directions side by side so one
+        # matrix product projects the whole sequence for a layer: (D_in, dirs*3H).
+        wts = [np.concatenate(list(layer.w), axis=0).T for layer in spec.layers]
+        self._w0t = _frozen(wts[0].astype(dt))
+        self._wrest = _frozen(np.array(wts[1:], dtype=dt).reshape(len(wts) - 1, dirs * H, dirs * 3 * H))
+        self._rt = _frozen(np.array([layer.r.transpose(0, 2, 1) for layer in spec.layers], dtype=dt))
+        bx, rbn = [], []
+        for layer in spec.layers:
+            wb, rb = layer.b[:, :3 * H], layer.b[:, 3 * H:]
+            folded = wb + rb
+            if spec.linear_before_reset:  # R_n h + Rb_n is multiplied by r: keep Rb_n apart
+                folded[:, 2 * H:] = wb[:, 2 * H:]
+            bx.append(folded)
+            rbn.append(rb[:, 2 * H:])
+        self._bx = _frozen(np.array(bx, dtype=dt))
+        self._rbn = _frozen(np.array(rbn, dtype=dt))
+        reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
+        self._reverse = _frozen(np.array(reverse[spec.direction], dtype=np.bool_))
+        self._clip = dt.type(math.inf if spec.clip is None else spec.clip)
+        self._pool = WorkspacePool(dt)
+
+    # ---- construction from other tools -------------------------------------------------------
+
+    @classmethod
+    def from_torch(cls, src, *, prefix=None, batch_first=None, dtype="float32") -> "GRU":
+        """Load a torch.nn.GRU / nn.GRUCell module or a state dict (tensors or ndarrays)."""
+        from fastgru.loaders.torch import spec_from_torch
+
+        spec, module_batch_first = spec_from_torch(src, prefix=prefix)
+        first = module_batch_first if batch_first is None else batch_first
+        return cls(spec, batch_first=first, dtype=dtype)
+
+    @classmethod
+    def from_onnx(cls, src, *, node=None, batch_first=None, dtype="float32") -> "GRU":
+        """Load the GRU node of an ONNX model (ModelProto, bytes or path)."""
+        from fastgru.loaders.onnx import spec_from_onnx
+
+        spec, layout_batch_first = spec_from_onnx(src, node=node)
+        first = layout_batch_first if batch_first is None else batch_first
+        return cls(spec, batch_first=first, dtype=dtype)
+
+    # ---- attributes ----------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> GRUSpec:
+        return self._spec
+
+    @property
+    def input_size(self) -> int:
+        return self._spec.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self._spec.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._spec.layers)
+
+    @property
+    def direction(self) -> str:
+        return self._spec.direction
+
+    @property
+    def bidirectional(self) -> bool:
+        return self._spec.direction == "bidirectional"
+
+    @property
+    def batch_first(self) -> bool:
+        return self._batch_first
+
+    @property
+    def linear_before_reset(self) -> bool:
+        return self._spec.linear_before_reset
+
+    @property
+    def clip(self) -> float | None:
+        return self._spec.clip
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def __repr__(self) -> str:
+        return (f"fastgru.GRU(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+                f"num_layers={self.num_layers}, direction={self.direction!r}, "
+                f"batch_first={self.batch_first}, linear_before_reset={int(self.linear_before_reset)}"
+                f", dtype={self.dtype.name})")
+
+    # ---- inference -----------------------------------------------------------------------------
+
+    def __call__(self, x, h0=None, *, lengths=None):
+        """Run the whole sequence.
+
+        Parameters
+        ----------
+        x : array_like, shape (T, B, D), (B, T, D) when batch_first, or (T, D) unbatched
+        h0 : array_like, shape (num_layers*dirs, B, H) or (num_layers*dirs, H), optional
+            Initial state; zeros when omitted.
+        lengths : array_like of int, shape (B,), optional
+            Row b reads only x[:lengths[b]]; its outputs past that are 0 and its h_n is the state
+            after its last valid step (a row of length 0 keeps its initial state).
+
+        Returns
+        -------
+        y : ndarray, shape (T, B, dirs*H) ((B, T, dirs*H) when batch_first, (T, dirs*H) unbatched)
+        h_n : ndarray, shape (num_layers*dirs, B, H) ((num_layers*dirs, H) unbatched)
+        """
+        x = as_float_array(x, self._dtype, "x")
+        D, H, dirs, L = self.input_size, self.hidden_size, self._spec.num_directions, self.num_layers
+        layout = "(B, T, D)" if self._batch_first else "(T, B, D)"
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x must be 3-D {layout} or 2-D (T, D) unbatched, got shape {x.shape}")
+        if x.shape[-1] != D:
+            raise ValueError(f"x must have {D} features (input_size) in its last axis, "
+                             f"got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif self._batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        T, B = x.shape[0], x.shape[1]
+
+        h_n = np.zeros((L * dirs, B, H), dtype=self._dtype)
+        if h0 is not None:
+            h0 = as_float_array(h0, self._dtype, "h0")
+            expected = (L * dirs, H) if unbatched else (L * dirs, B, H)
+            check_shape(h0, expected, "h0", " (num_layers*num_directions, batch, hidden_size)"
+                        if not unbatched else " (num_layers*num_directions, hidden_size)")
+            h_n[...] = h0.reshape(L * dirs, B, H)
+        if lengths is None:
+            steps = np.full(B, T, dtype=np.int64)
+        else:
+            steps = as_lengths(lengths, B, T)
+
+        y = np.empty((T, B, dirs * H), dtype=self._dtype)
+        state = h_n.reshape(L, dirs, B, H)
+        # Enough blocks of rows that every thread has a task once both directions are counted.
+        blocks = max(1, min(B, -(-numba.get_num_threads() // dirs)))
+        with self._pool.borrow() as ws, parallel_guard():
+            layer_in = x
+            for l in range(L):
+                wt = self._w0t if l == 0 else self._wrest[l - 1]
+                xproj = ws.get("xproj", (T, B, dirs * 3 * H))
+                np.matmul(layer_in.reshape(T * B, -1), wt, out=xproj.reshape(T * B, -1))
+                layer_out = y if l == L - 1 else ws.get(f"layer{l % 2}", (T, B, dirs * H))
+                kernels.gru_layer(xproj, self._bx[l], self._rt[l], self._rbn[l], state[l],
+                                  ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)),
+                                  steps, self._reverse, self.linear_before_reset, self._clip,
+                                  layer_out, blocks)
+                layer_in = layer_out
+
+        if unbatched:
+            return y[:, 0, :], h_n[:, 0, :]
+        if self._batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n
+
+    def stream(self, batch_size: int = 1) -> "Stream":
+        """A stateful stepper over this model for `batch_size` rows (unidirectional models)."""
+        return Stream(self, batch_size)
+
+
+class Stream:
+    """Step-by-step inference with the state carried between calls. One caller at a time.
+
+    ``h`` has shape (num_layers, batch_size, H); it starts at zeros.
+    """
+
+    def __init__(self, model: GRU, batch_size: int = 1) -> None:
+        if model.direction != "forward":
+            raise ValueError(f"streams need a forward (unidirectional) model, this one is "
+                             f"{model.direction}: a {model.direction} GRU reads the whole sequence")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        B, H, L = int(batch_size), model.hidden_size, model.num_layers
+        self._model = model
+        self._batch_size = B
+        dt = model.dtype
+        self._h = np.zeros((L, B, H), dtype=dt)
+        self._xproj = np.empty((1, B, 3 * H), dtype=dt)
+        self._acc = np.empty((B, 3 * H), dtype=dt)
+        self._hr = np.empty((B, H), dtype=dt)
+        self._ones = np.ones(B, dtype=np.int64)
+        self._ys = np.empty((L, 1, B, H), dtype=dt)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def h(self) -> np.ndarray:
+        """A copy of the state, shape (num_layers, batch_size, H)."""
+        return self._h.copy()
+
+    @h.setter
+    def h(self, value) -> None:
+        value = as_float_array(value, self._model.dtype, "h")
+        check_shape(value, self._h.shape, "h", " (num_layers, batch_size, hidden_size)")
+        self._h[...] = value
+
+    def reset(self) -> None:
+        """Set the state back to zeros."""
+        self._h[...] = 0.0
+
+    def step(self, x_t, out=None) -> np.ndarray:
+        """Advance every layer by one step.
+
+        Parameters
+        ----------
+        x_t : array_like, shape (batch_size, D)
+        out : ndarray, shape (batch_size, H), C-contiguous, the model's dtype, optional
+            Receives the top layer's output; with it the step allocates nothing.
+
+        Returns
+        -------
+        ndarray, shape (batch_size, H): the top layer's new state (``out`` when given).
+        """
+        m = self._model
+        x_t = as_float_array(x_t, m.dtype, "x_t")
+        check_shape(x_t, (self._batch_size, m.input_size), "x_t", " (batch_size, input_size)")
+        expected = (self._batch_size, m.hidden_size)
+        if out is None:
+            out = np.empty(expected, dtype=m.dtype)
+        elif not (isinstance(out, np.ndarray) and out.shape == expected and out.dtype == m.dtype
+                  and out.flags.c_contiguous and out.flags.writeable):
+            got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
+                   f"shape {out.shape}, dtype {out.dtype}, "
+                   f"{'C-contiguous' if out.flags.c_contiguous else 'not C-contiguous'}")
+            raise ValueError(f"out must be a writable C-contiguous {m.dtype.name} array of shape "
+                             f"{expected}, got {got}")
+        kernels.gru_stream_step(x_t, m._w0t, m._wrest, m._bx, m._rt, m._rbn, self._h, self._xproj,
+                                self._acc, self._hr, self._ones, m.linear_before_reset, m._clip,
+                                self._ys, out)
+        return out

@@ -1,0 +1,68 @@
+"""The canonical weight layout that every loader produces and every exporter reads.
+
+Gates follow ONNX order (z, r, n) for every source; loaders reorder PyTorch's (r, z, n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DIRECTIONS = ("forward", "reverse", "bidirectional")
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One layer, all directions, as ONNX stores a GRU node.
+
+    w : ndarray, shape (dirs, 3H, D_in)
+    r : ndarray, shape (dirs, 3H, H)
+    b : ndarray, shape (dirs, 6H), [Wb_z, Wb_r, Wb_n, Rb_z, Rb_r, Rb_n] (zeros when no bias)
+    """
+
+    w: np.ndarray
+    r: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True)
+class GRUSpec:
+    """Everything that defines a GRU stack, independent of where the weights came from."""
+
+    layers: tuple[LayerWeights, ...]
+    direction: str = "forward"
+    linear_before_reset: bool = True
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if not self.layers:
+            raise ValueError("a GRU needs at least one layer, got none")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be a positive number or None, got {self.clip!r}")
+        dirs = 2 if self.direction == "bidirectional" else 1
+        hidden = self.layers[0].r.shape[-1]
+        for k, layer in enumerate(self.layers):
+            d_in = self.layers[0].w.shape[-1] if k == 0 else dirs * hidden
+            expected = {"w": (dirs, 3 * hidden, d_in), "r": (dirs, 3 * hidden, hidden),
+                        "b": (dirs, 6 * hidden)}
+            for name, shape in expected.items():
+                got = getattr(layer, name).shape
+                if got != shape:
+                    raise ValueError(
+                        f"layer {k}: {name} must have shape {shape} for hidden_size={hidden}, "
+                        f"{dirs} direction(s), got {got}")
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.direction == "bidirectional" else 1
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layers[0].r.shape[-1]
+
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].w.shape[-1]

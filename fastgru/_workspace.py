@@ -1,0 +1,48 @@
+"""Scratch buffers reused across calls; concurrent calls each take their own."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+
+class Workspace:
+    """Named flat buffers that grow to the largest shape asked for and are then reused."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined."""
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = np.empty(size, dtype=self.dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].reshape(shape)
+
+
+class WorkspacePool:
+    """Hands each concurrent caller its own Workspace and keeps a few idle ones for reuse."""
+
+    def __init__(self, dtype: np.dtype, keep: int = 4) -> None:
+        self._dtype = dtype
+        self._keep = keep
+        self._idle: list[Workspace] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self):
+        with self._lock:
+            workspace = self._idle.pop() if self._idle else None
+        if workspace is None:
+            workspace = Workspace(self._dtype)
+        try:
+            yield workspace
+        finally:
+            with self._lock:
+                if len(self._idle) < self._keep:
+                    self._idle.append(workspace)

@@ -1,0 +1,135 @@
+"""PyTorch weights (nn.GRU, nn.GRUCell, state dicts) to the canonical layout.
+
+PyTorch stacks gate rows as (r, z, n); the canonical order is (z, r, n). Keys per layer k:
+weight_ih_l{k} (3H, D_in), weight_hh_l{k} (3H, H), bias_ih_l{k} (3H,), bias_hh_l{k} (3H,), with the
+suffix ``_reverse`` for the backward direction; nn.GRUCell uses the same names without ``_l{k}``.
+torch is imported only when the caller passes a torch object, never by fastgru itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from fastgru._weights import GRUSpec, LayerWeights
+
+_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)(_l(\d+))?(_reverse)?$")
+
+
+def _to_numpy(name: str, value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no NumPy twin
+        value = value.detach().cpu()
+        if not value.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+        value = value.double().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{name} must hold floating-point weights, got dtype {array.dtype}")
+    return array.astype(np.float64)
+
+
+def _reorder(rows: np.ndarray, H: int) -> np.ndarray:
+    """(r, z, n) row blocks of a (3H, ...) or (3H,) array to (z, r, n)."""
+    return np.concatenate([rows[H:2 * H], rows[:H], rows[2 * H:]], axis=0)
+
+
+def _module_state(src):
+    """(state dict, batch_first) of an nn.GRU / nn.GRUCell, or None for anything else."""
+    kind = type(src).__name__
+    if not hasattr(src, "state_dict") or not callable(src.state_dict):
+        return None
+    if kind == "GRU":
+        return src.state_dict(), bool(src.batch_first)
+    if kind == "GRUCell":
+        return src.state_dict(), False
+    raise TypeError(f"from_torch takes a torch.nn.GRU or nn.GRUCell module, got {kind}")
+
+
+def _find_prefix(keys) -> str:
+    """The one prefix in front of a GRU's keys in a (possibly larger) state dict."""
+    prefixes = sorted({k[: -len(s)] for k in keys for s in ("weight_hh_l0", "weight_hh")
+                       if k.endswith(s) and (len(k) == len(s) or k[-len(s) - 1] == ".")})
+    if not prefixes:
+        shown = ", ".join(list(keys)[:8])
+        raise ValueError(f"not a GRU state dict: no 'weight_hh_l0' or 'weight_hh' key "
+                         f"(keys: {shown}{', ...' if len(keys) > 8 else ''})")
+    if len(prefixes) > 1:
+        raise ValueError(f"the state dict holds several GRUs; pick one with prefix=, "
+                         f"one of {prefixes}")
+    return prefixes[0]
+
+
+def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
+    """The canonical spec of a GRU's state dict (keys as nn.GRU or nn.GRUCell name them)."""
+    if prefix is None:
+        prefix = _find_prefix(list(state))
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    params: dict[tuple[str, int, bool], np.ndarray] = {}
+    cell = "weight_hh" in own
+    for key, value in own.items():
+        match = _KEY.fullmatch(key)
+        if match is None:
+            continue
+        name, _, layer, reverse = match.groups()
+        if cell != (layer is None):
+            raise ValueError(f"state dict mixes nn.GRUCell keys ('weight_hh') with nn.GRU keys "
+                             f"('{prefix}{key}')")
+        params[(name, int(layer or 0), bool(reverse))] = _to_numpy(prefix + key, value)
+    if not params:
+        raise ValueError(f"no GRU keys under prefix {prefix!r}")
+
+    num_layers = 1 + max(layer for _, layer, _ in params)
+    bidirectional = any(reverse for _, _, reverse in params)
+    has_bias = any(name.startswith("bias") for name, _, _ in params)
+    w_hh = params.get(("weight_hh", 0, False))
+    if w_hh is None or w_hh.ndim != 2 or w_hh.shape[0] != 3 * w_hh.shape[1]:
+        got = None if w_hh is None else w_hh.shape
+        raise ValueError(f"{prefix}weight_hh{'' if cell else '_l0'} must have shape (3*H, H) "
+                         f"for a GRU, got {got}")
+    H = w_hh.shape[1]
+
+    layers = []
+    for k in range(num_layers):
+        ws, rs, bs = [], [], []
+        for reverse in ([False, True] if bidirectional else [False]):
+            suffix = ("" if cell else f"_l{k}") + ("_reverse" if reverse else "")
+            names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if has_bias else [])
+            missing = [f"{prefix}{n}{suffix}" for n in names if (n, k, reverse) not in params]
+            if missing:
+                raise ValueError(f"state dict is missing {', '.join(missing)}")
+            w_ih, w_hh = params[("weight_ih", k, reverse)], params[("weight_hh", k, reverse)]
+            if w_hh.shape != (3 * H, H):
+                raise ValueError(f"{prefix}weight_hh{suffix} must have shape {(3 * H, H)}, "
+                                 f"got {w_hh.shape}")
+            if w_ih.ndim != 2 or w_ih.shape[0] != 3 * H:
+                raise ValueError(f"{prefix}weight_ih{suffix} must have shape (3*{H}, input), "
+                                 f"got {w_ih.shape}")
+            if has_bias:
+                b_ih, b_hh = params[("bias_ih", k, reverse)], params[("bias_hh", k, reverse)]
+                for n, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+                    if b.shape != (3 * H,):
+                        raise ValueError(f"{prefix}{n}{suffix} must have shape {(3 * H,)}, "
+                                         f"got {b.shape}")
+                bias = np.concatenate([_reorder(b_ih, H), _reorder(b_hh, H)])
+            else:
+                bias = np.zeros(6 * H)
+            ws.append(_reorder(w_ih, H))
+            rs.append(_reorder(w_hh, H))
+            bs.append(bias)
+        layers.append(LayerWeights(w=np.stack(ws), r=np.stack(rs), b=np.stack(bs)))
+    return GRUSpec(tuple(layers), direction="bidirectional" if bidirectional else "forward",
+                   linear_before_reset=True)
+
+
+def spec_from_torch(src, prefix: str | None = None) -> tuple[GRUSpec, bool]:
+    """(spec, batch_first) from a module or a state dict."""
+    module = _module_state(src)
+    if module is not None:
+        state, batch_first = module
+        return spec_from_state_dict(state, prefix=prefix if prefix is not None else ""), batch_first
+    if isinstance(src, Mapping):
+        return spec_from_state_dict(src, prefix=prefix), False
+    raise TypeError(f"from_torch takes an nn.GRU / nn.GRUCell module or a state dict "
+                    f"(name -> tensor or ndarray), got {type(src).__name__}")

@@ -34,12 +34,12 @@ class GRU:
         self._batch_first = bool(batch_first)
         dirs, H = spec.num_directions, spec.hidden_size
         dt = self._dtype
-        # Kernel-ready arrays, derived once. Input weights of all directions side by side so one
-        # matrix product projects the whole sequence for a layer: (D_in, dirs*3H).
-        wts = [np.concatenate(list(layer.w), axis=0).T for layer in spec.layers]
-        self._w0t = _frozen(wts[0].astype(dt))
-        self._wrest = _frozen(np.array(wts[1:], dtype=dt).reshape(len(wts) - 1, dirs * H, dirs * 3 * H))
-        self._rt = _frozen(np.array([layer.r.transpose(0, 2, 1) for layer in spec.layers], dtype=dt))
+        # Kernel-ready arrays, derived once. Input weights of all directions stacked so one
+        # matrix product projects the whole sequence for a layer: (dirs*3H, D_in).
+        ws = [layer.w.reshape(dirs * 3 * H, -1) for layer in spec.layers]
+        self._w0 = _frozen(ws[0].astype(dt))
+        self._wrest = _frozen(np.array(ws[1:], dtype=dt).reshape(len(ws) - 1, dirs * 3 * H, dirs * H))
+        self._r = _frozen(np.array([layer.r for layer in spec.layers], dtype=dt))
         bx, rbn = [], []
         for layer in spec.layers:
             wb, rb = layer.b[:, :3 * H], layer.b[:, 3 * H:]
@@ -176,11 +176,11 @@ class GRU:
         with self._pool.borrow() as ws, parallel_guard():
             layer_in = x
             for l in range(L):
-                wt = self._w0t if l == 0 else self._wrest[l - 1]
+                w = self._w0 if l == 0 else self._wrest[l - 1]
                 xproj = ws.get("xproj", (T, B, dirs * 3 * H))
-                np.matmul(layer_in.reshape(T * B, -1), wt, out=xproj.reshape(T * B, -1))
+                np.matmul(layer_in.reshape(T * B, -1), w.T, out=xproj.reshape(T * B, -1))
                 layer_out = y if l == L - 1 else ws.get(f"layer{l % 2}", (T, B, dirs * H))
-                kernels.gru_layer(xproj, self._bx[l], self._rt[l], self._rbn[l], state[l],
+                kernels.gru_layer(xproj, self._bx[l], self._r[l], self._rbn[l], state[l],
                                   ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)),
                                   steps, self._reverse, self.linear_before_reset, self._clip,
                                   layer_out, blocks)
@@ -266,7 +266,7 @@ class Stream:
                    f"{'C-contiguous' if out.flags.c_contiguous else 'not C-contiguous'}")
             raise ValueError(f"out must be a writable C-contiguous {m.dtype.name} array of shape "
                              f"{expected}, got {got}")
-        kernels.gru_stream_step(x_t, m._w0t, m._wrest, m._bx, m._rt, m._rbn, self._h, self._xproj,
+        kernels.gru_stream_step(x_t, m._w0, m._wrest, m._bx, m._r, m._rbn, self._h, self._xproj,
                                 self._acc, self._hr, self._ones, m.linear_before_reset, m._clip,
                                 self._ys, out)
         return out

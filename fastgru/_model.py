@@ -178,7 +178,7 @@ class GRU:
             for l in range(L):
                 w = self._w0 if l == 0 else self._wrest[l - 1]
                 xproj = ws.get("xproj", (T, B, dirs * 3 * H))
-                np.matmul(layer_in.reshape(T * B, -1), w.T, out=xproj.reshape(T * B, -1))
+                np.matmul(layer_in.reshape(T * B, w.shape[1]), w.T, out=xproj.reshape(T * B, w.shape[0]))
                 layer_out = y if l == L - 1 else ws.get(f"layer{l % 2}", (T, B, dirs * H))
                 kernels.gru_layer(xproj, self._bx[l], self._r[l], self._rbn[l], state[l],
                                   ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)),

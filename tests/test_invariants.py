@@ -1,0 +1,145 @@
+"""Properties that hold whatever the weights: prefixes, row independence, threads, NaN, dtypes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numba
+import numpy as np
+import pytest
+
+import fastgru
+from conftest import assert_close, random_spec
+
+
+# Stacked bidirectional layers read the future through the layer below, so only the forward half
+# of a single bidirectional layer has the prefix property.
+@pytest.mark.parametrize("direction, num_layers", [("forward", 2), ("bidirectional", 1)])
+def test_prefix_gives_prefix_of_outputs(rng, direction, num_layers):
+    model = fastgru.GRU(random_spec(rng, 4, 5, num_layers, direction))
+    x = rng.standard_normal((10, 3, 4))
+    y, _ = model(x)
+    y_prefix, _ = model(x[:6])
+    H = 5
+    assert_close(y_prefix[..., :H], y[:6, :, :H], "float32", "forward half")
+    if direction == "forward":
+        # and equal to the full call with lengths cut at 6
+        y_len, _ = model(x, lengths=[6, 6, 6])
+        assert np.array_equal(y_len[:6], y_prefix)
+
+
+def test_rows_do_not_depend_on_each_other(rng):
+    model = fastgru.GRU(random_spec(rng, 4, 9, 2, "bidirectional"))
+    x = rng.standard_normal((7, 13, 4))
+    lengths = rng.integers(0, 8, 13)
+    y, h_n = model(x, lengths=lengths)
+    for b in (0, 5, 12):
+        y_b, h_b = model(x[:, b:b + 1], lengths=lengths[b:b + 1])
+        assert np.array_equal(y_b[:, 0], y[:, b])
+        assert np.array_equal(h_b[:, 0], h_n[:, b])
+
+
+def test_nan_stays_in_its_row(rng):
+    model = fastgru.GRU(random_spec(rng, 3, 4, 2, "bidirectional"))
+    x = rng.standard_normal((5, 4, 3))
+    clean_y, clean_h = model(x)
+    x[2, 1, 0] = np.nan
+    x[3, 2, 1] = np.inf
+    y, h_n = model(x)
+    assert np.isnan(y[:, 1]).any() and np.isnan(h_n[:, 1]).any()
+    for b in (0, 3):
+        assert np.array_equal(y[:, b], clean_y[:, b])
+        assert np.array_equal(h_n[:, b], clean_h[:, b])
+
+
+def test_results_do_not_depend_on_thread_count(rng):
+    model = fastgru.GRU(random_spec(rng, 6, 16, 2, "bidirectional"))
+    x = rng.standard_normal((20, 11, 6))
+    before = numba.get_num_threads()
+    try:
+        outputs = []
+        for n in sorted({1, before}):
+            numba.set_num_threads(n)
+            outputs.append(model(x))
+    finally:
+        numba.set_num_threads(before)
+    for y, h_n in outputs[1:]:
+        assert np.array_equal(y, outputs[0][0]) and np.array_equal(h_n, outputs[0][1])
+
+
+def test_results_do_not_depend_on_thread_count_beyond_this_machine():
+    """Run with 1 and 4 Numba threads in fresh processes (works on a 2-core machine too)."""
+    code = ("import numpy as np, fastgru, sys; sys.path.insert(0, 'tests');"
+            "from conftest import random_spec;"
+            "rng = np.random.default_rng(1);"
+            "m = fastgru.GRU(random_spec(rng, 6, 16, 1, 'bidirectional'));"
+            "y, h = m(rng.standard_normal((12, 9, 6)));"
+            "sys.stdout.buffer.write(y.tobytes() + h.tobytes())")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                           env={**__import__("os").environ, "NUMBA_NUM_THREADS": n}).stdout
+            for n in ("1", "4")]
+    assert len(outs[0]) > 0 and outs[0] == outs[1]
+
+
+def test_many_threads_get_the_serial_results(rng):
+    model = fastgru.GRU(random_spec(rng, 8, 24, 2, "bidirectional"))
+    inputs = [rng.standard_normal((int(rng.integers(1, 30)), int(rng.integers(1, 9)), 8))
+              for _ in range(32)]
+    expected = [model(x) for x in inputs]
+    results = [None] * len(inputs)
+    barrier = threading.Barrier(8)
+
+    def work(worker):
+        barrier.wait()
+        for _ in range(5):
+            for i in range(worker, len(inputs), 8):
+                results[i] = model(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (y, h_n), (y_e, h_e) in zip(results, expected):
+        assert np.array_equal(y, y_e) and np.array_equal(h_n, h_e)
+
+
+def test_results_are_not_overwritten_by_later_calls(rng):
+    model = fastgru.GRU(random_spec(rng, 3, 4, 2))
+    x = rng.standard_normal((5, 2, 3))
+    y, h_n = model(x)
+    y_copy, h_copy = y.copy(), h_n.copy()
+    model(rng.standard_normal((5, 2, 3)))
+    assert np.array_equal(y, y_copy) and np.array_equal(h_n, h_copy)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_no_recompilation_for_other_input_dtypes_or_layouts(rng, dtype):
+    from fastgru.kernels import gru as kernels
+
+    model = fastgru.GRU(random_spec(rng, 4, 5, 2, "bidirectional"), dtype=dtype)
+    base = rng.standard_normal((6, 3, 4))
+    model(base)
+    count = len(kernels.gru_layer.signatures)
+    variants = [base.astype(np.float32), base.astype(np.float64), base.astype(">f8"),
+                np.asfortranarray(base), base[::-1], base[:, ::2], base.astype(np.int16),
+                base.tolist()]
+    reference = None
+    for x in variants:
+        y, _ = model(x)
+        assert y.dtype == dtype
+    assert len(kernels.gru_layer.signatures) == count
+    # and the values agree with the plain float copy of the input
+    for x in variants[:3]:
+        reference = model(np.array(x, dtype=np.float64))[0]
+        assert np.array_equal(model(x)[0], reference)
+
+
+def test_model_is_immutable(rng):
+    model = fastgru.GRU(random_spec(rng, 3, 4))
+    with pytest.raises(AttributeError):
+        model.hidden_size = 8
+    with pytest.raises(ValueError, match="read-only"):
+        model._r[...] = 0

@@ -1,0 +1,95 @@
+"""fastgru against the slow reference GRU written from the equations (tests/reference.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastgru
+from conftest import assert_close, random_spec, spec_layers
+from reference import reference_gru
+
+GRID = list(itertools.product(["forward", "reverse", "bidirectional"], [True, False], [1, 2, 3],
+                              [True, False]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("direction, lbr, num_layers, bias", GRID)
+def test_matches_reference(rng, direction, lbr, num_layers, bias, dtype):
+    spec = random_spec(rng, 5, 7, num_layers, direction, lbr, bias)
+    model = fastgru.GRU(spec, dtype=dtype)
+    x = rng.standard_normal((6, 4, 5))
+    h0 = rng.standard_normal((num_layers * spec.num_directions, 4, 7))
+    lengths = np.array([6, 0, 3, 1])
+    y, h_n = model(x, h0, lengths=lengths)
+    y_ref, h_ref = reference_gru(x, spec_layers(spec), direction=direction,
+                                 linear_before_reset=lbr, h0=h0, lengths=lengths)
+    assert y.dtype == dtype and h_n.dtype == dtype
+    assert_close(y, y_ref, dtype, "y")
+    assert_close(h_n, h_ref, dtype, "h_n")
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+@pytest.mark.parametrize("T, B, D, H", [(1, 1, 1, 1), (1, 3, 2, 5), (7, 1, 1, 3), (4, 2, 3, 1),
+                                        (3, 17, 9, 13), (2, 9, 4, 33)])
+def test_odd_sizes(rng, T, B, D, H, direction):
+    spec = random_spec(rng, D, H, 2, direction)
+    x = rng.standard_normal((T, B, D))
+    y, h_n = fastgru.GRU(spec, dtype="float64")(x)
+    y_ref, h_ref = reference_gru(x, spec_layers(spec), direction=direction)
+    assert_close(y, y_ref, "float64", "y")
+    assert_close(h_n, h_ref, "float64", "h_n")
+
+
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clip(rng, lbr, dtype):
+    spec = random_spec(rng, 4, 6, 1, "bidirectional", lbr, clip=0.7, scale=2.0)
+    x = 3 * rng.standard_normal((5, 3, 4))
+    y, h_n = fastgru.GRU(spec, dtype=dtype)(x)
+    y_ref, h_ref = reference_gru(x, spec_layers(spec), direction="bidirectional",
+                                 linear_before_reset=lbr, clip=0.7)
+    y_unclipped, _ = reference_gru(x, spec_layers(spec), direction="bidirectional",
+                                   linear_before_reset=lbr)
+    assert np.abs(y_ref - y_unclipped).max() > 1e-2, "the test data never reaches the clip"
+    assert_close(y, y_ref, dtype, "y")
+    assert_close(h_n, h_ref, dtype, "h_n")
+
+
+def test_batch_first_and_unbatched(rng):
+    spec = random_spec(rng, 3, 4, 2, "bidirectional")
+    x = rng.standard_normal((5, 2, 3))
+    h0 = rng.standard_normal((4, 2, 4))
+    y_ref, h_ref = reference_gru(x, spec_layers(spec), direction="bidirectional", h0=h0)
+
+    y, h_n = fastgru.GRU(spec, batch_first=True, dtype="float64")(x.transpose(1, 0, 2), h0)
+    assert y.shape == (2, 5, 8) and y.flags.c_contiguous
+    assert_close(y, y_ref.transpose(1, 0, 2), "float64", "batch_first y")
+    assert_close(h_n, h_ref, "float64", "batch_first h_n")
+
+    y1, h1 = fastgru.GRU(spec, dtype="float64")(x[:, 1], h0[:, 1])
+    assert y1.shape == (5, 8) and h1.shape == (4, 4)
+    assert_close(y1, y_ref[:, 1], "float64", "unbatched y")
+    assert_close(h1, h_ref[:, 1], "float64", "unbatched h_n")
+
+
+def test_lengths_pad_with_zeros_and_keep_h0_for_empty_rows(rng):
+    spec = random_spec(rng, 2, 3, 1, "bidirectional")
+    x = rng.standard_normal((4, 3, 2))
+    h0 = rng.standard_normal((2, 3, 3))
+    y, h_n = fastgru.GRU(spec, dtype="float64")(x, h0, lengths=[4, 2, 0])
+    assert np.all(y[2:, 1] == 0) and np.all(y[:, 2] == 0)
+    assert np.array_equal(h_n[:, 2], h0[:, 2])
+    # the reverse direction of a short row starts at its own last step, not at T - 1
+    _, h_short = fastgru.GRU(spec, dtype="float64")(x[:2, 1:2], h0[:, 1:2])
+    assert_close(h_n[:, 1:2], h_short, "float64", "short row")
+
+
+def test_empty_sequence_returns_initial_state(rng):
+    spec = random_spec(rng, 2, 3, 2)
+    h0 = rng.standard_normal((2, 4, 3))
+    y, h_n = fastgru.GRU(spec)(np.zeros((0, 4, 2)), h0)
+    assert y.shape == (0, 4, 3)
+    assert_close(h_n, h0, "float32", "h_n")

@@ -1,0 +1,79 @@
+"""Streams: stepping equals one full call, state access, no allocation with out=."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastgru
+from conftest import assert_close, random_spec
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lbr", [True, False])
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_stepping_equals_one_call(rng, num_layers, lbr, dtype):
+    model = fastgru.GRU(random_spec(rng, 5, 6, num_layers, "forward", lbr, clip=2.0), dtype=dtype)
+    x = rng.standard_normal((9, 3, 5))
+    h0 = rng.standard_normal((num_layers, 3, 6))
+    y, h_n = model(x, h0)
+    stream = model.stream(batch_size=3)
+    stream.h = h0
+    out = np.empty((3, 6), dtype=dtype)
+    for t in range(9):
+        assert stream.step(x[t], out=out) is out
+        assert_close(out, y[t], dtype, f"step {t}")
+    assert_close(stream.h, h_n, dtype, "final state")
+
+
+def test_state_read_write_reset(rng):
+    model = fastgru.GRU(random_spec(rng, 2, 3, 2))
+    stream = model.stream(2)
+    assert stream.batch_size == 2
+    assert np.array_equal(stream.h, np.zeros((2, 2, 3)))
+    x = rng.standard_normal((2, 2))
+    first = stream.step(x)
+    snapshot = stream.h
+    snapshot[...] = 7  # a copy: the stream is untouched
+    second = stream.step(x)
+    assert not np.allclose(first, second)
+    stream.reset()
+    assert np.array_equal(stream.step(x), first)
+    with pytest.raises(ValueError, match=r"h must have shape \(2, 2, 3\)"):
+        stream.h = np.zeros((2, 3))
+
+
+def test_step_with_out_allocates_nothing(rng):
+    model = fastgru.GRU(random_spec(rng, 16, 32, 2))
+    stream = model.stream(4)
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    out = np.empty((4, 32), np.float32)
+    stream.step(x, out=out)  # compile and warm up outside the measurement
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(2000):
+        stream.step(x, out=out)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename") if s.size_diff > 0)
+    assert grown < 4096, f"2000 steps allocated {grown} bytes"
+
+
+def test_stream_errors(rng):
+    model = fastgru.GRU(random_spec(rng, 2, 3))
+    with pytest.raises(ValueError, match="streams need a forward .* this one is bidirectional"):
+        fastgru.GRU(random_spec(rng, 2, 3, direction="bidirectional")).stream()
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        model.stream(0)
+    stream = model.stream(2)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(2, 2\).*got \(3, 2\)"):
+        stream.step(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"out must be a writable C-contiguous float32 array "
+                                         r"of shape \(2, 3\), got shape \(2, 3\), dtype float64"):
+        stream.step(np.zeros((2, 2)), out=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        stream.step(np.zeros((2, 2)), out=np.zeros((3, 2), np.float32).T)
+    with pytest.raises(TypeError, match="x_t must hold real numbers"):
+        stream.step(np.array([["a", "b"], ["c", "d"]]))

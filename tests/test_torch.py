@@ -1,0 +1,147 @@
+"""fastgru against torch.nn.GRU and nn.GRUCell, loaded through GRU.from_torch."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fastgru
+from conftest import assert_close
+
+
+def torch_gru(input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
+              batch_first=False, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.GRU(input_size, hidden_size, num_layers=num_layers, bias=bias,
+                        bidirectional=bidirectional, batch_first=batch_first).to(dtype).eval()
+
+
+def run_torch(module, x, h0=None, lengths=None):
+    """Outputs of the module as NumPy arrays; lengths go through a packed sequence."""
+    dtype = next(module.parameters()).dtype
+    xt = torch.as_tensor(x, dtype=dtype)
+    ht = None if h0 is None else torch.as_tensor(h0, dtype=dtype)
+    with torch.no_grad():
+        if lengths is None:
+            y, h_n = module(xt, ht)
+        else:
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                xt, torch.as_tensor(lengths), batch_first=module.batch_first, enforce_sorted=False)
+            y, h_n = module(packed, ht)
+            y, _ = torch.nn.utils.rnn.pad_packed_sequence(
+                y, batch_first=module.batch_first, total_length=x.shape[1 if module.batch_first else 0])
+    return y.numpy(), h_n.numpy()
+
+
+CASES = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("num_layers, bidirectional, bias, batch_first", CASES)
+def test_module_matches_torch(rng, num_layers, bidirectional, bias, batch_first, dtype):
+    module = torch_gru(6, 8, num_layers, bidirectional, bias, batch_first, getattr(torch, dtype))
+    model = fastgru.GRU.from_torch(module, dtype=dtype)
+    assert (model.num_layers, model.bidirectional, model.batch_first) == \
+        (num_layers, bidirectional, batch_first)
+    dirs = 2 if bidirectional else 1
+    x = rng.standard_normal((3, 7, 6) if batch_first else (7, 3, 6))
+    h0 = rng.standard_normal((num_layers * dirs, 3, 8))
+    lengths = np.array([7, 2, 5])
+    for kwargs in ({}, {"h0": h0}, {"h0": h0, "lengths": lengths}):
+        y, h_n = model(x, kwargs.get("h0"), lengths=kwargs.get("lengths"))
+        y_t, h_t = run_torch(module, x, kwargs.get("h0"), kwargs.get("lengths"))
+        assert_close(y, y_t, dtype, f"y {sorted(kwargs)}")
+        assert_close(h_n, h_t, dtype, f"h_n {sorted(kwargs)}")
+
+
+def test_unbatched_matches_torch(rng):
+    module = torch_gru(4, 5, 2, bidirectional=True)
+    x = rng.standard_normal((6, 4))
+    h0 = rng.standard_normal((4, 5))
+    y, h_n = fastgru.GRU.from_torch(module)(x, h0)
+    y_t, h_t = run_torch(module, x, h0)
+    assert_close(y, y_t, "float32", "y")
+    assert_close(h_n, h_t, "float32", "h_n")
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_state_dict_with_prefix_or_found_alone(rng, as_numpy):
+    module = torch_gru(3, 4, 2, bidirectional=True)
+    whole = {f"encoder.rnn.{k}": (v.numpy() if as_numpy else v)
+             for k, v in module.state_dict().items()}
+    whole["encoder.proj.weight"] = torch.zeros(2, 8)
+    x = rng.standard_normal((5, 2, 3))
+    y_t, h_t = run_torch(module, x)
+    for model in (fastgru.GRU.from_torch(whole),
+                  fastgru.GRU.from_torch(whole, prefix="encoder.rnn.")):
+        y, h_n = model(x)
+        assert_close(y, y_t, "float32", "y")
+        assert_close(h_n, h_t, "float32", "h_n")
+
+
+def test_state_dict_with_two_grus_needs_a_prefix():
+    a, b = torch_gru(3, 4).state_dict(), torch_gru(3, 4, seed=1).state_dict()
+    both = {**{f"enc.{k}": v for k, v in a.items()}, **{f"dec.{k}": v for k, v in b.items()}}
+    with pytest.raises(ValueError, match=r"several GRUs.*\['dec\.', 'enc\.'\]"):
+        fastgru.GRU.from_torch(both)
+    model = fastgru.GRU.from_torch(both, prefix="dec.")
+    assert_close(model.spec.layers[0].r, fastgru.GRU.from_torch(b).spec.layers[0].r,
+                 "float64", "dec weights")
+
+
+def test_gru_cell_through_a_stream(rng):
+    torch.manual_seed(3)
+    cell = torch.nn.GRUCell(5, 6).eval()
+    model = fastgru.GRU.from_torch(cell)
+    assert (model.num_layers, model.bidirectional) == (1, False)
+    stream = model.stream(batch_size=2)
+    h = torch.zeros(2, 6)
+    for _ in range(10):
+        x_t = rng.standard_normal((2, 5))
+        with torch.no_grad():
+            h = cell(torch.as_tensor(x_t, dtype=torch.float32), h)
+        assert_close(stream.step(x_t), h.numpy(), "float32", "step")
+    assert_close(stream.h[0], h.numpy(), "float32", "stream.h")
+
+
+def test_bfloat16_and_half_weights_load(rng):
+    module = torch_gru(3, 4)
+    x = rng.standard_normal((4, 1, 3))
+    for dtype in (torch.float16, torch.bfloat16):
+        state = {k: v.to(dtype) for k, v in module.state_dict().items()}
+        y, _ = fastgru.GRU.from_torch(state)(x)
+        rounded = torch_gru(3, 4)
+        rounded.load_state_dict({k: v.float() for k, v in state.items()})
+        assert_close(y, run_torch(rounded, x)[0], "float32", str(dtype))
+
+
+def test_bad_torch_sources():
+    with pytest.raises(TypeError, match="nn.GRU or nn.GRUCell module, got LSTM"):
+        fastgru.GRU.from_torch(torch.nn.LSTM(3, 4))
+    with pytest.raises(ValueError, match=r"weight_hh_l0 must have shape \(3\*H, H\)"):
+        fastgru.GRU.from_torch(torch.nn.LSTM(3, 4).state_dict())
+    with pytest.raises(ValueError, match="not a GRU state dict.*fc.weight"):
+        fastgru.GRU.from_torch({"fc.weight": torch.zeros(2, 2)})
+    with pytest.raises(TypeError, match="state dict .* got int"):
+        fastgru.GRU.from_torch(3)
+    state = torch_gru(3, 4, 2).state_dict()
+    del state["bias_hh_l1"]
+    with pytest.raises(ValueError, match="missing bias_hh_l1"):
+        fastgru.GRU.from_torch(state)
+    state = torch_gru(3, 4).state_dict()
+    state["weight_ih_l0"] = state["weight_ih_l0"][:5]
+    with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(3\*4, input\)"):
+        fastgru.GRU.from_torch(state)
+    with pytest.raises(TypeError, match="floating-point"):
+        fastgru.GRU.from_torch({k: v.to(torch.int32) for k, v in torch_gru(3, 4).state_dict().items()})
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, fastgru; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

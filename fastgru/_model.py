@@ -171,8 +171,9 @@ class GRU:
 
         y = np.empty((T, B, dirs * H), dtype=self._dtype)
         state = h_n.reshape(L, dirs, B, H)
-        # Enough blocks of rows that every thread has a task once both directions are counted.
-        blocks = max(1, min(B, -(-numba.get_num_threads() // dirs)))
+        # Enough blocks of rows (whole quads, see kernels.gru_layer) that every thread has a task
+        # once both directions are counted.
+        blocks = max(1, min(-(-B // 4), -(-numba.get_num_threads() // dirs)))
         with self._pool.borrow() as ws, parallel_guard():
             layer_in = x
             for l in range(L):

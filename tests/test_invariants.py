@@ -31,14 +31,21 @@ def test_prefix_gives_prefix_of_outputs(rng, direction, num_layers):
 
 
 def test_rows_do_not_depend_on_each_other(rng):
-    model = fastgru.GRU(random_spec(rng, 4, 9, 2, "bidirectional"))
+    # Rows are computed in register tiles of four; a row alone takes the one-row tile, whose
+    # SIMD partial sums may round differently, so agreement is to rounding, not bitwise.
+    model = fastgru.GRU(random_spec(rng, 4, 64, 2, "bidirectional"))
     x = rng.standard_normal((7, 13, 4))
     lengths = rng.integers(0, 8, 13)
     y, h_n = model(x, lengths=lengths)
     for b in (0, 5, 12):
         y_b, h_b = model(x[:, b:b + 1], lengths=lengths[b:b + 1])
-        assert np.array_equal(y_b[:, 0], y[:, b])
-        assert np.array_equal(h_b[:, 0], h_n[:, b])
+        assert_close(y_b[:, 0], y[:, b], "float32", f"row {b} y")
+        assert_close(h_b[:, 0], h_n[:, b], "float32", f"row {b} h_n")
+    # and changing the other rows changes nothing in this one
+    x_other = x.copy()
+    x_other[:, 1:] = rng.standard_normal((7, 12, 4))
+    y_other, h_other = model(x_other, lengths=lengths)
+    assert np.array_equal(y_other[:, 0], y[:, 0]) and np.array_equal(h_other[:, 0], h_n[:, 0])
 
 
 def test_nan_stays_in_its_row(rng):
@@ -55,7 +62,7 @@ def test_nan_stays_in_its_row(rng):
 
 
 def test_results_do_not_depend_on_thread_count(rng):
-    model = fastgru.GRU(random_spec(rng, 6, 16, 2, "bidirectional"))
+    model = fastgru.GRU(random_spec(rng, 6, 48, 2, "bidirectional"))
     x = rng.standard_normal((20, 11, 6))
     before = numba.get_num_threads()
     try:
@@ -74,8 +81,8 @@ def test_results_do_not_depend_on_thread_count_beyond_this_machine():
     code = ("import numpy as np, fastgru, sys; sys.path.insert(0, 'tests');"
             "from conftest import random_spec;"
             "rng = np.random.default_rng(1);"
-            "m = fastgru.GRU(random_spec(rng, 6, 16, 1, 'bidirectional'));"
-            "y, h = m(rng.standard_normal((12, 9, 6)));"
+            "m = fastgru.GRU(random_spec(rng, 6, 48, 1, 'bidirectional'));"
+            "y, h = m(rng.standard_normal((12, 23, 6)));"
             "sys.stdout.buffer.write(y.tobytes() + h.tobytes())")
     outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
                            env={**__import__("os").environ, "NUMBA_NUM_THREADS": n}).stdout

@@ -152,3 +152,24 @@ def test_bad_onnx_models(rng, tmp_path):
         fastgru.GRU.from_onnx(tmp_path / "missing.onnx")
     with pytest.raises(TypeError, match="path, bytes or onnx.ModelProto, got int"):
         fastgru.GRU.from_onnx(42)
+
+
+@pytest.mark.parametrize("direction, lbr", itertools.product(
+    ["forward", "reverse", "bidirectional"], [True, False]))
+@pytest.mark.parametrize("num_layers", [2, 3])
+def test_stacks_match_onnxruntime_layer_by_layer(rng, num_layers, direction, lbr):
+    """A stack against onnxruntime running one GRU node per layer, each fed the layer below."""
+    spec = random_spec(rng, 5, 6, num_layers, direction, lbr)
+    dirs = spec.num_directions
+    x = rng.standard_normal((7, 4, 5))
+    h0 = rng.standard_normal((num_layers * dirs, 4, 6))
+    lengths = np.array([7, 3, 1, 6])
+    y, h_n = fastgru.GRU(spec)(x, h0, lengths=lengths)
+    layer_in, h_ort = x, []
+    for k, layer in enumerate(spec.layers):
+        one = fastgru.GRUSpec((layer,), direction, lbr)
+        Y, Y_h = run_onnxruntime(one, layer_in, lengths, h0[k * dirs:(k + 1) * dirs])
+        layer_in = torch_layout(Y)
+        h_ort.append(Y_h)
+    assert_close(y, layer_in, "float32", "y")
+    assert_close(h_n, np.concatenate(h_ort), "float32", "h_n")

@@ -21,7 +21,7 @@ from fastgru.kernels.activations import sigmoid, tanh
 from fastgru.kernels.config import FASTMATH, JIT_OPTIONS
 
 # Rows of one batch block that share each pass over the recurrent weights: a weight row loaded
-# once from L2/L3 serves ROW_GROUP dot products from L1.
+# once from L2/L3 serves ROW_GROUP dot products from L1. A multiple of 4 (see matvec_rows).
 ROW_GROUP = 8
 
 
@@ -37,22 +37,60 @@ def _clip(v, c):
 
 # reassoc lets LLVM split each dot product into SIMD partial sums. The order of those sums is
 # fixed by the code, not by the data or the thread count, so results stay reproducible.
-@njit(**{**JIT_OPTIONS, "fastmath": FASTMATH | {"reassoc"}})
+_MATVEC_OPTIONS = {**JIT_OPTIONS, "fastmath": FASTMATH | {"reassoc"}}
+
+
+@njit(**_MATVEC_OPTIONS)
 def matvec_rows(v, m, out, b0, b1, j0, j1, o0):
     """out[b, o0 + j - j0] = m[j, :] . v[b, :] for rows b0 <= b < b1 and j0 <= j < j1.
 
     v: (B, K), m: (J, K), out: (B, >= o0 + j1 - j0).
-    Eight rows of m at a time: eight independent sums share each load of v[b, k] and hide the
-    latency of the final horizontal additions, and the eight rows stay in L1 across the batch rows.
+    Register tiles: rows of v in fours (starting at b0) times four rows of m, 16 sums per pass
+    over k; rows left over (fewer than four, at b1) one at a time times eight rows of m. Eight
+    or more independent sums share each load and hide the latency of the final horizontal adds.
     """
     K = v.shape[1]
     zero = v.dtype.type(0.0)
+    bq = b0 + (b1 - b0) // 4 * 4
     j = j0
-    while j + 8 <= j1:
+    while j + 4 <= j1 and bq > b0:
+        m0, m1, m2, m3 = m[j], m[j + 1], m[j + 2], m[j + 3]
+        o = o0 + j - j0
+        for b in range(b0, bq, 4):
+            v0, v1, v2, v3 = v[b], v[b + 1], v[b + 2], v[b + 3]
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
+            for k in range(K):
+                w0, w1, w2, w3 = m0[k], m1[k], m2[k], m3[k]
+                x0, x1, x2, x3 = v0[k], v1[k], v2[k], v3[k]
+                a00 += w0 * x0
+                a01 += w1 * x0
+                a02 += w2 * x0
+                a03 += w3 * x0
+                a10 += w0 * x1
+                a11 += w1 * x1
+                a12 += w2 * x1
+                a13 += w3 * x1
+                a20 += w0 * x2
+                a21 += w1 * x2
+                a22 += w2 * x2
+                a23 += w3 * x2
+                a30 += w0 * x3
+                a31 += w1 * x3
+                a32 += w2 * x3
+                a33 += w3 * x3
+            out[b, o], out[b, o + 1], out[b, o + 2], out[b, o + 3] = a00, a01, a02, a03
+            out[b + 1, o], out[b + 1, o + 1], out[b + 1, o + 2], out[b + 1, o + 3] = a10, a11, a12, a13
+            out[b + 2, o], out[b + 2, o + 1], out[b + 2, o + 2], out[b + 2, o + 3] = a20, a21, a22, a23
+            out[b + 3, o], out[b + 3, o + 1], out[b + 3, o + 2], out[b + 3, o + 3] = a30, a31, a32, a33
+        j += 4
+    jq = j  # the quads are done for j0 <= j < jq
+    j = j0
+    while j + 8 <= j1 and bq < b1:
         m0, m1, m2, m3 = m[j], m[j + 1], m[j + 2], m[j + 3]
         m4, m5, m6, m7 = m[j + 4], m[j + 5], m[j + 6], m[j + 7]
         o = o0 + j - j0
-        for b in range(b0, b1):
+        for b in range(bq, b1):
             vb = v[b]
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
             for k in range(K):
@@ -69,10 +107,11 @@ def matvec_rows(v, m, out, b0, b1, j0, j1, o0):
             ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a0, a1, a2, a3
             ob[o + 4], ob[o + 5], ob[o + 6], ob[o + 7] = a4, a5, a6, a7
         j += 8
-    for jj in range(j, j1):
-        mj = m[jj]
-        for b in range(b0, b1):
-            vb = v[b]
+    # whatever the tiles left: single dot products
+    for b in range(b0, b1):
+        vb = v[b]
+        for jj in range(jq if b < bq else j, j1):
+            mj = m[jj]
             acc = zero
             for k in range(K):
                 acc += mj[k] * vb[k]
@@ -138,22 +177,24 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
     h: (dirs, B, H) initial state in, final state out; acc: (dirs, B, 3H), hr: (dirs, B, H)
     scratch; lengths: (B,) int64 in [0, T]; reverse: (dirs,) bool, whether direction d runs
     backwards; y: (T, B, dirs*H) output; blocks: how many blocks of rows to split the batch into
-    (1 <= blocks <= max(B, 1)).
+    (1 <= blocks <= max(ceil(B / 4), 1)).
 
     One parallel region per call: each task owns a block of batch rows of one direction and runs
     the whole time loop for them, so threads never synchronize between steps. Every row is
-    computed with the same operations in the same order whatever the blocking, so results do not
-    depend on the thread count or on the other rows.
+    computed with the same operations in the same order whatever the thread count.
     """
     T = xproj.shape[0]
     B = xproj.shape[1]
     dirs = r.shape[0]
     H = r.shape[2]
+    quads = (B + 3) // 4
     for task in prange(dirs * blocks):
         d = task // blocks
         blk = task % blocks
-        b0 = blk * B // blocks
-        b1 = (blk + 1) * B // blocks
+        # blocks start at multiples of 4 rows, so every row meets the same register tiles in
+        # matvec_rows (and gets bit-identical results) whatever the thread count
+        b0 = min(B, 4 * (blk * quads // blocks))
+        b1 = min(B, 4 * ((blk + 1) * quads // blocks))
         for s in range(T):
             step_rows(xproj, d * 3 * H, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
                       b0, b1, s, lengths, reverse[d], lbr, clip, y)

@@ -154,8 +154,8 @@ def test_bad_onnx_models(rng, tmp_path):
         fastgru.GRU.from_onnx(42)
 
 
-@pytest.mark.parametrize("direction, lbr", itertools.product(
-    ["forward", "reverse", "bidirectional"], [True, False]))
+@pytest.mark.parametrize("direction, lbr", list(itertools.product(
+    ["forward", "reverse", "bidirectional"], [True, False])))
 @pytest.mark.parametrize("num_layers", [2, 3])
 def test_stacks_match_onnxruntime_layer_by_layer(rng, num_layers, direction, lbr):
     """A stack against onnxruntime running one GRU node per layer, each fed the layer below."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numba
 import numpy as np
 
 from fastgru._boundary import as_float_array, as_lengths, check_shape, resolve_dtype
-from fastgru._weights import GRUSpec
+from fastgru._weights import GRUSpec, LayerWeights
 from fastgru._workspace import WorkspacePool
 from fastgru.kernels import gru as kernels
 from fastgru.kernels.config import parallel_guard
@@ -29,8 +30,13 @@ class GRU:
     """
 
     def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32") -> None:
-        self._spec = spec
         self._dtype = resolve_dtype(dtype)
+        # The model holds its weights in its own dtype; spec shows exactly those values, so
+        # saving and exporting reproduce this model bit for bit.
+        spec = replace(spec, layers=tuple(
+            LayerWeights(*(np.asarray(a, self._dtype).astype(np.float64) for a in (l.w, l.r, l.b)))
+            for l in spec.layers))
+        self._spec = spec
         self._batch_first = bool(batch_first)
         dirs, H = spec.num_directions, spec.hidden_size
         dt = self._dtype
@@ -59,7 +65,14 @@ class GRU:
 
     @classmethod
     def from_torch(cls, src, *, prefix=None, batch_first=None, dtype="float32") -> "GRU":
-        """Load a torch.nn.GRU / nn.GRUCell module or a state dict (tensors or ndarrays)."""
+        """Load PyTorch weights.
+
+        src is a torch.nn.GRU or nn.GRUCell module, a state dict (name -> tensor or ndarray), or a
+        path to a .pt/.pth/.bin file (read with torch.load(weights_only=True)) or a .safetensors
+        file (read without torch). prefix selects one GRU in a larger state dict
+        ("encoder.rnn."); without it, the one GRU in the dict is found. batch_first defaults to
+        the module's own, else False.
+        """
         from fastgru.loaders.torch import spec_from_torch
 
         spec, module_batch_first = spec_from_torch(src, prefix=prefix)
@@ -68,12 +81,42 @@ class GRU:
 
     @classmethod
     def from_onnx(cls, src, *, node=None, batch_first=None, dtype="float32") -> "GRU":
-        """Load the GRU node of an ONNX model (ModelProto, bytes or path)."""
+        """Load the GRU stack of an ONNX model (ModelProto, bytes or path).
+
+        The graph may hold one GRU node or the chain torch.onnx.export writes for a stacked
+        nn.GRU; node= reads only the GRU node of that name. batch_first defaults to what the
+        graph says (layout=1, or a Transpose in front of the first layer).
+        """
         from fastgru.loaders.onnx import spec_from_onnx
 
         spec, layout_batch_first = spec_from_onnx(src, node=node)
         first = layout_batch_first if batch_first is None else batch_first
         return cls(spec, batch_first=first, dtype=dtype)
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def save(self, path) -> None:
+        """Write fastgru's own file (safetensors with metadata); fastgru.load reads it back."""
+        from fastgru.loaders import native
+
+        native.write(path, self._spec, batch_first=self._batch_first, dtype=self._dtype)
+
+    def to_onnx(self, path=None, *, state_inputs: bool = False):
+        """An ONNX model computing this GRU: input X, outputs Y (torch layout) and Y_h.
+
+        With state_inputs=True the graph also takes initial_h (num_layers*dirs, B, H) and
+        sequence_lens (B,) int32. onnxruntime runs float32 models; it returns zeros in Y_h for
+        rows of length 0 where fastgru returns the initial state. Written to path when given.
+        """
+        from fastgru.loaders.onnx_export import spec_to_onnx
+
+        proto = spec_to_onnx(self._spec, batch_first=self._batch_first, dtype=self._dtype,
+                             state_inputs=state_inputs)
+        if path is not None:
+            import onnx
+
+            onnx.save(proto, path)
+        return proto
 
     # ---- attributes ----------------------------------------------------------------------------
 

@@ -49,11 +49,13 @@ class GRUSpec:
             expected = {"w": (dirs, 3 * hidden, d_in), "r": (dirs, 3 * hidden, hidden),
                         "b": (dirs, 6 * hidden)}
             for name, shape in expected.items():
-                got = getattr(layer, name).shape
-                if got != shape:
+                array = getattr(layer, name)
+                if array.shape != shape:
                     raise ValueError(
                         f"layer {k}: {name} must have shape {shape} for hidden_size={hidden}, "
-                        f"{dirs} direction(s), got {got}")
+                        f"{dirs} direction(s), got {array.shape}")
+                if not np.isfinite(array).all():
+                    raise ValueError(f"layer {k}: {name} contains NaN or inf")
 
     @property
     def num_directions(self) -> int:

@@ -128,7 +128,7 @@ def _make_call(runtime: str, shape: Shape, threads: int):
         import fastgru
 
         model = fastgru.GRU.from_torch(state)
-        proto = _onnx_chain(model)
+        proto = model.to_onnx(state_inputs=stream)  # sequences: X alone, as users run it
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -136,52 +136,19 @@ def _make_call(runtime: str, shape: Shape, threads: int):
                                        providers=["CPUExecutionProvider"])
         result = {}
         dirs = 2 if shape.bidirectional else 1
-        h0 = np.zeros((dirs, shape.batch, shape.hidden_size), np.float32)
-        h = h0
+        h = np.zeros((dirs, shape.batch, shape.hidden_size), np.float32)
         if stream:
+            one_step = np.ones(shape.batch, np.int32)
+
             def step():
                 nonlocal h
-                y, h = session.run(None, {"X": x[:1], "initial_h": h})
+                y, h = session.run(None, {"X": x[:1], "initial_h": h, "sequence_lens": one_step})
             return step, (lambda: h[0].copy())
 
         def run():
-            result["y"] = session.run(None, {"X": x, "initial_h": h0})[0]
+            result["y"] = session.run(None, {"X": x})[0]
         return run, (lambda: result["y"])
     raise ValueError(f"unknown runtime {runtime!r}; choose from {RUNTIMES}")
-
-
-def _onnx_chain(model):
-    """ONNX graph of a stack of GRU nodes with Transpose/Reshape between layers (as torch exports).
-
-    Output Y is (T, B, dirs*H); the first layer takes an optional initial_h (dirs, B, H).
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    spec = model.spec
-    dirs, H = spec.num_directions, spec.hidden_size
-    nodes, inits = [], [numpy_helper.from_array(np.array([0, 0, -1], np.int64), "shape3")]
-    current = "X"
-    for k, layer in enumerate(spec.layers):
-        for name, value in (("W", layer.w), ("R", layer.r), ("B", layer.b)):
-            inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}{k}"))
-        h0 = "initial_h" if k == 0 else ""
-        nodes.append(helper.make_node(
-            "GRU", [current, f"W{k}", f"R{k}", f"B{k}", "", h0], [f"Y{k}", f"Yh{k}"],
-            hidden_size=H, direction=spec.direction,
-            linear_before_reset=int(spec.linear_before_reset)))
-        nodes.append(helper.make_node("Transpose", [f"Y{k}"], [f"Yt{k}"], perm=[0, 2, 1, 3]))
-        nodes.append(helper.make_node("Reshape", [f"Yt{k}", "shape3"], [f"L{k}"]))
-        current = f"L{k}"
-    nodes.append(helper.make_node("Identity", [current], ["Y"]))
-    nodes.append(helper.make_node("Identity", [f"Yh{len(spec.layers) - 1}"], ["Y_h"]))
-    graph = helper.make_graph(
-        nodes, "gru_stack",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "B", spec.input_size]),
-         helper.make_tensor_value_info("initial_h", TensorProto.FLOAT, [dirs, "B", H])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", "B", dirs * H]),
-         helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [dirs, "B", H])],
-        inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
 def worker(runtime: str, shape: Shape, threads: int, seconds: float, out_path: str) -> dict:

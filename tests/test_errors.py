@@ -84,3 +84,11 @@ def test_inconsistent_spec():
         GRUSpec(())
     with pytest.raises(ValueError, match="clip must be a positive number or None, got 0"):
         GRUSpec((good,), clip=0)
+
+
+def test_weights_with_nan_are_refused(rng):
+    spec = random_spec(rng, 2, 3)
+    r = spec.layers[0].r.copy()
+    r[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="layer 0: r contains NaN or inf"):
+        GRUSpec((LayerWeights(spec.layers[0].w, r, spec.layers[0].b),))

@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
+from fastgru.errors import FormatError
 from conftest import assert_close, onnx_gru_model, random_spec, run_onnxruntime, spec_layers
 from reference import reference_gru
 
@@ -88,11 +89,14 @@ def test_node_picked_by_name(rng):
             n.name = f"gru_{suffix}"
             n.input[:] = [f"{i}_{suffix}" if i else "" for i in n.input]
             n.output[:] = [f"{o}_{suffix}" for o in n.output]
-        for t in proto.graph.initializer:
+        for t in list(proto.graph.initializer) + list(proto.graph.input) + list(proto.graph.output):
             t.name = f"{t.name}_{suffix}"
     a.graph.node.extend(b.graph.node)
     a.graph.initializer.extend(b.graph.initializer)
-    with pytest.raises(ValueError, match=r"2 GRU nodes \['gru_a', 'gru_b'\]; pick one with node="):
+    a.graph.input.extend(b.graph.input)
+    a.graph.output.extend(b.graph.output)
+    with pytest.raises(ValueError, match=r"2 GRU nodes \['gru_a', 'gru_b'\] that do not form one "
+                                         r"stack; pick one with node="):
         fastgru.GRU.from_onnx(a)
     assert fastgru.GRU.from_onnx(a, node="gru_b").hidden_size == 5
     with pytest.raises(ValueError, match=r"no GRU node named 'gru_c'"):
@@ -138,7 +142,7 @@ def test_bad_onnx_models(rng, tmp_path):
         fastgru.GRU.from_onnx(proto)
     proto = onnx_gru_model(spec)
     proto.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros((1, 12, 4), np.int32), "R"))
-    with pytest.raises(TypeError, match="R must be floating point, got int32"):
+    with pytest.raises(FormatError, match=r"R \('R'\) must be floating point, got INT32"):
         fastgru.GRU.from_onnx(proto)
 
     relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import fastgru
+from fastgru.errors import FormatError
 from conftest import assert_close
 
 
@@ -137,7 +138,7 @@ def test_bad_torch_sources():
     state["weight_ih_l0"] = state["weight_ih_l0"][:5]
     with pytest.raises(ValueError, match=r"weight_ih_l0 must have shape \(3\*4, input\)"):
         fastgru.GRU.from_torch(state)
-    with pytest.raises(TypeError, match="floating-point"):
+    with pytest.raises(FormatError, match="floating-point"):
         fastgru.GRU.from_torch({k: v.to(torch.int32) for k, v in torch_gru(3, 4).state_dict().items()})
 
 

@@ -1,7 +1,13 @@
-"""One ONNX GRU node (weights as initializers or Constant nodes) to the canonical layout.
+"""ONNX GRU graphs to the canonical layout.
 
-ONNX already stores gates as (z, r, h) with W (dirs, 3H, D), R (dirs, 3H, H), B (dirs, 6H), so
-the weights are taken as they are; the attributes become the spec's options.
+ONNX stores gates as (z, r, h) with W (dirs, 3H, D), R (dirs, 3H, H), B (dirs, 6H), the canonical
+order, so weights are taken as they are. A graph may hold one GRU node or a chain of them, as
+torch.onnx.export writes a stacked nn.GRU: layer k + 1 reads layer k's Y (T, dirs, B, H) through
+Transpose(0, 2, 1, 3) + Reshape, or Squeeze(1) when unidirectional, and a leading
+Transpose(1, 0, 2) of the graph input means batch_first.
+
+Weights must be initializers or Constant nodes. External data is read only from files inside the
+model's own folder, after checking each file's size against the tensor's shape.
 """
 
 from __future__ import annotations
@@ -11,58 +17,120 @@ import os
 import numpy as np
 
 from fastgru._weights import DIRECTIONS, GRUSpec, LayerWeights
+from fastgru.errors import FormatError
 
 MIN_OPSET = 7  # GRU-7 dropped GRU-3's output_sequence attribute; the semantics since are stable
 DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh")
+# Ops that only move data between stacked layers; reading follows their first input.
+_PLUMBING = {"Transpose", "Reshape", "Squeeze", "Identity"}
 
 
 def _load_model(src):
+    """(ModelProto, folder for external data or None)."""
     import onnx
 
     if isinstance(src, onnx.ModelProto):
-        return src
+        return src, None
     if isinstance(src, (bytes, bytearray, memoryview)):
-        try:
-            return onnx.load_from_string(bytes(src))
-        except Exception as error:  # protobuf raises its own DecodeError types
-            raise ValueError(f"these bytes are not an ONNX model: {error}") from None
+        return _parse(bytes(src), "these bytes"), None
     if isinstance(src, (str, os.PathLike)):
-        if not os.path.isfile(src):
-            raise FileNotFoundError(f"no ONNX file at {os.fspath(src)!r}")
-        try:
-            return onnx.load(os.fspath(src), load_external_data=False)
-        except Exception as error:
-            raise ValueError(f"{os.fspath(src)!r} is not an ONNX model: {error}") from None
+        path = os.fspath(src)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no ONNX file at {path!r}")
+        with open(path, "rb") as f:
+            data = f.read()
+        return _parse(data, repr(path)), os.path.dirname(os.path.abspath(path))
     raise TypeError(f"from_onnx takes a path, bytes or onnx.ModelProto, got {type(src).__name__}")
 
 
-def _constants(graph) -> dict[str, object]:
-    """Tensors known before run time: initializers and the outputs of Constant nodes."""
-    from onnx import helper
+def _parse(data: bytes, what: str):
+    import onnx
 
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as error:  # protobuf raises its own DecodeError types
+        raise FormatError(f"{what} is not an ONNX model: {error}") from None
+    if not model.HasField("graph"):
+        raise FormatError(f"{what} is not an ONNX model: it has no graph")
+    return model
+
+
+def _constants(graph) -> dict[str, object]:
+    """TensorProtos known before run time: initializers and the outputs of Constant nodes."""
     tensors = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for attr in node.attribute:
-                if attr.name == "value":
-                    tensors[node.output[0]] = helper.get_attribute_value(attr)
+                if attr.name == "value" and attr.HasField("t"):
+                    tensors[node.output[0]] = attr.t
     return tensors
 
 
-def _tensor(tensors, name: str, role: str, node_name: str) -> np.ndarray:
-    from onnx import TensorProto, numpy_helper
+def _external_bytes(tensor, folder: str | None, expected: int, where: str) -> bytes:
+    """The bytes of an external-data tensor, read only from inside `folder`."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    if folder is None:
+        raise FormatError(f"{where} is stored as external data, which can only be read when the "
+                          f"model is loaded from a path")
+    location = info.get("location", "")
+    parts = location.replace("\\", "/").split("/")
+    if not location or os.path.isabs(location) or ".." in parts:
+        raise FormatError(f"{where}: external data location {location!r} points outside the "
+                          f"model's folder")
+    path = os.path.realpath(os.path.join(folder, location))
+    if os.path.commonpath([path, os.path.realpath(folder)]) != os.path.realpath(folder):
+        raise FormatError(f"{where}: external data location {location!r} leads outside the "
+                          f"model's folder (through a link)")
+    if not os.path.isfile(path):
+        raise FormatError(f"{where}: external data file {location!r} does not exist")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", expected))
+    except ValueError:
+        raise FormatError(f"{where}: external data offset/length are not integers") from None
+    if length != expected or offset < 0 or offset + length > os.path.getsize(path):
+        raise FormatError(f"{where}: external data needs {expected} bytes at offset {offset} of "
+                          f"{location!r}, which has {os.path.getsize(path)} (length {length})")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
+
+def _tensor(tensors, name: str, role: str, node_name: str, folder: str | None) -> np.ndarray:
+    """A weight tensor as float64, its size checked against its shape before it is decoded."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    where = f"GRU node {node_name!r}: {role} ({name!r})"
     tensor = tensors.get(name)
     if tensor is None:
-        raise ValueError(f"GRU node {node_name!r}: input {role} ({name!r}) must be an initializer "
-                         f"or a Constant, but it is computed or fed at run time")
+        raise FormatError(f"GRU node {node_name!r}: input {role} ({name!r}) must be an "
+                          f"initializer or a Constant, but it is computed or fed at run time")
+    if tensor.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
+                                TensorProto.BFLOAT16):
+        kind = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in \
+            TensorProto.DataType.values() else str(tensor.data_type)
+        raise FormatError(f"{where} must be floating point, got {kind}")
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims) or len(dims) > 3:
+        raise FormatError(f"{where} has an invalid shape {dims}")
+    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    count = int(np.prod(dims, dtype=np.int64))
     if tensor.data_location == TensorProto.EXTERNAL:
-        raise ValueError(f"GRU node {node_name!r}: {role} ({name!r}) is stored as external data, "
-                         f"which this reader does not follow")
-    array = numpy_helper.to_array(tensor)
-    if array.dtype.kind != "f" and array.dtype.name != "bfloat16":
-        raise TypeError(f"GRU node {node_name!r}: {role} must be floating point, got {array.dtype}")
-    return array.astype(np.float64)
+        raw = _external_bytes(tensor, folder, count * itemsize, where)
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+        with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
+            return array.astype(np.float64)
+    stored = len(tensor.raw_data) // itemsize if tensor.HasField("raw_data") else max(
+        len(tensor.float_data), len(tensor.double_data), len(tensor.int32_data))
+    if stored != count or (tensor.HasField("raw_data") and len(tensor.raw_data) % itemsize):
+        raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
+    try:
+        with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
+            return numpy_helper.to_array(tensor).astype(np.float64)
+    except Exception as error:
+        raise FormatError(f"{where} cannot be decoded: {error}") from None
 
 
 def _opset(model) -> int:
@@ -72,71 +140,170 @@ def _opset(model) -> int:
     return 1
 
 
-def _pick_node(graph, node: str | None):
+def _attributes(node) -> dict:
+    from onnx import helper
+
+    try:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    except Exception as error:
+        raise FormatError(f"GRU node {node.name!r} has a malformed attribute: {error}") from None
+
+
+def _text(value) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _read_layer(node, tensors, folder):
+    """(LayerWeights, options dict) of one GRU node."""
+    name = node.name or "<unnamed>"
+    attrs = _attributes(node)
+    direction = _text(attrs.get("direction", b"forward"))
+    if direction not in DIRECTIONS:
+        raise FormatError(f"GRU node {name!r}: direction must be one of {DIRECTIONS}, "
+                          f"got {direction!r}")
+    dirs = 2 if direction == "bidirectional" else 1
+    activations = [_text(a) for a in attrs.get("activations", [])]
+    if activations and tuple(activations) != DEFAULT_ACTIVATIONS * dirs:
+        other = sorted(set(activations) - set(DEFAULT_ACTIVATIONS)) or activations
+        raise FormatError(f"GRU node {name!r}: only the default activations "
+                          f"{list(DEFAULT_ACTIVATIONS)} are supported, got {other}")
+    layout = attrs.get("layout", 0)
+    if layout not in (0, 1):
+        raise FormatError(f"GRU node {name!r}: layout must be 0 or 1, got {layout}")
+    lbr = attrs.get("linear_before_reset", 0)
+    if lbr not in (0, 1):
+        raise FormatError(f"GRU node {name!r}: linear_before_reset must be 0 or 1, got {lbr}")
+    clip = attrs.get("clip")
+    if clip is not None and not (isinstance(clip, float) and clip > 0):
+        raise FormatError(f"GRU node {name!r}: clip must be a positive number, got {clip!r}")
+
+    inputs = list(node.input) + [""] * (6 - len(node.input))
+    if not inputs[1] or not inputs[2]:
+        raise FormatError(f"GRU node {name!r} lacks its W or R input")
+    r = _tensor(tensors, inputs[2], "R", name, folder)
+    if r.ndim != 3 or r.shape[0] != dirs or r.shape[1] != 3 * r.shape[2] or r.shape[2] == 0:
+        raise FormatError(f"GRU node {name!r}: R must have shape ({dirs}, 3*H, H) for direction "
+                          f"{direction!r}, got {r.shape}")
+    H = r.shape[2]
+    if "hidden_size" in attrs and attrs["hidden_size"] != H:
+        raise FormatError(f"GRU node {name!r}: hidden_size={attrs['hidden_size']} but R has "
+                          f"shape {r.shape} (H={H})")
+    w = _tensor(tensors, inputs[1], "W", name, folder)
+    if w.ndim != 3 or w.shape[:2] != (dirs, 3 * H) or w.shape[2] == 0:
+        raise FormatError(f"GRU node {name!r}: W must have shape ({dirs}, {3 * H}, input_size), "
+                          f"got {w.shape}")
+    b = _tensor(tensors, inputs[3], "B", name, folder) if inputs[3] else np.zeros((dirs, 6 * H))
+    if b.shape != (dirs, 6 * H):
+        raise FormatError(f"GRU node {name!r}: B must have shape {(dirs, 6 * H)}, got {b.shape}")
+    options = {"direction": direction, "linear_before_reset": bool(lbr),
+               "clip": None if clip is None else float(clip)}
+    return LayerWeights(w=w, r=r, b=b), options, layout == 1
+
+
+def _trace_back(name: str, producers, graph_inputs, stop):
+    """Follow `name` back through plumbing ops to a GRU node's Y or a graph input.
+
+    Returns (kind, value, ops): kind "gru" with the GRU node, or "input" with the input name;
+    ops lists the plumbing nodes passed. Raises FormatError naming the node that is neither.
+    """
+    ops = []
+    while True:
+        node = producers.get(name)
+        if node is None:
+            if name in graph_inputs:
+                return "input", name, ops
+            raise FormatError(f"{stop}: its input {name!r} is neither a graph input nor produced "
+                              f"by any node")
+        if node.op_type == "GRU":
+            if node.output[0] != name:
+                raise FormatError(f"{stop}: it reads Y_h of GRU node {node.name!r}, not a "
+                                  f"sequence")
+            return "gru", node, ops
+        if node.op_type not in _PLUMBING:
+            raise FormatError(f"{stop}: node {node.name or '<unnamed>'!r} ({node.op_type}) "
+                              f"stands between it and the previous layer; only "
+                              f"{sorted(_PLUMBING)} can")
+        ops.append(node)
+        name = node.input[0]
+
+
+def _perm(node):
+    return [int(p) for p in _attributes(node).get("perm", [])]
+
+
+def _check_between_layers(ops, dirs: int, stop: str) -> None:
+    """The ops between two layers must turn Y (T, dirs, B, H) into (T, B, dirs*H)."""
+    for op in ops:
+        if op.op_type == "Transpose" and _perm(op) != [0, 2, 1, 3]:
+            raise FormatError(f"{stop}: Transpose {op.name!r} with perm {_perm(op)} between "
+                              f"layers; only (0, 2, 1, 3) keeps the time-major layout")
+    kinds = [op.op_type for op in ops if op.op_type != "Identity"]
+    if dirs == 2 and "Transpose" not in kinds:
+        raise FormatError(f"{stop}: a bidirectional layer's output must be transposed to "
+                          f"(T, B, 2, H) before the next layer reads it")
+
+
+def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
+    """(spec, batch_first) of the GRU stack in an ONNX graph, or of the node named `node`."""
+    model, folder = _load_model(src)
+    opset = _opset(model)
+    if opset < MIN_OPSET:
+        raise FormatError(f"ONNX opset {opset} is not supported; GRU is read from opset "
+                          f"{MIN_OPSET} on")
+    graph = model.graph
     grus = [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
+    if not grus:
+        kinds = sorted({n.op_type for n in graph.node})
+        raise FormatError(f"the ONNX graph has no GRU node (its op types: {kinds})")
+    tensors = _constants(graph)
     if node is not None:
         named = [n for n in grus if n.name == node]
         if not named:
             raise ValueError(f"no GRU node named {node!r}; GRU nodes: {[n.name for n in grus]}")
-        return named[0]
-    if not grus:
-        kinds = sorted({n.op_type for n in graph.node})
-        raise ValueError(f"the ONNX graph has no GRU node (its op types: {kinds})")
-    if len(grus) > 1:
-        raise ValueError(f"the ONNX graph has {len(grus)} GRU nodes {[n.name for n in grus]}; "
-                         f"pick one with node=")
-    return grus[0]
+        layer, options, layout = _read_layer(named[0], tensors, folder)
+        return GRUSpec((layer,), **options), layout
 
+    producers = {out: n for n in graph.node for out in n.output if out}
+    graph_inputs = {i.name for i in graph.input} - set(tensors)
+    previous, first = {}, []
+    for gru in grus:
+        stop = f"GRU node {gru.name or '<unnamed>'!r}"
+        kind, value, ops = _trace_back(gru.input[0], producers, graph_inputs, stop)
+        if kind == "gru":
+            previous[id(gru)] = (value, ops)
+        else:
+            first.append((gru, ops))
+    if len(first) != 1 or len({id(v[0]) for v in previous.values()}) != len(previous):
+        names = [n.name for n in grus]
+        raise FormatError(f"the ONNX graph has {len(grus)} GRU nodes {names} that do not form one "
+                          f"stack; pick one with node=")
+    by_previous = {id(prev): gru for gru, (prev, _) in
+                   ((g, previous[id(g)]) for g in grus if id(g) in previous)}
+    chain = [first[0][0]]
+    while id(chain[-1]) in by_previous:
+        chain.append(by_previous[id(chain[-1])])
 
-def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
-    """(spec, batch_first) of one GRU node; batch_first is the node's layout attribute."""
-    from onnx import helper
-
-    model = _load_model(src)
-    opset = _opset(model)
-    if opset < MIN_OPSET:
-        raise ValueError(f"ONNX opset {opset} is not supported; GRU is read from opset "
-                         f"{MIN_OPSET} on")
-    gru = _pick_node(model.graph, node)
-    name = gru.name or "<unnamed>"
-    attrs = {a.name: helper.get_attribute_value(a) for a in gru.attribute}
-
-    direction = attrs.get("direction", b"forward")
-    direction = direction.decode() if isinstance(direction, bytes) else direction
-    if direction not in DIRECTIONS:
-        raise ValueError(f"GRU node {name!r}: direction must be one of {DIRECTIONS}, "
-                         f"got {direction!r}")
-    dirs = 2 if direction == "bidirectional" else 1
-    activations = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
-    if activations and tuple(activations) != DEFAULT_ACTIVATIONS * dirs:
-        other = sorted(set(activations) - set(DEFAULT_ACTIVATIONS)) or activations
-        raise ValueError(f"GRU node {name!r}: only the default activations "
-                         f"{list(DEFAULT_ACTIVATIONS)} are supported, got {other}")
-    layout = int(attrs.get("layout", 0))
-    if layout not in (0, 1):
-        raise ValueError(f"GRU node {name!r}: layout must be 0 or 1, got {layout}")
-    lbr = int(attrs.get("linear_before_reset", 0))
-    if lbr not in (0, 1):
-        raise ValueError(f"GRU node {name!r}: linear_before_reset must be 0 or 1, got {lbr}")
-    clip = attrs.get("clip")
-
-    inputs = list(gru.input) + [""] * (6 - len(gru.input))
-    tensors = _constants(model.graph)
-    w = _tensor(tensors, inputs[1], "W", name)
-    r = _tensor(tensors, inputs[2], "R", name)
-    if r.ndim != 3 or r.shape[0] != dirs or r.shape[1] != 3 * r.shape[2]:
-        raise ValueError(f"GRU node {name!r}: R must have shape ({dirs}, 3*H, H) for direction "
-                         f"{direction!r}, got {r.shape}")
-    H = r.shape[2]
-    if "hidden_size" in attrs and int(attrs["hidden_size"]) != H:
-        raise ValueError(f"GRU node {name!r}: hidden_size={attrs['hidden_size']} but R has "
-                         f"shape {r.shape} (H={H})")
-    if w.ndim != 3 or w.shape[:2] != (dirs, 3 * H):
-        raise ValueError(f"GRU node {name!r}: W must have shape ({dirs}, {3 * H}, input_size), "
-                         f"got {w.shape}")
-    b = _tensor(tensors, inputs[3], "B", name) if inputs[3] else np.zeros((dirs, 6 * H))
-    if b.shape != (dirs, 6 * H):
-        raise ValueError(f"GRU node {name!r}: B must have shape {(dirs, 6 * H)}, got {b.shape}")
-    spec = GRUSpec((LayerWeights(w=w, r=r, b=b),), direction=direction,
-                   linear_before_reset=bool(lbr), clip=None if clip is None else float(clip))
-    return spec, layout == 1
+    layers, options = [], None
+    for k, gru in enumerate(chain):
+        layer, opts, layout = _read_layer(gru, tensors, folder)
+        stop = f"GRU node {gru.name or '<unnamed>'!r}"
+        if options is not None and opts != options:
+            raise FormatError(f"{stop}: layer {k} has options {opts}, layer 0 has {options}")
+        if k > 0 and layout:
+            raise FormatError(f"{stop}: layout=1 on a layer above the first is not supported")
+        if k > 0:
+            _check_between_layers(previous[id(gru)][1], 2 if opts["direction"] ==
+                                  "bidirectional" else 1, stop)
+        options = opts
+        layers.append(layer)
+    first_layout = _read_layer(chain[0], tensors, folder)[2]
+    input_perms = [_perm(op) for op in first[0][1] if op.op_type == "Transpose"]
+    if input_perms not in ([], [[1, 0, 2]]):
+        raise FormatError(f"the graph input reaches the first GRU through Transposes "
+                          f"{input_perms}; only none or one (1, 0, 2) is understood")
+    batch_first = bool(first_layout) != bool(input_perms)
+    try:
+        spec = GRUSpec(tuple(layers), **options)
+    except ValueError as error:
+        raise FormatError(f"the GRU stack is inconsistent: {error}") from None
+    return spec, batch_first

@@ -8,12 +8,15 @@ torch is imported only when the caller passes a torch object, never by fastgru i
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from fastgru._weights import GRUSpec, LayerWeights
+from fastgru.errors import FormatError
+from fastgru.loaders import files, native
 
 _KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)(_l(\d+))?(_reverse)?$")
 
@@ -22,11 +25,11 @@ def _to_numpy(name: str, value) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor; bfloat16 has no NumPy twin
         value = value.detach().cpu()
         if not value.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+            raise FormatError(f"{name} must be a floating-point tensor, got {value.dtype}")
         value = value.double().numpy()
     array = np.asarray(value)
     if array.dtype.kind != "f":
-        raise TypeError(f"{name} must hold floating-point weights, got dtype {array.dtype}")
+        raise FormatError(f"{name} must hold floating-point weights, got dtype {array.dtype}")
     return array.astype(np.float64)
 
 
@@ -53,10 +56,10 @@ def _find_prefix(keys) -> str:
                        if k.endswith(s) and (len(k) == len(s) or k[-len(s) - 1] == ".")})
     if not prefixes:
         shown = ", ".join(list(keys)[:8])
-        raise ValueError(f"not a GRU state dict: no 'weight_hh_l0' or 'weight_hh' key "
+        raise FormatError(f"not a GRU state dict: no 'weight_hh_l0' or 'weight_hh' key "
                          f"(keys: {shown}{', ...' if len(keys) > 8 else ''})")
     if len(prefixes) > 1:
-        raise ValueError(f"the state dict holds several GRUs; pick one with prefix=, "
+        raise FormatError(f"the state dict holds several GRUs; pick one with prefix=, "
                          f"one of {prefixes}")
     return prefixes[0]
 
@@ -74,11 +77,11 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
             continue
         name, _, layer, reverse = match.groups()
         if cell != (layer is None):
-            raise ValueError(f"state dict mixes nn.GRUCell keys ('weight_hh') with nn.GRU keys "
+            raise FormatError(f"state dict mixes nn.GRUCell keys ('weight_hh') with nn.GRU keys "
                              f"('{prefix}{key}')")
         params[(name, int(layer or 0), bool(reverse))] = _to_numpy(prefix + key, value)
     if not params:
-        raise ValueError(f"no GRU keys under prefix {prefix!r}")
+        raise FormatError(f"no GRU keys under prefix {prefix!r}")
 
     num_layers = 1 + max(layer for _, layer, _ in params)
     bidirectional = any(reverse for _, _, reverse in params)
@@ -86,7 +89,7 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
     w_hh = params.get(("weight_hh", 0, False))
     if w_hh is None or w_hh.ndim != 2 or w_hh.shape[0] != 3 * w_hh.shape[1]:
         got = None if w_hh is None else w_hh.shape
-        raise ValueError(f"{prefix}weight_hh{'' if cell else '_l0'} must have shape (3*H, H) "
+        raise FormatError(f"{prefix}weight_hh{'' if cell else '_l0'} must have shape (3*H, H) "
                          f"for a GRU, got {got}")
     H = w_hh.shape[1]
 
@@ -98,19 +101,19 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
             names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if has_bias else [])
             missing = [f"{prefix}{n}{suffix}" for n in names if (n, k, reverse) not in params]
             if missing:
-                raise ValueError(f"state dict is missing {', '.join(missing)}")
+                raise FormatError(f"state dict is missing {', '.join(missing)}")
             w_ih, w_hh = params[("weight_ih", k, reverse)], params[("weight_hh", k, reverse)]
             if w_hh.shape != (3 * H, H):
-                raise ValueError(f"{prefix}weight_hh{suffix} must have shape {(3 * H, H)}, "
+                raise FormatError(f"{prefix}weight_hh{suffix} must have shape {(3 * H, H)}, "
                                  f"got {w_hh.shape}")
             if w_ih.ndim != 2 or w_ih.shape[0] != 3 * H:
-                raise ValueError(f"{prefix}weight_ih{suffix} must have shape (3*{H}, input), "
+                raise FormatError(f"{prefix}weight_ih{suffix} must have shape (3*{H}, input), "
                                  f"got {w_ih.shape}")
             if has_bias:
                 b_ih, b_hh = params[("bias_ih", k, reverse)], params[("bias_hh", k, reverse)]
                 for n, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
                     if b.shape != (3 * H,):
-                        raise ValueError(f"{prefix}{n}{suffix} must have shape {(3 * H,)}, "
+                        raise FormatError(f"{prefix}{n}{suffix} must have shape {(3 * H,)}, "
                                          f"got {b.shape}")
                 bias = np.concatenate([_reorder(b_ih, H), _reorder(b_hh, H)])
             else:
@@ -124,12 +127,21 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
 
 
 def spec_from_torch(src, prefix: str | None = None) -> tuple[GRUSpec, bool]:
-    """(spec, batch_first) from a module or a state dict."""
+    """(spec, batch_first) from a module, a state dict, or a .pt/.pth/.safetensors file."""
+    if isinstance(src, (str, os.PathLike)):
+        path = files.check_file(src)
+        if files.sniff(path) == "safetensors":
+            tensors, metadata = files.read_safetensors(path)
+            if native.is_native(metadata):
+                raise FormatError(f"{path!r} is a fastgru file, not PyTorch weights: read it "
+                                  f"with fastgru.load")
+            return spec_from_state_dict(tensors, prefix=prefix), False
+        return spec_from_state_dict(files.read_torch(path), prefix=prefix), False
     module = _module_state(src)
     if module is not None:
         state, batch_first = module
         return spec_from_state_dict(state, prefix=prefix if prefix is not None else ""), batch_first
     if isinstance(src, Mapping):
         return spec_from_state_dict(src, prefix=prefix), False
-    raise TypeError(f"from_torch takes an nn.GRU / nn.GRUCell module or a state dict "
-                    f"(name -> tensor or ndarray), got {type(src).__name__}")
+    raise TypeError(f"from_torch takes an nn.GRU / nn.GRUCell module, a state dict "
+                    f"(name -> tensor or ndarray) or a file path, got {type(src).__name__}")

@@ -1,10 +1,12 @@
 """Side-by-side timing of fastgru and its peers, each runtime in its own process.
 
-``python -m fastgru.benchmark`` (or ``fastgru bench``) prints a Markdown table for the benchmark
-shapes of DESIGN.md on a built-in random model. Each measurement runs in a fresh worker process
+``fastgru bench`` prints a Markdown table for the benchmark shapes of DESIGN.md on a built-in
+random model, or for the user's own model file. Each measurement runs in a fresh worker process
 (onnxruntime's idle threads spin and would distort a shared process), with the thread count fixed
-by environment variables before any library loads; workers for the same shape run one after the
-other; the figure that counts is the ratio of medians measured in one run.
+by environment variables before any library loads; the figure that counts is the ratio of medians
+measured in one run. onnxruntime runs the graph ``GRU.to_onnx`` writes (one GRU node per layer,
+as torch.onnx.export writes it); PyTorch runs an nn.GRU (an nn.GRUCell for the stream step)
+holding the same weights.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,7 +26,9 @@ RUNTIMES = ("fastgru", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
-class Shape:
+class Case:
+    """One benchmark: a model (built-in random weights, or a file) and an input shape."""
+
     name: str
     batch: int
     steps: int
@@ -32,45 +36,53 @@ class Shape:
     hidden_size: int
     num_layers: int = 1
     bidirectional: bool = False
-    what: str = ""
+    stream: bool = False
+    model_path: str | None = None
 
     @property
     def flops(self) -> float:
-        """Multiply-adds counted as 2 FLOPs, all layers and directions: 6*H*(D_in + H) per row-step."""
+        """Multiply-adds as 2 FLOPs over all layers and directions: 6*H*(D_in + H) per row-step."""
         dirs = 2 if self.bidirectional else 1
-        total = 0
-        for k in range(self.num_layers):
-            d_in = self.input_size if k == 0 else dirs * self.hidden_size
-            total += dirs * 6 * self.hidden_size * (d_in + self.hidden_size)
-        return float(total * self.batch * self.steps)
+        per_row_step = sum(
+            dirs * 6 * self.hidden_size * ((self.input_size if k == 0 else dirs * self.hidden_size)
+                                           + self.hidden_size)
+            for k in range(self.num_layers))
+        return float(per_row_step * self.batch * self.steps)
+
+    @property
+    def label(self) -> str:
+        layers = f" L={self.num_layers}" if self.num_layers > 1 else ""
+        bi = " bi" if self.bidirectional else ""
+        return (f"{self.name} B={self.batch} T={self.steps} D={self.input_size} "
+                f"H={self.hidden_size}{layers}{bi}")
 
 
-SHAPES = {s.name: s for s in (
-    Shape("S1", 1, 1, 64, 128, what="stream step, state carried"),
-    Shape("S2", 1, 100, 64, 256, what="one sequence, batch 1"),
-    Shape("S3", 16, 100, 128, 256, what="small batch"),
-    Shape("S4", 64, 50, 256, 512, what="throughput"),
-    Shape("S5", 8, 200, 80, 256, 2, True, what="2-layer bidirectional"),
-    Shape("S6", 1, 50, 256, 1024, what="large hidden"),
+SHAPES = {c.name: c for c in (
+    Case("S1", 1, 1, 64, 128, stream=True),   # stream step, state carried
+    Case("S2", 1, 100, 64, 256),              # one sequence, batch 1
+    Case("S3", 16, 100, 128, 256),            # small batch
+    Case("S4", 64, 50, 256, 512),             # throughput
+    Case("S5", 8, 200, 80, 256, 2, True),     # stacked bidirectional
+    Case("S6", 1, 50, 256, 1024),             # large hidden
 )}
 
 
-def _torch_module(shape: Shape, seed: int = 0):
-    import torch
+def case_for_model(path: str, batch: int, steps: int) -> Case:
+    import fastgru
 
-    torch.manual_seed(seed)
-    return torch.nn.GRU(shape.input_size, shape.hidden_size, num_layers=shape.num_layers,
-                        bidirectional=shape.bidirectional).eval()
+    model = fastgru.load(path)
+    return Case(os.path.basename(path), batch, steps, model.input_size, model.hidden_size,
+                model.num_layers, model.bidirectional, model_path=os.path.abspath(path))
 
 
-def _state_dict(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+def _random_state_dict(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
     """PyTorch-keyed random weights, the same in every worker, without needing torch."""
     rng = np.random.default_rng(seed)
-    H, dirs = shape.hidden_size, 2 if shape.bidirectional else 1
+    H, dirs = case.hidden_size, 2 if case.bidirectional else 1
     bound = 1 / np.sqrt(H)
     state = {}
-    for k in range(shape.num_layers):
-        d_in = shape.input_size if k == 0 else dirs * H
+    for k in range(case.num_layers):
+        d_in = case.input_size if k == 0 else dirs * H
         for suffix in ["", "_reverse"][:dirs]:
             for name, size in (("weight_ih", (3 * H, d_in)), ("weight_hh", (3 * H, H)),
                                ("bias_ih", (3 * H,)), ("bias_hh", (3 * H,))):
@@ -78,84 +90,82 @@ def _state_dict(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     return state
 
 
-def _inputs(shape: Shape, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((shape.steps, shape.batch, shape.input_size)).astype(np.float32)
+def _model(case: Case):
+    import fastgru
+
+    if case.model_path:
+        return fastgru.load(case.model_path)
+    return fastgru.GRU.from_torch(_random_state_dict(case))
 
 
-def _make_call(runtime: str, shape: Shape, threads: int):
-    """A zero-argument function doing one benchmark call, and a function returning its output."""
-    state = _state_dict(shape)
-    x = _inputs(shape)
-    stream = shape.name == "S1"
+def _make_call(runtime: str, case: Case, threads: int):
+    """(call, output): one benchmark call, and a function returning the last call's result."""
+    model = _model(case)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(np.float32)
+    if model.batch_first:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    result = {}
     if runtime == "fastgru":
-        import fastgru
-
-        model = fastgru.GRU.from_torch(state)
-        if stream:
-            s = model.stream(shape.batch)
-            out = np.empty((shape.batch, shape.hidden_size), np.float32)
-            return (lambda: s.step(x[0], out=out)), (lambda: out.copy())
-        result = {}
+        if case.stream:
+            stream = model.stream(case.batch)
+            out = np.empty((case.batch, case.hidden_size), np.float32)
+            return (lambda: stream.step(x[0], out=out)), (lambda: out.copy())
         return (lambda: result.__setitem__("y", model(x)[0])), (lambda: result["y"])
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(model.to_onnx(state_inputs=case.stream).SerializeToString(),
+                                       options, providers=["CPUExecutionProvider"])
+        if case.stream:
+            h = np.zeros((1, case.batch, case.hidden_size), np.float32)
+            one_step = np.ones(case.batch, np.int32)
+
+            def step():
+                nonlocal h
+                _, h = session.run(None, {"X": x[:1], "initial_h": h, "sequence_lens": one_step})
+            return step, (lambda: h[0].copy())
+        return (lambda: result.__setitem__("y", session.run(None, {"X": x})[0])), \
+            (lambda: result["y"])
     if runtime == "torch":
         import torch
 
+        from fastgru.loaders.torch import spec_to_state_dict
+
         torch.set_num_threads(threads)
-        module = _torch_module(shape)
-        module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        state = {k: torch.from_numpy(v.astype(np.float32))
+                 for k, v in spec_to_state_dict(model.spec).items()}
         xt = torch.from_numpy(x)
-        result = {}
-        if stream:
-            cell = torch.nn.GRUCell(shape.input_size, shape.hidden_size).eval()
-            cell.load_state_dict({k.replace("_l0", ""): torch.from_numpy(v)
-                                  for k, v in state.items()})
-            h = torch.zeros(shape.batch, shape.hidden_size)
+        if case.stream:
+            cell = torch.nn.GRUCell(case.input_size, case.hidden_size).eval()
+            cell.load_state_dict({k.replace("_l0", ""): v for k, v in state.items()})
+            h = torch.zeros(case.batch, case.hidden_size)
 
             def step():
                 nonlocal h
                 with torch.inference_mode():
                     h = cell(xt[0], h)
             return step, (lambda: h.numpy().copy())
+        module = torch.nn.GRU(case.input_size, case.hidden_size, num_layers=case.num_layers,
+                              bidirectional=case.bidirectional, batch_first=model.batch_first)
+        module.load_state_dict(state)
+        module.eval()
 
         def run():
             with torch.inference_mode():
                 result["y"] = module(xt)[0]
         return run, (lambda: result["y"].numpy())
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        import fastgru
-
-        model = fastgru.GRU.from_torch(state)
-        proto = model.to_onnx(state_inputs=stream)  # sequences: X alone, as users run it
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(proto.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-        result = {}
-        dirs = 2 if shape.bidirectional else 1
-        h = np.zeros((dirs, shape.batch, shape.hidden_size), np.float32)
-        if stream:
-            one_step = np.ones(shape.batch, np.int32)
-
-            def step():
-                nonlocal h
-                y, h = session.run(None, {"X": x[:1], "initial_h": h, "sequence_lens": one_step})
-            return step, (lambda: h[0].copy())
-
-        def run():
-            result["y"] = session.run(None, {"X": x})[0]
-        return run, (lambda: result["y"])
     raise ValueError(f"unknown runtime {runtime!r}; choose from {RUNTIMES}")
 
 
-def worker(runtime: str, shape: Shape, threads: int, seconds: float, out_path: str) -> dict:
-    """Time one runtime on one shape in this process; writes its first output to out_path."""
+def worker(runtime: str, case: Case, threads: int, seconds: float, out_path: str) -> dict:
+    """Time one runtime on one case in this process; saves its output to out_path."""
     start = time.perf_counter()
-    call, output = _make_call(runtime, shape, threads)
-    call()  # compile / first run
+    call, output = _make_call(runtime, case, threads)
+    call()  # compile or load, and the first run
     first_call = time.perf_counter() - start
     np.save(out_path, output())
     warm_until = time.perf_counter() + min(0.5, seconds / 4)
@@ -167,17 +177,65 @@ def worker(runtime: str, shape: Shape, threads: int, seconds: float, out_path: s
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    times = np.array(times)
-    return {"runtime": runtime, "shape": shape.name, "threads": threads, "calls": len(times),
+    return {"runtime": runtime, "case": case.name, "threads": threads, "calls": len(times),
             "median_s": float(np.median(times)), "p99_s": float(np.percentile(times, 99)),
             "setup_s": first_call}
 
 
-def _thread_env(threads: int) -> dict[str, str]:
+def thread_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = str(threads)
     return env
+
+
+def run(cases, runtimes, threads_list, seconds: float, progress=sys.stderr) -> list[dict]:
+    """Every (case, threads, runtime) in its own worker process; returns the records.
+
+    Each record gets ``max_abs_diff``: its output against onnxruntime's (or fastgru's when
+    onnxruntime is not among the runtimes).
+    """
+    records = []
+    total = len(cases) * len(threads_list) * len(runtimes)
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in threads_list:
+            for case in cases:
+                outputs = {}
+                for runtime in runtimes:
+                    print(f"[{len(records) + 1}/{total}] {case.name} {runtime}, {threads} "
+                          f"thread(s)", file=progress, flush=True)
+                    out_path = os.path.join(tmp, f"{runtime}.npy")
+                    cmd = [sys.executable, "-m", "fastgru.benchmark", "--worker", runtime,
+                           "--case", json.dumps(asdict(case)), "--threads", str(threads),
+                           "--seconds", str(seconds), "--out", out_path]
+                    proc = subprocess.run(cmd, capture_output=True, text=True,
+                                          env=thread_env(threads))
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"the {runtime} worker failed on {case.name}:\n"
+                                           f"{proc.stderr[-2000:]}")
+                    records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    outputs[runtime] = np.load(out_path).astype(np.float64)
+                ref = outputs.get("onnxruntime", outputs["fastgru"])
+                for record in records[-len(runtimes):]:
+                    record["max_abs_diff"] = float(np.abs(outputs[record["runtime"]] - ref).max())
+    return records
+
+
+def table(records, cases) -> str:
+    """Markdown: a row per case, thread count and runtime."""
+    by_name = {c.name: c for c in cases}
+    base = {(r["case"], r["threads"]): r["median_s"] for r in records if r["runtime"] == "fastgru"}
+    ref = "onnxruntime" if any(r["runtime"] == "onnxruntime" for r in records) else "fastgru"
+    lines = [f"| case | threads | runtime | median µs | p99 µs | GFLOP/s | time / fastgru's "
+             f"| max abs diff vs {ref} |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        case = by_name[r["case"]]
+        lines.append(
+            f"| {case.label} | {r['threads']} | {r['runtime']} | {r['median_s'] * 1e6:.1f} "
+            f"| {r['p99_s'] * 1e6:.1f} | {case.flops / r['median_s'] / 1e9:.1f} "
+            f"| {r['median_s'] / base[(r['case'], r['threads'])]:.2f} "
+            f"| {r['max_abs_diff']:.1e} |")
+    return "\n".join(lines)
 
 
 def _available(runtime: str) -> bool:
@@ -186,91 +244,55 @@ def _available(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
 
 
-def run(shapes, runtimes, threads_list, seconds: float, stream=sys.stdout) -> list[dict]:
-    """Run every (shape, threads, runtime) in its own worker process; returns the records."""
-    records = []
-    total = len(shapes) * len(threads_list) * len(runtimes)
-    done = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for threads in threads_list:
-            for shape in shapes:
-                outputs = {}
-                for runtime in runtimes:
-                    done += 1
-                    print(f"[{done}/{total}] {shape.name} {runtime} {threads} thread(s)...",
-                          file=sys.stderr, flush=True)
-                    out_path = os.path.join(tmp, f"{runtime}.npy")
-                    cmd = [sys.executable, "-m", "fastgru.benchmark", "--worker", runtime,
-                           "--shapes", shape.name, "--threads", str(threads),
-                           "--seconds", str(seconds), "--out", out_path]
-                    proc = subprocess.run(cmd, capture_output=True, text=True,
-                                          env=_thread_env(threads))
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"{runtime} worker failed on {shape.name}:\n"
-                                           f"{proc.stderr[-2000:]}")
-                    record = json.loads(proc.stdout.strip().splitlines()[-1])
-                    outputs[runtime] = np.load(out_path)
-                    records.append(record)
-                for record in records[-len(runtimes):]:
-                    ref = outputs.get("onnxruntime", outputs[runtimes[0]])
-                    record["max_abs_diff_vs_ref"] = float(
-                        np.abs(outputs[record["runtime"]].astype(np.float64) - ref).max())
-    return records
-
-
-def table(records) -> str:
-    """Markdown table: one row per shape and thread count, a column group per runtime."""
-    lines = ["| shape | threads | runtime | median µs | p99 µs | GFLOP/s | peer time / fastgru "
-             "| max abs diff vs onnxruntime |",
-             "|---|---|---|---|---|---|---|---|"]
-    base = {(r["shape"], r["threads"]): r["median_s"] for r in records if r["runtime"] == "fastgru"}
-    for r in records:
-        shape = SHAPES[r["shape"]]
-        ratio = r["median_s"] / base[(r["shape"], r["threads"])] if base else float("nan")
-        lines.append(
-            f"| {shape.name} B={shape.batch} T={shape.steps} D={shape.input_size} "
-            f"H={shape.hidden_size}{' L=2 bi' if shape.bidirectional else ''} | {r['threads']} "
-            f"| {r['runtime']} | {r['median_s'] * 1e6:.1f} | {r['p99_s'] * 1e6:.1f} "
-            f"| {shape.flops / r['median_s'] / 1e9:.1f} | {ratio:.2f} "
-            f"| {r['max_abs_diff_vs_ref']:.1e} |")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastgru bench", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="a model file; default: the built-in shapes")
     parser.add_argument("--shapes", default=",".join(SHAPES),
-                        help="comma-separated benchmark shapes (default: all of S1-S6)")
+                        help="built-in shapes to run (default: all of S1-S6)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size for MODEL (default 1)")
+    parser.add_argument("--seq", type=int, default=100, help="steps for MODEL (default 100)")
     parser.add_argument("--vs", default="onnxruntime",
-                        help="comma-separated peers among onnxruntime,torch (default: onnxruntime)")
-    parser.add_argument("--threads", default="1",
-                        help="comma-separated thread counts (default: 1)")
+                        help="comma-separated peers among onnxruntime,torch (default onnxruntime)")
+    parser.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     parser.add_argument("--seconds", type=float, default=1.0,
-                        help="timing budget per measurement (default: 1.0)")
-    parser.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+                        help="timing budget per measurement (default 1.0)")
 
-    unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
-    if unknown:
-        parser.error(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
-    shapes = [SHAPES[s] for s in args.shapes.split(",")]
-    threads = [int(t) for t in args.threads.split(",")]
-    if args.worker:
-        print(json.dumps(worker(args.worker, shapes[0], threads[0], args.seconds, args.out)))
-        return 0
+
+def bench(args) -> int:
+    """The ``fastgru bench`` command: prints the table; 2 for bad arguments."""
     peers = [p for p in args.vs.split(",") if p]
     bad = [p for p in peers if p not in RUNTIMES[1:]]
     if bad:
-        parser.error(f"unknown peer(s) {bad}; choose from {list(RUNTIMES[1:])}")
+        raise ValueError(f"unknown peer(s) {bad}; choose from {list(RUNTIMES[1:])}")
     missing = [p for p in peers if not _available(p)]
     if missing:
-        print(f"fastgru bench: {', '.join(missing)} is not installed "
-              f"(pip install {' '.join(missing)})", file=sys.stderr)
-        return 2
-    records = run(shapes, ["fastgru", *peers], threads, args.seconds)
-    print(table(records))
+        raise ImportError(f"{', '.join(missing)} is not installed: pip install {' '.join(missing)}")
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.model:
+        if args.batch < 1 or args.seq < 1:
+            raise ValueError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
+        cases = [case_for_model(args.model, args.batch, args.seq)]
+    else:
+        unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
+        if unknown:
+            raise ValueError(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
+        cases = [SHAPES[s] for s in args.shapes.split(",")]
+    records = run(cases, ["fastgru", *peers], threads, args.seconds)
+    print(table(records, cases))
+    return 0
+
+
+def _worker_main(argv) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", choices=RUNTIMES, required=True)
+    parser.add_argument("--case", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    case = Case(**json.loads(args.case))
+    print(json.dumps(worker(args.worker, case, args.threads, args.seconds, args.out)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_worker_main(sys.argv[1:]))

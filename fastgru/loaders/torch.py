@@ -34,7 +34,7 @@ def _to_numpy(name: str, value) -> np.ndarray:
 
 
 def _reorder(rows: np.ndarray, H: int) -> np.ndarray:
-    """(r, z, n) row blocks of a (3H, ...) or (3H,) array to (z, r, n)."""
+    """Swap the first two row blocks of a (3H, ...) or (3H,) array: (r, z, n) <-> (z, r, n)."""
     return np.concatenate([rows[H:2 * H], rows[:H], rows[2 * H:]], axis=0)
 
 
@@ -145,3 +145,23 @@ def spec_from_torch(src, prefix: str | None = None) -> tuple[GRUSpec, bool]:
         return spec_from_state_dict(src, prefix=prefix), False
     raise TypeError(f"from_torch takes an nn.GRU / nn.GRUCell module, a state dict "
                     f"(name -> tensor or ndarray) or a file path, got {type(src).__name__}")
+
+
+def spec_to_state_dict(spec: GRUSpec) -> dict[str, np.ndarray]:
+    """nn.GRU keys for a spec (linear_before_reset=1 only: PyTorch has no other variant)."""
+    if not spec.linear_before_reset:
+        raise ValueError("PyTorch's GRU computes linear_before_reset=1; this model uses 0 and "
+                         "has no PyTorch equivalent (export it to ONNX instead)")
+    if spec.clip is not None:
+        raise ValueError(f"PyTorch's GRU has no clip; this model clips at {spec.clip}")
+    if spec.direction == "reverse":
+        raise ValueError("PyTorch's GRU has no reverse-only direction")
+    H = spec.hidden_size
+    state = {}
+    for k, layer in enumerate(spec.layers):
+        for d, suffix in enumerate(["", "_reverse"][:spec.num_directions]):
+            state[f"weight_ih_l{k}{suffix}"] = _reorder(layer.w[d], H)
+            state[f"weight_hh_l{k}{suffix}"] = _reorder(layer.r[d], H)
+            state[f"bias_ih_l{k}{suffix}"] = _reorder(layer.b[d, :3 * H], H)
+            state[f"bias_hh_l{k}{suffix}"] = _reorder(layer.b[d, 3 * H:], H)
+    return state

@@ -1,0 +1,125 @@
+"""The fastgru command, in-process through fastgru.cli.main, plus the installed script once."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fastgru
+from fastgru import GRUSpec, LayerWeights
+from conftest import assert_close, random_spec
+from fastgru.cli import main
+from test_torch import torch_gru
+
+
+@pytest.fixture
+def pt_file(tmp_path):
+    path = tmp_path / "gru.pt"
+    torch.save({"model": torch_gru(5, 7, 2, bidirectional=True).state_dict()}, path)
+    return path
+
+
+def test_info(pt_file, capsys):
+    assert main(["info", str(pt_file)]) == 0
+    out = capsys.readouterr().out
+    assert "layers:              2" in out and "direction:           bidirectional" in out
+    # weights: layer 0 2*(21*5 + 21*7 + 42) ; layer 1 2*(21*14 + 21*7 + 42)
+    assert f"parameters:          {2 * (105 + 147 + 42) + 2 * (294 + 147 + 42)}" in out
+    assert f"FLOPs per step:      {2 * 6 * 7 * (5 + 7) + 2 * 6 * 7 * (14 + 7)}" in out
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".safetensors", ".pt"])
+def test_convert_keeps_the_outputs(pt_file, tmp_path, rng, suffix, capsys):
+    dst = tmp_path / f"converted{suffix}"
+    assert main(["convert", str(pt_file), str(dst)]) == 0
+    assert f"wrote {dst}" in capsys.readouterr().out
+    x = rng.standard_normal((6, 2, 5))
+    assert_close(fastgru.load(dst)(x)[0], fastgru.load(pt_file)(x)[0], "float32", suffix)
+
+
+def test_run_writes_outputs(pt_file, tmp_path, rng):
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    h0 = rng.standard_normal((4, 3, 7)).astype(np.float32)
+    for name, value in (("x", x), ("h0", h0), ("lengths", np.array([6, 2, 4]))):
+        np.save(tmp_path / f"{name}.npy", value)
+    argv = ["run", str(pt_file), "--input", str(tmp_path / "x.npy"), "--output",
+            str(tmp_path / "y.npy"), "--output-state", str(tmp_path / "h.npy"),
+            "--h0", str(tmp_path / "h0.npy"), "--lengths", str(tmp_path / "lengths.npy")]
+    assert main(argv) == 0
+    y, h_n = fastgru.load(pt_file)(x, h0, lengths=[6, 2, 4])
+    assert np.array_equal(np.load(tmp_path / "y.npy"), y)
+    assert np.array_equal(np.load(tmp_path / "h.npy"), h_n)
+
+
+def test_check_passes_for_good_files(pt_file, tmp_path, capsys):
+    assert main(["check", str(pt_file)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime  max abs diff" in out and "torch        max abs diff" in out
+    assert "ABOVE" not in out
+    onnx_file = tmp_path / "m.onnx"
+    assert main(["convert", str(pt_file), str(onnx_file)]) == 0
+    assert main(["check", str(onnx_file)]) == 0
+
+
+def test_check_fails_when_the_file_disagrees(rng, tmp_path, capsys, monkeypatch):
+    spec = random_spec(rng, 3, 4)
+    path = tmp_path / "m.onnx"
+    fastgru.GRU(spec).to_onnx(path)
+    # fastgru computes a model whose R differs from the file's: the check must catch it
+    layer = spec.layers[0]
+    other = fastgru.GRU(GRUSpec((LayerWeights(layer.w, 1.5 * layer.r, layer.b),)))
+    monkeypatch.setattr(fastgru, "load", lambda path, **options: other)
+    assert main(["check", str(path)]) == 1
+    assert "ABOVE tolerance" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "missing.pt"], "no file at 'missing.pt'"),
+    (["convert", "{pt}", "out.txt"], "the destination must end in .onnx"),
+    (["run", "{pt}", "--input", "missing.npy", "--output", "y.npy"], "no input file at"),
+    (["run", "{pt}", "--input", "{bad_npy}", "--output", "y.npy"], "is not a NumPy .npy file"),
+    (["run", "{pt}", "--input", "{wrong_x}", "--output", "y.npy"], "x must have 5 features"),
+    (["info", "{bad_npy}"], "cannot tell what kind of model"),
+    (["bench", "--shapes", "S9"], r"unknown shape\(s\) \['S9'\]"),
+    (["bench", "--vs", "openvino"], r"unknown peer\(s\) \['openvino'\]"),
+])
+def test_bad_input_is_one_line_and_status_2(pt_file, tmp_path, capsys, argv, message):
+    (tmp_path / "bad.txt").write_text("not numpy")
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 2, 3), np.float32))
+    names = {"pt": str(pt_file), "bad_npy": str(tmp_path / "bad.txt"),
+             "wrong_x": str(tmp_path / "wrong.npy")}
+    argv = [a.format(**names) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_installed_script_and_bench_table(pt_file):
+    """The console script end to end: a short bench of the user's file against both peers."""
+    script = [sys.executable, "-m", "fastgru.cli"]
+    out = subprocess.run([*script, "bench", str(pt_file), "--batch", "2", "--seq", "5",
+                          "--seconds", "0.05", "--vs", "onnxruntime,torch"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| gru.pt")]
+    assert [r.split("|")[3].strip() for r in rows] == ["fastgru", "onnxruntime", "torch"]
+    for row in rows:
+        diff = float(row.split("|")[8])
+        assert diff < 1e-5
+    assert "[3/3]" in out.stderr  # the progress display
+    none = subprocess.run([*script], capture_output=True, text=True)
+    assert none.returncode == 2 and "usage" in none.stderr
+
+
+def test_default_bench_stream_shape():
+    out = subprocess.run([sys.executable, "-m", "fastgru.cli", "bench", "--shapes", "S1",
+                          "--seconds", "0.05"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| S1")]
+    assert len(rows) == 2 and float(rows[1].split("|")[8]) == 0.0

@@ -189,35 +189,45 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run(cases, runtimes, threads_list, seconds: float, progress=sys.stderr) -> list[dict]:
-    """Every (case, threads, runtime) in its own worker process; returns the records.
+def run(cases, runtimes, threads_list, seconds: float, rounds: int = 1,
+        progress=sys.stderr) -> list[dict]:
+    """Every (case, threads, runtime) in its own worker process; returns one record each.
 
-    Each record gets ``max_abs_diff``: its output against onnxruntime's (or fastgru's when
-    onnxruntime is not among the runtimes).
+    With rounds > 1 the runtimes take turns (fastgru, peers, fastgru, peers, ...) and a record
+    holds the median over rounds of each round's median and p99. Each record gets
+    ``max_abs_diff``: its output against onnxruntime's (or fastgru's without onnxruntime).
     """
     records = []
-    total = len(cases) * len(threads_list) * len(runtimes)
+    total = len(cases) * len(threads_list) * len(runtimes) * rounds
+    done = 0
     with tempfile.TemporaryDirectory() as tmp:
         for threads in threads_list:
             for case in cases:
-                outputs = {}
-                for runtime in runtimes:
-                    print(f"[{len(records) + 1}/{total}] {case.name} {runtime}, {threads} "
-                          f"thread(s)", file=progress, flush=True)
-                    out_path = os.path.join(tmp, f"{runtime}.npy")
-                    cmd = [sys.executable, "-m", "fastgru.benchmark", "--worker", runtime,
-                           "--case", json.dumps(asdict(case)), "--threads", str(threads),
-                           "--seconds", str(seconds), "--out", out_path]
-                    proc = subprocess.run(cmd, capture_output=True, text=True,
-                                          env=thread_env(threads))
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"the {runtime} worker failed on {case.name}:\n"
-                                           f"{proc.stderr[-2000:]}")
-                    records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                    outputs[runtime] = np.load(out_path).astype(np.float64)
+                outputs, rounds_of = {}, {runtime: [] for runtime in runtimes}
+                for _ in range(rounds):
+                    for runtime in runtimes:
+                        done += 1
+                        print(f"[{done}/{total}] {case.name} {runtime}, {threads} thread(s)",
+                              file=progress, flush=True)
+                        out_path = os.path.join(tmp, f"{runtime}.npy")
+                        cmd = [sys.executable, "-m", "fastgru.benchmark", "--worker", runtime,
+                               "--case", json.dumps(asdict(case)), "--threads", str(threads),
+                               "--seconds", str(seconds), "--out", out_path]
+                        proc = subprocess.run(cmd, capture_output=True, text=True,
+                                              env=thread_env(threads))
+                        if proc.returncode != 0:
+                            raise RuntimeError(f"the {runtime} worker failed on {case.name}:\n"
+                                               f"{proc.stderr[-2000:]}")
+                        rounds_of[runtime].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                        outputs[runtime] = np.load(out_path).astype(np.float64)
                 ref = outputs.get("onnxruntime", outputs["fastgru"])
-                for record in records[-len(runtimes):]:
-                    record["max_abs_diff"] = float(np.abs(outputs[record["runtime"]] - ref).max())
+                for runtime, measured in rounds_of.items():
+                    record = dict(measured[0])
+                    for key in ("median_s", "p99_s", "setup_s"):
+                        record[key] = float(np.median([m[key] for m in measured]))
+                    record["calls"] = sum(m["calls"] for m in measured)
+                    record["max_abs_diff"] = float(np.abs(outputs[runtime] - ref).max())
+                    records.append(record)
     return records
 
 

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""The full benchmark report: fastgru against onnxruntime and PyTorch, written to bench/RESULTS.md.
+
+    .venv/bin/python bench/report.py [--threads 1,2] [--seconds 1] [--rounds 2] [--quick]
+
+Each runtime runs in its own process, runtimes take turns, medians after warm-up. Besides the
+S1-S6 table it measures the machine's ceilings in the same run (a large float32 matrix product for
+FLOP/s, a batch-1 matrix-vector product over recurrent weights for bandwidth), a batch/hidden-size
+sweep against onnxruntime, and the time from process start to the first result. A PNG chart of
+the ratios is drawn when matplotlib is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+from fastgru.benchmark import SHAPES, Case, run, table, thread_env
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CEILINGS = r"""
+import json, sys, time
+import numpy as np
+def best(f, n):
+    f(); ts = []
+    for _ in range(n):
+        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+rng = np.random.default_rng(0)
+a = rng.standard_normal((2048, 2048), dtype=np.float32)
+t = best(lambda: a @ a, 10)
+out = {"sgemm_gflops": 2 * 2048 ** 3 / t / 1e9}
+for H in (256, 1024):
+    r = rng.standard_normal((3 * H, H), dtype=np.float32); h = rng.standard_normal(H, dtype=np.float32)
+    t = best(lambda: r @ h, 2000 if H == 256 else 200)
+    out[f"matvec_GBps_H{H}"] = r.nbytes / t / 1e9
+print(json.dumps(out))
+"""
+
+FIRST_RESULT = {
+    "fastgru": "import numpy as np, fastgru; from fastgru.benchmark import SHAPES, _model;"
+               "m = _model(SHAPES['S2']); m(np.zeros((100, 1, 64), np.float32))",
+    "onnxruntime": "import sys, numpy as np, onnxruntime as ort;"
+                   "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']);"
+                   "s.run(None, {'X': np.zeros((100, 1, 64), np.float32)})",
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    caches = subprocess.run(["sh", "-c", "lscpu | grep -i 'cache'"], capture_output=True,
+                            text=True).stdout.split("\n")
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in
+                         ("numpy", "numba", "onnxruntime", "torch"))
+    import numba
+
+    return (f"{cpu}, {os.cpu_count()} cores; {'; '.join(' '.join(c.split()) for c in caches if c)}"
+            f"\n\nPython {platform.python_version()}, {versions}; Numba threading layer: "
+            f"{_threading_layer()}")
+
+
+def _threading_layer() -> str:
+    code = ("import numba, numpy as np, fastgru; from fastgru.kernels.config import parallel_guard;"
+            "parallel_guard(); print(numba.threading_layer())")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+
+
+def ceilings(threads_list) -> dict:
+    import json
+
+    found = {}
+    for threads in threads_list:
+        out = subprocess.run([sys.executable, "-c", CEILINGS], capture_output=True, text=True,
+                             env=thread_env(threads), check=True).stdout
+        found[threads] = json.loads(out)
+    return found
+
+
+def first_result_times() -> dict:
+    """Seconds from process start to the first S2 result (median of 3 fresh processes)."""
+    from fastgru.benchmark import _model
+
+    times = {}
+    with tempfile.TemporaryDirectory() as cold:
+        onnx_path = os.path.join(cold, "s2.onnx")
+        _model(SHAPES["S2"]).to_onnx(onnx_path)
+        variants = {"fastgru (compiled kernels cached)": ("fastgru", {}),
+                    "fastgru (empty cache: compiles)": ("fastgru", {"NUMBA_CACHE_DIR": cold}),
+                    "onnxruntime (import + session + run)": ("onnxruntime", {})}
+        for label, (runtime, extra) in variants.items():
+            runs = []
+            for i in range(3):
+                env = {**thread_env(1), **extra}
+                if extra:
+                    env["NUMBA_CACHE_DIR"] = os.path.join(cold, str(i))  # cold every time
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-c", FIRST_RESULT[runtime], onnx_path], env=env,
+                               check=True)
+                runs.append(time.perf_counter() - t0)
+            times[label] = sorted(runs)[1]
+    return times
+
+
+def sweep_cases(quick: bool):
+    batches = (1, 16, 256) if quick else (1, 4, 16, 64, 256)
+    hiddens = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024)
+    return [Case(f"B{b}H{h}", b, 20, 128, h) for h in hiddens for b in batches]
+
+
+def chart(records, path) -> bool:
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = {(r["case"], r["threads"]): r["median_s"] for r in records if r["runtime"] == "fastgru"}
+    peers = sorted({(r["runtime"], r["threads"]) for r in records if r["runtime"] != "fastgru"})
+    cases = list(dict.fromkeys(r["case"] for r in records))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(1, len(peers))
+    for i, (runtime, threads) in enumerate(peers):
+        ratios = [next(r["median_s"] for r in records if r["case"] == c and
+                       r["runtime"] == runtime and r["threads"] == threads) / base[(c, threads)]
+                  for c in cases]
+        ax.bar([x + i * width for x in range(len(cases))], ratios, width,
+               label=f"{runtime}, {threads} thread(s)")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(cases))], cases)
+    ax.set_ylabel("peer time / fastgru time (higher: fastgru faster)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a smaller sweep")
+    parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    args = parser.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    command = "python bench/report.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+    print("machine ceilings...", file=sys.stderr)
+    ceiling = ceilings(threads)
+    records = run(list(SHAPES.values()), ["fastgru", "onnxruntime", "torch"], threads,
+                  args.seconds, args.rounds)
+    sweep = sweep_cases(args.quick)
+    sweep_records = run(sweep, ["fastgru", "onnxruntime"], [1], min(args.seconds, 0.5))
+    print("first results from fresh processes...", file=sys.stderr)
+    first = first_result_times()
+    has_chart = chart(records, os.path.join(HERE, "ratios.png"))
+
+    lines = ["# Benchmark results", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
+             "Each runtime in its own process, runtimes taking turns "
+             f"({args.rounds} rounds), medians after warm-up. \"time / fastgru's\" above 1 means "
+             "fastgru is faster.", "", "## Ceilings measured in the same run", "",
+             "| threads | float32 2048² matrix product GFLOP/s | matvec over 3H×H weights, "
+             "H=256 (786 KB) GB/s | H=1024 (12.6 MB) GB/s |", "|---|---|---|---|"]
+    for t, c in ceiling.items():
+        lines.append(f"| {t} | {c['sgemm_gflops']:.1f} | {c['matvec_GBps_H256']:.1f} "
+                     f"| {c['matvec_GBps_H1024']:.1f} |")
+    lines += ["", "## S1-S6 (DESIGN.md)", "", table(records, list(SHAPES.values())), ""]
+    if has_chart:
+        lines += ["![ratios](ratios.png)", ""]
+    lines += ["## Sweep: T=20, D=128, 1 thread, fastgru against onnxruntime", "",
+              "| H \\ B | " + " | ".join(str(b) for b in sorted({c.batch for c in sweep})) + " |",
+              "|---" * (1 + len({c.batch for c in sweep})) + "|"]
+    for h in sorted({c.hidden_size for c in sweep}):
+        cells = []
+        for b in sorted({c.batch for c in sweep}):
+            name = f"B{b}H{h}"
+            times = {r["runtime"]: r["median_s"] for r in sweep_records if r["case"] == name}
+            cells.append(f"{times['onnxruntime'] / times['fastgru']:.2f}")
+        lines.append(f"| {h} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: onnxruntime's time / fastgru's time.", "",
+              "## From process start to the first result (S2, 1 thread)", "",
+              "| runtime | seconds |", "|---|---|"]
+    lines += [f"| {label} | {t:.2f} |" for label, t in first.items()]
+    setup = {r["runtime"]: r["setup_s"] for r in records if r["case"] == "S2" and
+             r["threads"] == threads[0]}
+    lines += ["", f"Inside a warm worker, the first S2 call (model build + compile/load, or session "
+              f"creation) took: " + ", ".join(f"{k} {v:.2f} s" for k, v in setup.items()), ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,10 @@ from fastgru.kernels import gru as kernels
 from fastgru.kernels.config import parallel_guard
 
 
+# Below this hidden size a step is too short to pay for a fork-join (about 1 us) per step.
+COLUMN_MIN_HIDDEN = 128
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     array.setflags(write=False)
@@ -214,20 +218,20 @@ class GRU:
 
         y = np.empty((T, B, dirs * H), dtype=self._dtype)
         state = h_n.reshape(L, dirs, B, H)
-        # Enough blocks of rows (whole quads, see kernels.gru_layer) that every thread has a task
-        # once both directions are counted.
-        blocks = max(1, min(-(-B // 4), -(-numba.get_num_threads() // dirs)))
+        kernel, split = self._plan(B, dirs)
         with self._pool.borrow() as ws, parallel_guard():
             layer_in = x
             for l in range(L):
                 w = self._w0 if l == 0 else self._wrest[l - 1]
                 xproj = ws.get("xproj", (T, B, dirs * 3 * H))
-                np.matmul(layer_in.reshape(T * B, w.shape[1]), w.T, out=xproj.reshape(T * B, w.shape[0]))
+                kernels.project(layer_in.reshape(T * B, w.shape[1]), w,
+                                xproj.reshape(T * B, w.shape[0]))
                 layer_out = y if l == L - 1 else ws.get(f"layer{l % 2}", (T, B, dirs * H))
-                kernels.gru_layer(xproj, self._bx[l], self._r[l], self._rbn[l], state[l],
-                                  ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)),
-                                  steps, self._reverse, self.linear_before_reset, self._clip,
-                                  layer_out, blocks)
+                args = (xproj, self._bx[l], self._r[l], self._rbn[l], state[l])
+                if kernel is kernels.gru_layer_columns:
+                    args += (ws.get("h_spare", (dirs, B, H)),)
+                kernel(*args, ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)), steps,
+                       self._reverse, self.linear_before_reset, self._clip, layer_out, split)
                 layer_in = layer_out
 
         if unbatched:
@@ -235,6 +239,22 @@ class GRU:
         if self._batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         return y, h_n
+
+    def _plan(self, B: int, dirs: int):
+        """(kernel, split) for a batch of B rows: how the work is shared among Numba's threads.
+
+        Rows go to threads in blocks of whole quads (see kernels.gru_layer), each thread
+        running the whole time loop for its rows. When there are fewer quads than threads, the
+        hidden units are shared out instead, at one fork-join per step: worth it only when a
+        step has enough work (COLUMN_MIN_HIDDEN).
+        """
+        threads = numba.get_num_threads()
+        blocks = max(1, min(-(-B // 4), -(-threads // dirs)))
+        if threads > 1 and blocks * dirs < threads and self.hidden_size >= COLUMN_MIN_HIDDEN:
+            return kernels.gru_layer_columns, -(-threads // dirs)
+        if threads > 1 and blocks * dirs > 1:
+            return kernels.gru_layer, blocks
+        return kernels.gru_layer_serial, 1
 
     def stream(self, batch_size: int = 1) -> "Stream":
         """A stateful stepper over this model for `batch_size` rows (unidirectional models)."""

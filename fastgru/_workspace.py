@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 
@@ -17,7 +18,7 @@ class Workspace:
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size:
             buffer = np.empty(size, dtype=self.dtype)

@@ -118,60 +118,102 @@ def matvec_rows(v, m, out, b0, b1, j0, j1, o0):
             out[b, o0 + jj - j0] = acc
 
 
-@njit(**JIT_OPTIONS)
-def step_rows(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, lbr, clip, y):
-    """Advance rows b0 <= b < b1 of one direction by step s (0-based count of steps taken).
+# Rows of x per task of `project`: the block stays in L1/L2 while all of W streams past it.
+PROJECT_ROWS = 64
 
-    xproj: (T, B, >= col + 3H), this direction's projection starts at column col.
-    bx: (3H,), r: (3H, H), rbn: (H,), h: (B, H) updated in place, acc: (B, 3H) and
-    hr: (B, H) scratch, lengths: (B,) steps of each row, y: (T, B, >= col/3 + H) receives h_t
-    at the row's time index, and zeros at steps past the row's length.
-    Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse).
+
+@njit(parallel=True, **JIT_OPTIONS)
+def project(x, w, out):
+    """out = x @ w.T: the input projection of every step, before the time loop.
+
+    x: (N, D), w: (J, D), out: (N, J). Blocks of PROJECT_ROWS rows are shared among Numba's
+    threads (a multiple of 4, so each row meets the same register tiles whatever the thread
+    count). Done here rather than by NumPy's BLAS so that one thread pool runs all the work: BLAS
+    threads spinning beside Numba's stole the cores and made two threads slower than one.
+    """
+    N = x.shape[0]
+    for block in prange((N + PROJECT_ROWS - 1) // PROJECT_ROWS):
+        b0 = block * PROJECT_ROWS
+        matvec_rows(x, w, out, b0, min(N, b0 + PROJECT_ROWS), 0, w.shape[0], 0)
+
+
+@njit(**JIT_OPTIONS)
+def gates(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
+    """First half of step s for rows b0 <= b < b1 and hidden units j0 <= j < j1.
+
+    xproj: (T, B, >= col + 3H), this direction's projection starting at column col; bx: (3H,),
+    r: (3H, H), rbn: (H,), h: (B, H) the state before the step; acc: (B, 3H), hr: (B, H) scratch.
+    Leaves z in acc[b, j] and, with lbr, r * (R_n h + Rb_n) in acc[b, 2H + j]; without lbr, r * h
+    in hr[b, j] (R_n multiplies it in `update`, once every unit of hr is known).
+    Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse); rows whose length
+    is at most s are skipped.
+    """
+    H = h.shape[1]
+    matvec_rows(h, r, acc, b0, b1, j0, j1, j0)
+    matvec_rows(h, r, acc, b0, b1, H + j0, H + j1, H + j0)
+    if lbr:
+        matvec_rows(h, r, acc, b0, b1, 2 * H + j0, 2 * H + j1, 2 * H + j0)
+    for b in range(b0, b1):
+        if s >= lengths[b]:
+            continue
+        t = lengths[b] - 1 - s if reverse else s
+        xp = xproj[t, b]
+        a = acc[b]
+        hb = h[b]
+        for j in range(j0, j1):
+            z = sigmoid(_clip(xp[col + j] + bx[j] + a[j], clip))
+            rj = sigmoid(_clip(xp[col + H + j] + bx[H + j] + a[H + j], clip))
+            a[j] = z
+            if lbr:
+                a[2 * H + j] = rj * (a[2 * H + j] + rbn[j])
+            else:
+                hr[b, j] = rj * hb[j]
+
+
+@njit(**JIT_OPTIONS)
+def update(xproj, col, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip, y):
+    """Second half of step s (see `gates`): n, then h_new[b, j] = (1 - z) n + z h[b, j].
+
+    h_new may be h itself. y: (T, B, >= col/3 + H) receives h_new at the row's time index, and
+    zeros at steps past the row's length (whose state is carried over unchanged).
     """
     H = h.shape[1]
     one = h.dtype.type(1.0)
     ycol = col // 3
-    nrec = 3 * H if lbr else 2 * H  # with lbr = 0, R_n multiplies r * h: a second product below
+    if not lbr:
+        matvec_rows(hr, r, acc, b0, b1, 2 * H + j0, 2 * H + j1, 2 * H + j0)
+    for b in range(b0, b1):
+        if s >= lengths[b]:
+            y[s, b, ycol + j0:ycol + j1] = 0.0
+            h_new[b, j0:j1] = h[b, j0:j1]
+            continue
+        t = lengths[b] - 1 - s if reverse else s
+        xp = xproj[t, b]
+        a = acc[b]
+        hb = h[b]
+        hn = h_new[b]
+        yb = y[t, b]
+        for j in range(j0, j1):
+            n = tanh(_clip(xp[col + 2 * H + j] + bx[2 * H + j] + a[2 * H + j], clip))
+            z = a[j]
+            hj = (one - z) * n + z * hb[j]
+            hn[j] = hj
+            yb[ycol + j] = hj
+
+
+@njit(**JIT_OPTIONS)
+def step_rows(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, lbr, clip, y):
+    """Advance rows b0 <= b < b1 of one direction by step s, all units, h updated in place."""
+    H = h.shape[1]
     for g0 in range(b0, b1, ROW_GROUP):
         g1 = min(g0 + ROW_GROUP, b1)
-        matvec_rows(h, r, acc, g0, g1, 0, nrec, 0)
-        for b in range(g0, g1):
-            if s >= lengths[b]:
-                continue
-            t = lengths[b] - 1 - s if reverse else s
-            xp = xproj[t, b]
-            a = acc[b]
-            hb = h[b]
-            for j in range(H):
-                z = sigmoid(_clip(xp[col + j] + bx[j] + a[j], clip))
-                rj = sigmoid(_clip(xp[col + H + j] + bx[H + j] + a[H + j], clip))
-                a[j] = z
-                if lbr:
-                    a[2 * H + j] = rj * (a[2 * H + j] + rbn[j])
-                else:
-                    hr[b, j] = rj * hb[j]
-        if not lbr:
-            matvec_rows(hr, r, acc, g0, g1, 2 * H, 3 * H, 2 * H)
-        for b in range(g0, g1):
-            if s >= lengths[b]:
-                y[s, b, ycol:ycol + H] = 0.0
-                continue
-            t = lengths[b] - 1 - s if reverse else s
-            xp = xproj[t, b]
-            a = acc[b]
-            hb = h[b]
-            yb = y[t, b]
-            for j in range(H):
-                n = tanh(_clip(xp[col + 2 * H + j] + bx[2 * H + j] + a[2 * H + j], clip))
-                z = a[j]
-                hj = (one - z) * n + z * hb[j]
-                hb[j] = hj
-                yb[ycol + j] = hj
+        gates(xproj, col, bx, r, rbn, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip)
+        update(xproj, col, bx, r, h, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip, y)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blocks):
-    """Run one layer (all directions) over the whole sequence.
+    """Run one layer (all directions) over the whole sequence, batch rows shared out.
 
     xproj: (T, B, dirs*3H), bx: (dirs, 3H), r: (dirs, 3H, H), rbn: (dirs, H),
     h: (dirs, B, H) initial state in, final state out; acc: (dirs, B, 3H), hr: (dirs, B, H)
@@ -180,8 +222,7 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
     (1 <= blocks <= max(ceil(B / 4), 1)).
 
     One parallel region per call: each task owns a block of batch rows of one direction and runs
-    the whole time loop for them, so threads never synchronize between steps. Every row is
-    computed with the same operations in the same order whatever the thread count.
+    the whole time loop for them, so threads never synchronize between steps.
     """
     T = xproj.shape[0]
     B = xproj.shape[1]
@@ -198,6 +239,61 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
         for s in range(T):
             step_rows(xproj, d * 3 * H, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
                       b0, b1, s, lengths, reverse[d], lbr, clip, y)
+
+
+@njit(**JIT_OPTIONS)
+def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blocks):
+    """gru_layer on the calling thread: with one task there is nothing to share out, and this
+    skips the thread pool's fork-join (a few microseconds, much of a small call)."""
+    B = xproj.shape[1]
+    H = r.shape[2]
+    for d in range(r.shape[0]):
+        for s in range(xproj.shape[0]):
+            step_rows(xproj, d * 3 * H, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+                      0, B, s, lengths, reverse[d], lbr, clip, y)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, lbr, clip, y,
+                      chunks):
+    """Run one layer over the whole sequence, hidden units shared out: for batches too small to
+    give every thread its own rows.
+
+    Arguments as gru_layer, plus h_spare: (dirs, B, H) scratch, and chunks: how many slices of
+    the hidden units each direction is cut into. Each task computes the gate rows of its slice,
+    so each core reads only its slice of the recurrent weights (which can then stay in its own
+    cache); the state is double-buffered because every slice reads all of it. One fork-join per
+    step (two when linear_before_reset = 0). Slices start at multiples of 8 units, so rows meet
+    the same register tiles as in gru_layer and results are bit-identical to it.
+    """
+    T = xproj.shape[0]
+    B = xproj.shape[1]
+    dirs = r.shape[0]
+    H = r.shape[2]
+    octs = (H + 7) // 8
+    current, spare = h, h_spare
+    for s in range(T):
+        for task in prange(dirs * chunks):
+            d = task // chunks
+            c = task % chunks
+            j0 = min(H, 8 * (c * octs // chunks))
+            j1 = min(H, 8 * ((c + 1) * octs // chunks))
+            gates(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
+                  s, lengths, reverse[d], lbr, clip)
+            if lbr:
+                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
+        if not lbr:
+            for task in prange(dirs * chunks):
+                d = task // chunks
+                c = task % chunks
+                j0 = min(H, 8 * (c * octs // chunks))
+                j1 = min(H, 8 * ((c + 1) * octs // chunks))
+                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
+        current, spare = spare, current
+    if T % 2:
+        h[...] = current
 
 
 @njit(**JIT_OPTIONS)

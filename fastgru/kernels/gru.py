@@ -138,13 +138,13 @@ def project(x, w, out):
 
 
 @njit(**JIT_OPTIONS)
-def gates(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
+def gates(xproj, col, bx, r, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
     """First half of step s for rows b0 <= b < b1 and hidden units j0 <= j < j1.
 
     xproj: (T, B, >= col + 3H), this direction's projection starting at column col; bx: (3H,),
-    r: (3H, H), rbn: (H,), h: (B, H) the state before the step; acc: (B, 3H), hr: (B, H) scratch.
-    Leaves z in acc[b, j] and, with lbr, r * (R_n h + Rb_n) in acc[b, 2H + j]; without lbr, r * h
-    in hr[b, j] (R_n multiplies it in `update`, once every unit of hr is known).
+    r: (3H, H), h: (B, H) the state before the step; acc: (B, 3H), hr: (B, H) scratch.
+    Leaves z in acc[b, j], and in hr[b, j] r (with lbr) or r * h (without lbr, for R_n to multiply
+    in `update` once every unit of hr is known).
     Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse); rows whose length
     is at most s are skipped.
     """
@@ -158,20 +158,22 @@ def gates(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, revers
             continue
         t = lengths[b] - 1 - s if reverse else s
         xp = xproj[t, b]
-        a = acc[b]
+        az = acc[b, :H]
+        ar = acc[b, H:2 * H]
         hb = h[b]
+        hrb = hr[b]
+        # Two plain loops (no stores beside loads of the same array at another offset) so that
+        # LLVM vectorizes the activations.
         for j in range(j0, j1):
-            z = sigmoid(_clip(xp[col + j] + bx[j] + a[j], clip))
-            rj = sigmoid(_clip(xp[col + H + j] + bx[H + j] + a[H + j], clip))
-            a[j] = z
-            if lbr:
-                a[2 * H + j] = rj * (a[2 * H + j] + rbn[j])
-            else:
-                hr[b, j] = rj * hb[j]
+            az[j] = sigmoid(_clip(xp[col + j] + bx[j] + az[j], clip))
+        for j in range(j0, j1):
+            rj = sigmoid(_clip(xp[col + H + j] + bx[H + j] + ar[j], clip))
+            hrb[j] = rj if lbr else rj * hb[j]
 
 
 @njit(**JIT_OPTIONS)
-def update(xproj, col, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip, y):
+def update(xproj, col, bx, r, rbn, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr,
+           clip, y):
     """Second half of step s (see `gates`): n, then h_new[b, j] = (1 - z) n + z h[b, j].
 
     h_new may be h itself. y: (T, B, >= col/3 + H) receives h_new at the row's time index, and
@@ -189,13 +191,17 @@ def update(xproj, col, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rev
             continue
         t = lengths[b] - 1 - s if reverse else s
         xp = xproj[t, b]
-        a = acc[b]
+        az = acc[b, :H]
+        an = acc[b, 2 * H:]
+        hrb = hr[b]
         hb = h[b]
         hn = h_new[b]
         yb = y[t, b]
         for j in range(j0, j1):
-            n = tanh(_clip(xp[col + 2 * H + j] + bx[2 * H + j] + a[2 * H + j], clip))
-            z = a[j]
+            # lbr: n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n)); else R_n (r * h) + Rb_n is in an
+            rec = hrb[j] * (an[j] + rbn[j]) if lbr else an[j]
+            n = tanh(_clip(xp[col + 2 * H + j] + bx[2 * H + j] + rec, clip))
+            z = az[j]
             hj = (one - z) * n + z * hb[j]
             hn[j] = hj
             yb[ycol + j] = hj
@@ -207,8 +213,9 @@ def step_rows(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, l
     H = h.shape[1]
     for g0 in range(b0, b1, ROW_GROUP):
         g1 = min(g0 + ROW_GROUP, b1)
-        gates(xproj, col, bx, r, rbn, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip)
-        update(xproj, col, bx, r, h, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip, y)
+        gates(xproj, col, bx, r, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip)
+        update(xproj, col, bx, r, rbn, h, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip,
+               y)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -278,19 +285,19 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
             c = task % chunks
             j0 = min(H, 8 * (c * octs // chunks))
             j1 = min(H, 8 * ((c + 1) * octs // chunks))
-            gates(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
-                  s, lengths, reverse[d], lbr, clip)
+            gates(xproj, d * 3 * H, bx[d], r[d], current[d], acc[d], hr[d], 0, B, j0, j1, s,
+                  lengths, reverse[d], lbr, clip)
             if lbr:
-                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
-                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
+                update(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], spare[d], acc[d], hr[d],
+                       0, B, j0, j1, s, lengths, reverse[d], lbr, clip, y)
         if not lbr:
             for task in prange(dirs * chunks):
                 d = task // chunks
                 c = task % chunks
                 j0 = min(H, 8 * (c * octs // chunks))
                 j1 = min(H, 8 * ((c + 1) * octs // chunks))
-                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
-                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
+                update(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], spare[d], acc[d], hr[d],
+                       0, B, j0, j1, s, lengths, reverse[d], lbr, clip, y)
         current, spare = spare, current
     if T % 2:
         h[...] = current

@@ -81,8 +81,9 @@ def test_results_do_not_depend_on_thread_count(rng):
 def test_results_do_not_depend_on_thread_count_beyond_this_machine():
     """1, 2 and 4 Numba threads in fresh processes (a 2-core machine runs 4 threads too).
 
-    The batch of 23 is shared out by rows; the batch of 3 with H=128 by hidden units (one
-    fork-join per step, two with linear_before_reset=0), where every slice reads all the state.
+    The batch of 23 is shared out by rows; the batch of 3 with H=300 (weights beyond 1 MiB) by
+    hidden units (one fork-join per step, two with linear_before_reset=0), every slice reading
+    all the state.
     """
     code = """if True:
         import sys
@@ -93,7 +94,7 @@ def test_results_do_not_depend_on_thread_count_beyond_this_machine():
         m = fastgru.GRU(random_spec(rng, 6, 48, 1, "bidirectional"))
         out = b"".join(a.tobytes() for a in m(rng.standard_normal((12, 23, 6))))
         for lbr in (True, False):
-            m = fastgru.GRU(random_spec(rng, 6, 128, 2, "forward", lbr))
+            m = fastgru.GRU(random_spec(rng, 6, 300, 2, "forward", lbr))
             x = rng.standard_normal((9, 3, 6))
             out += b"".join(a.tobytes() for a in m(x, lengths=[9, 0, 4]))
             out += b"".join(a.tobytes() for a in m(x[:8]))
@@ -165,3 +166,64 @@ def test_model_is_immutable(rng):
         model.hidden_size = 8
     with pytest.raises(ValueError, match="read-only"):
         model._r[...] = 0
+
+
+def test_forked_children_can_run_a_warm_model():
+    """A model warmed up in the parent works in fork()ed children (pre-forking servers).
+
+    With GNU OpenMP as Numba's layer a child aborts; fastgru makes Numba's TBB layer loadable.
+    """
+    code = """if True:
+        import os, sys
+        import numpy as np, fastgru
+        sys.path.insert(0, "tests")
+        from conftest import random_spec
+        rng = np.random.default_rng(0)
+        model = fastgru.GRU(random_spec(rng, 4, 16, 2, "bidirectional"))
+        x = rng.standard_normal((6, 9, 4))
+        y, _ = model(x)
+        codes = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if np.array_equal(model(x)[0], y) else 3)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        import numba
+        print(numba.threading_layer(), codes)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(" ", 1)[1].strip() == "[0, 0]", (out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
+def test_concurrent_calls_under_every_threading_layer(layer):
+    """8 threads at once under each layer a user may force: no abort, the serial results.
+
+    Numba's workqueue layer aborts the process on concurrent parallel launches; fastgru
+    serializes its parallel kernels when that layer is in use.
+    """
+    code = """if True:
+        import sys, threading
+        import numpy as np, fastgru, numba
+        sys.path.insert(0, "tests")
+        from conftest import random_spec
+        rng = np.random.default_rng(0)
+        model = fastgru.GRU(random_spec(rng, 4, 24, 2, "bidirectional"))
+        xs = [rng.standard_normal((20, 9, 4)) for _ in range(16)]
+        expected = [model(x)[0] for x in xs]
+        ok = []
+        def work(i):
+            for _ in range(3):
+                ok.append(np.array_equal(model(xs[i])[0], expected[i]))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(numba.threading_layer(), len(ok), all(ok))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NUMBA_THREADING_LAYER": layer,
+                                           "NUMBA_NUM_THREADS": "2"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [layer, "48", "True"], out.stdout

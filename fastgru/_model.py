@@ -261,6 +261,26 @@ class GRU:
             return kernels.gru_layer, blocks
         return kernels.gru_layer_serial, 1
 
+    def prepare(self) -> "GRU":
+        """Compile (or load from Numba's on-disk cache) every kernel this model can use, now
+        rather than in the first request. Returns the model."""
+        dirs, H, dt = self._spec.num_directions, self.hidden_size, self._dtype
+        xproj = np.zeros((1, 1, dirs * 3 * H), dt)
+        h = np.zeros((dirs, 1, H), dt)
+        scratch = (np.zeros((dirs, 1, 3 * H), dt), np.zeros((dirs, 1, H), dt))
+        one = np.ones(1, np.int64)
+        tail = (one, self._reverse, self.linear_before_reset, self._clip,
+                np.zeros((1, 1, dirs * H), dt), 1)
+        with parallel_guard():
+            kernels.project(np.zeros((1, self.input_size), dt), self._w0, xproj.reshape(1, -1))
+            layer = (xproj, self._bx[0], self._r[0], self._rbn[0], h)
+            kernels.gru_layer_serial(*layer, *scratch, *tail)
+            kernels.gru_layer(*layer, *scratch, *tail)
+            kernels.gru_layer_columns(*layer, h.copy(), *scratch, *tail)
+        if self.direction == "forward":
+            self.stream(1).step(np.zeros((1, self.input_size), dt))
+        return self
+
     def stream(self, batch_size: int = 1) -> "Stream":
         """A stateful stepper over this model for `batch_size` rows (unidirectional models)."""
         return Stream(self, batch_size)

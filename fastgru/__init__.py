@@ -1,11 +1,13 @@
 """fastgru: trained GRU networks on the CPU, fast, with Numba kernels."""
 
 from fastgru._load import load
-from fastgru._model import GRU, Stream
+from fastgru._model import GRU
+from fastgru._streams import Stream, StreamBatch
 from fastgru._weights import GRUSpec, LayerWeights
 from fastgru.errors import FormatError
 
-__all__ = ["GRU", "FormatError", "GRUSpec", "LayerWeights", "Stream", "load", "warmup"]
+__all__ = ["GRU", "FormatError", "GRUSpec", "LayerWeights", "Stream", "StreamBatch", "load",
+           "warmup"]
 
 
 def warmup(dtypes=("float32",)) -> None:

@@ -281,81 +281,14 @@ class GRU:
             self.stream(1).step(np.zeros((1, self.input_size), dt))
         return self
 
-    def stream(self, batch_size: int = 1) -> "Stream":
+    def stream(self, batch_size: int = 1):
         """A stateful stepper over this model for `batch_size` rows (unidirectional models)."""
+        from fastgru._streams import Stream
+
         return Stream(self, batch_size)
 
+    def stream_batch(self, capacity: int = 16):
+        """Independent client streams stepped together as one batch (see StreamBatch)."""
+        from fastgru._streams import StreamBatch
 
-class Stream:
-    """Step-by-step inference with the state carried between calls. One caller at a time.
-
-    ``h`` has shape (num_layers, batch_size, H); it starts at zeros.
-    """
-
-    def __init__(self, model: GRU, batch_size: int = 1) -> None:
-        if model.direction != "forward":
-            raise ValueError(f"streams need a forward (unidirectional) model, this one is "
-                             f"{model.direction}: a {model.direction} GRU reads the whole sequence")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        B, H, L = int(batch_size), model.hidden_size, model.num_layers
-        self._model = model
-        self._batch_size = B
-        dt = model.dtype
-        self._h = np.zeros((L, B, H), dtype=dt)
-        self._xproj = np.empty((1, B, 3 * H), dtype=dt)
-        self._acc = np.empty((B, 3 * H), dtype=dt)
-        self._hr = np.empty((B, H), dtype=dt)
-        self._ones = np.ones(B, dtype=np.int64)
-        self._ys = np.empty((L, 1, B, H), dtype=dt)
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @property
-    def h(self) -> np.ndarray:
-        """A copy of the state, shape (num_layers, batch_size, H)."""
-        return self._h.copy()
-
-    @h.setter
-    def h(self, value) -> None:
-        value = as_float_array(value, self._model.dtype, "h")
-        check_shape(value, self._h.shape, "h", " (num_layers, batch_size, hidden_size)")
-        self._h[...] = value
-
-    def reset(self) -> None:
-        """Set the state back to zeros."""
-        self._h[...] = 0.0
-
-    def step(self, x_t, out=None) -> np.ndarray:
-        """Advance every layer by one step.
-
-        Parameters
-        ----------
-        x_t : array_like, shape (batch_size, D)
-        out : ndarray, shape (batch_size, H), C-contiguous, the model's dtype, optional
-            Receives the top layer's output; with it the step allocates nothing.
-
-        Returns
-        -------
-        ndarray, shape (batch_size, H): the top layer's new state (``out`` when given).
-        """
-        m = self._model
-        x_t = as_float_array(x_t, m.dtype, "x_t")
-        check_shape(x_t, (self._batch_size, m.input_size), "x_t", " (batch_size, input_size)")
-        expected = (self._batch_size, m.hidden_size)
-        if out is None:
-            out = np.empty(expected, dtype=m.dtype)
-        elif not (isinstance(out, np.ndarray) and out.shape == expected and out.dtype == m.dtype
-                  and out.flags.c_contiguous and out.flags.writeable):
-            got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
-                   f"shape {out.shape}, dtype {out.dtype}, "
-                   f"{'C-contiguous' if out.flags.c_contiguous else 'not C-contiguous'}")
-            raise ValueError(f"out must be a writable C-contiguous {m.dtype.name} array of shape "
-                             f"{expected}, got {got}")
-        kernels.gru_stream_step(x_t, m._w0, m._wrest, m._bx, m._r, m._rbn, self._h, self._xproj,
-                                self._acc, self._hr, self._ones, m.linear_before_reset, m._clip,
-                                self._ys, out)
-        return out
+        return StreamBatch(self, capacity)

@@ -113,3 +113,50 @@ def test_warmup_compiles_every_kernel_before_the_first_call():
                              timeout=600, env={**os.environ, "NUMBA_CACHE_DIR": cache,
                                                "NUMBA_NUM_THREADS": "2"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_stream_batch_keeps_each_client_apart(rng):
+    """Clients join and leave between steps; each one's outputs equal its own Stream's."""
+    model = fastgru.GRU(random_spec(rng, 3, 5, 2))
+    batch = model.stream_batch(capacity=2)  # grows as clients join
+    own: dict[int, fastgru.Stream] = {}
+    for step in range(12):
+        if step % 3 == 0:  # a client joins, one from a saved state
+            h = rng.standard_normal((2, 5)) if step == 6 else None
+            client = batch.add(h)
+            own[client] = model.stream(1)
+            if h is not None:
+                own[client].h = h[:, None, :]
+        if step == 7:  # a client leaves
+            gone = sorted(own)[0]
+            batch.remove(gone)
+            del own[gone]
+            assert gone not in batch
+        # some clients skip a frame: their state must not move
+        active = [c for c in sorted(own) if (c + step) % 4 != 0]
+        x = rng.standard_normal((len(active), 3))
+        out = batch.step(active, x)
+        for row, client in enumerate(active):
+            assert_close(out[row], own[client].step(x[row:row + 1])[0], "float32", f"{client}")
+        for client in own:
+            assert_close(batch.state(client), own[client].h[:, 0], "float32", "state")
+    assert len(batch) == len(own) == 3
+
+
+def test_stream_batch_errors(rng):
+    model = fastgru.GRU(random_spec(rng, 3, 5))
+    batch = model.stream_batch()
+    a = batch.add()
+    with pytest.raises(KeyError, match="no client 99 in this StreamBatch"):
+        batch.step([a, 99], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="a client may appear only once per step"):
+        batch.step([a, a], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"x must have shape \(1, 3\) \(one row per client"):
+        batch.step([a], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"h must have shape \(1, 5\)"):
+        batch.set_state(a, np.zeros(5))
+    with pytest.raises(KeyError, match="no client 7"):
+        batch.remove(7)
+    assert batch.step([], np.zeros((0, 3))).shape == (0, 5)
+    with pytest.raises(ValueError, match="capacity must be a positive integer"):
+        model.stream_batch(0)

@@ -1,0 +1,247 @@
+"""An ASGI service around a GRU model: whole sequences and per-client streams, batched.
+
+    uvicorn --factory examples.service:create_app --host 127.0.0.1 --port 8000
+
+Environment: FASTGRU_MODEL, a model file for fastgru.load (default: a built-in random model,
+D=64, H=256); FASTGRU_BACKEND, "fastgru" (default) or "onnxruntime" (the same service on
+onnxruntime, running the graph GRU.to_onnx writes, for comparison).
+
+Endpoints, JSON in and out:
+    POST   /sequence            {"x": T x D}  ->  {"y": T x dirs*H, "h": layers*dirs x H}
+    POST   /streams                           ->  {"id": n}
+    POST   /streams/{id}/step   {"x": D}      ->  {"y": H}
+    DELETE /streams/{id}
+    GET    /health                            ->  {"backend": ..., "input_size": D, ...}
+
+Requests that arrive while a batch is computing form the next batch: one model call serves
+every waiting sequence (padded, with lengths), one StreamBatch step every waiting frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import fastgru
+
+MAX_BATCH = 64
+
+
+def default_model() -> fastgru.GRU:
+    rng = np.random.default_rng(0)
+    H, D = 256, 64
+    state = {"weight_ih_l0": rng.uniform(-1, 1, (3 * H, D)) / np.sqrt(H),
+             "weight_hh_l0": rng.uniform(-1, 1, (3 * H, H)) / np.sqrt(H),
+             "bias_ih_l0": rng.uniform(-1, 1, 3 * H) / np.sqrt(H),
+             "bias_hh_l0": rng.uniform(-1, 1, 3 * H) / np.sqrt(H)}
+    return fastgru.GRU.from_torch(state)
+
+
+def load_model() -> fastgru.GRU:
+    path = os.environ.get("FASTGRU_MODEL")
+    return fastgru.load(path) if path else default_model()
+
+
+class FastgruBackend:
+    """Batches through fastgru: one call for sequences, one StreamBatch step for frames."""
+
+    name = "fastgru"
+
+    def __init__(self, model: fastgru.GRU) -> None:
+        self.model = model.prepare()
+        self.streams = model.stream_batch() if model.direction == "forward" else None
+
+    def sequences(self, xs):
+        T = max(len(x) for x in xs)
+        batch = np.zeros((T, len(xs), self.model.input_size), np.float32)
+        for b, x in enumerate(xs):
+            batch[:len(x), b] = x
+        y, h = self.model(batch, lengths=[len(x) for x in xs])
+        return [(y[:len(x), b], h[:, b]) for b, x in enumerate(xs)]
+
+    def open_stream(self) -> int:
+        return self.streams.add()
+
+    def close_stream(self, client) -> None:
+        self.streams.remove(client)
+
+    def has_stream(self, client) -> bool:
+        return client in self.streams
+
+    def steps(self, clients, frames):
+        return self.streams.step(clients, np.asarray(frames, np.float32))
+
+
+class OnnxruntimeBackend:
+    """The same service on onnxruntime: padded batches with sequence_lens; stream states kept
+    here and fed through initial_h."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model: fastgru.GRU) -> None:
+        import onnxruntime as ort
+
+        self.model = model
+        self.session = ort.InferenceSession(model.to_onnx(state_inputs=True).SerializeToString(),
+                                            providers=["CPUExecutionProvider"])
+        self.states: dict[int, np.ndarray] = {}
+        self.next_id = 0
+
+    def _run(self, batch, lengths, h0):
+        return self.session.run(None, {"X": batch, "initial_h": h0,
+                                       "sequence_lens": np.asarray(lengths, np.int32)})
+
+    def sequences(self, xs):
+        m = self.model
+        T = max(len(x) for x in xs)
+        batch = np.zeros((T, len(xs), m.input_size), np.float32)
+        for b, x in enumerate(xs):
+            batch[:len(x), b] = x
+        dirs = 2 if m.bidirectional else 1
+        h0 = np.zeros((m.num_layers * dirs, len(xs), m.hidden_size), np.float32)
+        y, h = self._run(batch, [len(x) for x in xs], h0)
+        return [(y[:len(x), b], h[:, b]) for b, x in enumerate(xs)]
+
+    def open_stream(self) -> int:
+        self.next_id += 1
+        self.states[self.next_id] = np.zeros((self.model.num_layers, self.model.hidden_size),
+                                             np.float32)
+        return self.next_id
+
+    def close_stream(self, client) -> None:
+        del self.states[client]
+
+    def has_stream(self, client) -> bool:
+        return client in self.states
+
+    def steps(self, clients, frames):
+        h0 = np.stack([self.states[c] for c in clients], axis=1)
+        _, h = self._run(np.asarray(frames, np.float32)[None], [1] * len(clients), h0)
+        for b, c in enumerate(clients):
+            self.states[c] = h[:, b]
+        return h[-1]
+
+
+class Batcher:
+    """Collects requests; a single worker runs each batch in a thread (the kernels release the
+    GIL) while the next batch gathers. Only the worker touches the backend's stream state."""
+
+    def __init__(self, run_batch) -> None:
+        self.run_batch = run_batch
+        self.queue: asyncio.Queue | None = None
+
+    async def submit(self, item):
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            asyncio.get_running_loop().create_task(self._work())
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((item, future))
+        return await future
+
+    async def _work(self):
+        while True:
+            pending = [await self.queue.get()]
+            while len(pending) < MAX_BATCH and not self.queue.empty():
+                pending.append(self.queue.get_nowait())
+            try:
+                results = await asyncio.to_thread(self.run_batch, [item for item, _ in pending])
+            except Exception as error:  # every waiting request learns why
+                for _, future in pending:
+                    future.set_exception(error)
+                continue
+            for (_, future), result in zip(pending, results):
+                future.set_result(result)
+
+
+def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> Starlette:
+    model = model or load_model()
+    backend = backend or os.environ.get("FASTGRU_BACKEND", "fastgru")
+    engine = {"fastgru": FastgruBackend, "onnxruntime": OnnxruntimeBackend}[backend](model)
+    D = model.input_size
+
+    def run_streams(items):
+        """Opens, then frames, then closes, all on the worker. A client's frames that arrived
+        together go in successive rounds; frames of clients already gone get None."""
+        results = [None] * len(items)
+        rounds: list[list[int]] = []
+        seen: dict[int, int] = {}
+        for i, item in enumerate(items):
+            if item[0] == "open":
+                results[i] = engine.open_stream()
+            elif item[0] == "step" and engine.has_stream(item[1]):
+                k = seen[item[1]] = seen.get(item[1], -1) + 1
+                rounds.extend([] for _ in range(k + 1 - len(rounds)))
+                rounds[k].append(i)
+        for members in rounds:
+            ys = engine.steps([items[i][1] for i in members], [items[i][2] for i in members])
+            for i, y in zip(members, ys):
+                results[i] = y.tolist()
+        for i, item in enumerate(items):
+            if item[0] == "close" and engine.has_stream(item[1]):
+                engine.close_stream(item[1])
+                results[i] = item[1]
+        return results
+
+    sequences = Batcher(engine.sequences)
+    streams = Batcher(run_streams)
+
+    def error(message, status=400):
+        return JSONResponse({"error": message}, status_code=status)
+
+    def frames(value, rank):
+        x = np.asarray(value, np.float32)
+        if x.ndim != rank or x.shape[-1] != D or x.size == 0:
+            raise ValueError(f"x must be {'T x ' if rank == 2 else ''}{D} numbers, "
+                             f"got shape {x.shape}")
+        return x
+
+    async def sequence(request):
+        try:
+            x = frames((await request.json())["x"], 2)
+        except (ValueError, KeyError, TypeError) as e:
+            return error(str(e))
+        y, h = await sequences.submit(x)
+        return JSONResponse({"y": y.tolist(), "h": h.tolist()})
+
+    async def open_stream(request):
+        if model.direction != "forward":
+            return error("streams need a forward model")
+        return JSONResponse({"id": await streams.submit(("open",))})
+
+    async def step(request):
+        client = int(request.path_params["client"])
+        if not engine.has_stream(client):
+            return error(f"no stream {client}", 404)
+        try:
+            x = frames((await request.json())["x"], 1)
+        except (ValueError, KeyError, TypeError) as e:
+            return error(str(e))
+        y = await streams.submit(("step", client, x))
+        return JSONResponse({"y": y}) if y is not None else error(f"no stream {client}", 404)
+
+    async def close_stream(request):
+        client = int(request.path_params["client"])
+        if not engine.has_stream(client):
+            return error(f"no stream {client}", 404)
+        if await streams.submit(("close", client)) is None:
+            return error(f"no stream {client}", 404)
+        return JSONResponse({"closed": client})
+
+    async def health(request):
+        return JSONResponse({"backend": engine.name, "input_size": D,
+                             "hidden_size": model.hidden_size, "num_layers": model.num_layers,
+                             "direction": model.direction})
+
+    return Starlette(routes=[
+        Route("/sequence", sequence, methods=["POST"]),
+        Route("/streams", open_stream, methods=["POST"]),
+        Route("/streams/{client:int}/step", step, methods=["POST"]),
+        Route("/streams/{client:int}", close_stream, methods=["DELETE"]),
+        Route("/health", health, methods=["GET"]),
+    ])
+

@@ -1,0 +1,214 @@
+"""Stateful step-by-step inference: Stream (a fixed batch) and StreamBatch (clients that come
+and go). Both belong to one caller at a time; the model they step is shared and immutable."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from fastgru._boundary import as_float_array, check_shape
+from fastgru.kernels import gru as kernels
+
+
+def _check_streamable(model) -> None:
+    if model.direction != "forward":
+        raise ValueError(f"streams need a forward (unidirectional) model, this one is "
+                         f"{model.direction}: a {model.direction} GRU reads the whole sequence")
+
+
+def _positive(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class _StepScratch:
+    """Kernel scratch for stepping up to `rows` rows at once."""
+
+    def __init__(self, model, rows: int) -> None:
+        L, H, dt = model.num_layers, model.hidden_size, model.dtype
+        self._shape = (L, H)
+        self._xproj = np.empty(rows * 3 * H, dt)
+        self._acc = np.empty(rows * 3 * H, dt)
+        self._hr = np.empty(rows * H, dt)
+        self._ys = np.empty(L * rows * H, dt)
+        self._ones = np.ones(rows, np.int64)
+
+    def views(self, n: int) -> tuple:
+        """C-contiguous scratch arrays for n rows: xproj, acc, hr, ones, ys."""
+        L, H = self._shape
+        return (self._xproj[:n * 3 * H].reshape(1, n, 3 * H), self._acc[:n * 3 * H].reshape(n, 3 * H),
+                self._hr[:n * H].reshape(n, H), self._ones[:n],
+                self._ys[:L * n * H].reshape(L, 1, n, H))
+
+
+def _step(model, x, h, out, views) -> None:
+    """One step of every layer: x (n, D), h (L, n, H) updated in place, out (n, H)."""
+    xproj, acc, hr, ones, ys = views
+    kernels.gru_stream_step(x, model._w0, model._wrest, model._bx, model._r, model._rbn, h, xproj,
+                            acc, hr, ones, model.linear_before_reset, model._clip, ys, out)
+
+
+def _check_out(out, expected, dtype):
+    if out is None:
+        return np.empty(expected, dtype=dtype)
+    if not (isinstance(out, np.ndarray) and out.shape == expected and out.dtype == dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
+               f"shape {out.shape}, dtype {out.dtype}, "
+               f"{'C-contiguous' if out.flags.c_contiguous else 'not C-contiguous'}")
+        raise ValueError(f"out must be a writable C-contiguous {dtype.name} array of shape "
+                         f"{expected}, got {got}")
+    return out
+
+
+class Stream:
+    """Step-by-step inference with the state carried between calls. One caller at a time.
+
+    ``h`` has shape (num_layers, batch_size, H); it starts at zeros. Reading it gives a copy
+    (a snapshot); assigning it restores one.
+    """
+
+    def __init__(self, model, batch_size: int = 1) -> None:
+        _check_streamable(model)
+        B = _positive(batch_size, "batch_size")
+        self._model = model
+        self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
+        self._views = _StepScratch(model, B).views(B)  # made once: a step allocates nothing
+
+    @property
+    def batch_size(self) -> int:
+        return self._h.shape[1]
+
+    @property
+    def h(self) -> np.ndarray:
+        """A copy of the state, shape (num_layers, batch_size, H)."""
+        return self._h.copy()
+
+    @h.setter
+    def h(self, value) -> None:
+        value = as_float_array(value, self._model.dtype, "h")
+        check_shape(value, self._h.shape, "h", " (num_layers, batch_size, hidden_size)")
+        self._h[...] = value
+
+    def reset(self) -> None:
+        """Set the state back to zeros."""
+        self._h[...] = 0.0
+
+    def step(self, x_t, out=None) -> np.ndarray:
+        """Advance every layer by one step.
+
+        Parameters
+        ----------
+        x_t : array_like, shape (batch_size, D)
+        out : ndarray, shape (batch_size, H), C-contiguous, the model's dtype, optional
+            Receives the top layer's output; with it the step allocates nothing.
+
+        Returns
+        -------
+        ndarray, shape (batch_size, H): the top layer's new state (``out`` when given).
+        """
+        m = self._model
+        x_t = as_float_array(x_t, m.dtype, "x_t")
+        check_shape(x_t, (self.batch_size, m.input_size), "x_t", " (batch_size, input_size)")
+        out = _check_out(out, (self.batch_size, m.hidden_size), m.dtype)
+        _step(m, x_t, self._h, out, self._views)
+        return out
+
+
+class StreamBatch:
+    """Independent client streams stepped together: one kernel call for every client's frame.
+
+    A server adds a client when a connection opens (`add`), steps whichever clients sent a
+    frame (`step(ids, x)`), and removes the client when it leaves (`remove`); each client keeps
+    its own state, which `state` reads and `set_state` restores. One caller at a time.
+    """
+
+    def __init__(self, model, capacity: int = 16) -> None:
+        _check_streamable(model)
+        self._model = model
+        capacity = _positive(capacity, "capacity")
+        self._states = np.zeros((model.num_layers, capacity, model.hidden_size), model.dtype)
+        self._slots: dict[int, int] = {}
+        self._free = list(range(capacity - 1, -1, -1))
+        self._ids = itertools.count()
+        self._scratch = _StepScratch(model, capacity)
+        self._batch_h = np.empty(self._states.size, model.dtype)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, client) -> bool:
+        return client in self._slots
+
+    def add(self, h=None) -> int:
+        """A new client, starting from zeros or from state h (num_layers, H); returns its id."""
+        if not self._free:
+            self._grow()
+        slot = self._free.pop()
+        client = next(self._ids)
+        self._slots[client] = slot
+        self._states[:, slot] = 0.0
+        if h is not None:
+            self.set_state(client, h)
+        return client
+
+    def remove(self, client: int) -> None:
+        self._slot_of(client)  # a clear KeyError for unknown clients
+        self._free.append(self._slots.pop(client))
+
+    def state(self, client: int) -> np.ndarray:
+        """A copy of one client's state, shape (num_layers, H)."""
+        return self._states[:, self._slot_of(client)].copy()
+
+    def set_state(self, client: int, h) -> None:
+        m = self._model
+        h = as_float_array(h, m.dtype, "h")
+        check_shape(h, (m.num_layers, m.hidden_size), "h", " (num_layers, hidden_size)")
+        self._states[:, self._slot_of(client)] = h
+
+    def step(self, clients, x, out=None) -> np.ndarray:
+        """Advance the given clients by one frame each.
+
+        Parameters
+        ----------
+        clients : sequence of int, length n, no repeats
+        x : array_like, shape (n, D): row i is clients[i]'s frame
+        out : ndarray, shape (n, H), optional
+
+        Returns
+        -------
+        ndarray, shape (n, H): row i is clients[i]'s top-layer output.
+        """
+        m = self._model
+        slots = [self._slot_of(c) for c in clients]
+        if len(set(slots)) != len(slots):
+            raise ValueError("a client may appear only once per step")
+        n, L, H = len(slots), m.num_layers, m.hidden_size
+        x = as_float_array(x, m.dtype, "x")
+        check_shape(x, (n, m.input_size), "x", " (one row per client, input_size)")
+        out = _check_out(out, (n, H), m.dtype)
+        if n == 0:
+            return out
+        h = self._batch_h[:L * n * H].reshape(L, n, H)
+        np.take(self._states, slots, axis=1, out=h)
+        _step(m, x, h, out, self._scratch.views(n))
+        self._states[:, slots] = h
+        return out
+
+    def _slot_of(self, client) -> int:
+        try:
+            return self._slots[client]
+        except (KeyError, TypeError):
+            raise KeyError(f"no client {client!r} in this StreamBatch") from None
+
+    def _grow(self) -> None:
+        old = self._states.shape[1]
+        states = np.zeros((self._states.shape[0], 2 * old, self._states.shape[2]),
+                          self._states.dtype)
+        states[:, :old] = self._states
+        self._states = states
+        self._free = list(range(2 * old - 1, old - 1, -1))
+        self._scratch = _StepScratch(self._model, 2 * old)
+        self._batch_h = np.empty(states.size, states.dtype)

@@ -1,4 +1,4 @@
-"""The public surface: GRU (an immutable model) and Stream (step-by-step state for one caller)."""
+"""The public surface: GRU, an immutable model with the torch.nn.GRU calling convention."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ class GRU:
         # The model holds its weights in its own dtype; spec shows exactly those values, so
         # saving and exporting reproduce this model bit for bit.
         spec = replace(spec, layers=tuple(
-            LayerWeights(*(np.asarray(a, self._dtype).astype(np.float64) for a in (l.w, l.r, l.b)))
-            for l in spec.layers))
+            LayerWeights(*(np.asarray(a, self._dtype).astype(np.float64)
+                           for a in (layer.w, layer.r, layer.b)))
+            for layer in spec.layers))
         self._spec = spec
         self._batch_first = bool(batch_first)
         dirs, H = spec.num_directions, spec.hidden_size
@@ -52,7 +53,8 @@ class GRU:
         # matrix product projects the whole sequence for a layer: (dirs*3H, D_in).
         ws = [layer.w.reshape(dirs * 3 * H, -1) for layer in spec.layers]
         self._w0 = _frozen(ws[0].astype(dt))
-        self._wrest = _frozen(np.array(ws[1:], dtype=dt).reshape(len(ws) - 1, dirs * 3 * H, dirs * H))
+        self._wrest = _frozen(np.array(ws[1:], dtype=dt).reshape(len(ws) - 1, dirs * 3 * H,
+                                                                 dirs * H))
         self._r = _frozen(np.array([layer.r for layer in spec.layers], dtype=dt))
         bx, rbn = [], []
         for layer in spec.layers:
@@ -225,13 +227,13 @@ class GRU:
         kernel, split = self._plan(B, dirs)
         with self._pool.borrow() as ws, parallel_guard():
             layer_in = x
-            for l in range(L):
-                w = self._w0 if l == 0 else self._wrest[l - 1]
+            for k in range(L):
+                w = self._w0 if k == 0 else self._wrest[k - 1]
                 xproj = ws.get("xproj", (T, B, dirs * 3 * H))
                 kernels.project(layer_in.reshape(T * B, w.shape[1]), w,
                                 xproj.reshape(T * B, w.shape[0]))
-                layer_out = y if l == L - 1 else ws.get(f"layer{l % 2}", (T, B, dirs * H))
-                args = (xproj, self._bx[l], self._r[l], self._rbn[l], state[l])
+                layer_out = y if k == L - 1 else ws.get(f"layer{k % 2}", (T, B, dirs * H))
+                args = (xproj, self._bx[k], self._r[k], self._rbn[k], state[k])
                 if kernel is kernels.gru_layer_columns:
                     args += (ws.get("h_spare", (dirs, B, H)),)
                 kernel(*args, ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)), steps,

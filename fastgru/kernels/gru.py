@@ -314,10 +314,10 @@ def gru_stream_step(x, w0, wrest, bx, r, rbn, h, xproj, acc, hr, ones, lbr, clip
     """
     L = h.shape[0]
     B = x.shape[0]
-    for l in range(L):
-        inp = x if l == 0 else ys[l - 1, 0]
-        w = w0 if l == 0 else wrest[l - 1]
+    for k in range(L):
+        inp = x if k == 0 else ys[k - 1, 0]
+        w = w0 if k == 0 else wrest[k - 1]
         matvec_rows(inp, w, xproj[0], 0, B, 0, w.shape[0], 0)
-        step_rows(xproj, 0, bx[l, 0], r[l, 0], rbn[l, 0], h[l], acc, hr,
-                  0, B, 0, ones, False, lbr, clip, ys[l])
+        step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
+                  0, B, 0, ones, False, lbr, clip, ys[k])
     out[:, :] = ys[L - 1, 0]

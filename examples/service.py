@@ -47,6 +47,14 @@ def load_model() -> fastgru.GRU:
     return fastgru.load(path) if path else default_model()
 
 
+def pad(xs, input_size):
+    """Sequences of different lengths as one (T, B, D) batch (zeros past each length)."""
+    batch = np.zeros((max(len(x) for x in xs), len(xs), input_size), np.float32)
+    for b, x in enumerate(xs):
+        batch[:len(x), b] = x
+    return batch
+
+
 class FastgruBackend:
     """Batches through fastgru: one call for sequences, one StreamBatch step for frames."""
 
@@ -57,11 +65,7 @@ class FastgruBackend:
         self.streams = model.stream_batch() if model.direction == "forward" else None
 
     def sequences(self, xs):
-        T = max(len(x) for x in xs)
-        batch = np.zeros((T, len(xs), self.model.input_size), np.float32)
-        for b, x in enumerate(xs):
-            batch[:len(x), b] = x
-        y, h = self.model(batch, lengths=[len(x) for x in xs])
+        y, h = self.model(pad(xs, self.model.input_size), lengths=[len(x) for x in xs])
         return [(y[:len(x), b], h[:, b]) for b, x in enumerate(xs)]
 
     def open_stream(self) -> int:
@@ -98,13 +102,9 @@ class OnnxruntimeBackend:
 
     def sequences(self, xs):
         m = self.model
-        T = max(len(x) for x in xs)
-        batch = np.zeros((T, len(xs), m.input_size), np.float32)
-        for b, x in enumerate(xs):
-            batch[:len(x), b] = x
         dirs = 2 if m.bidirectional else 1
         h0 = np.zeros((m.num_layers * dirs, len(xs), m.hidden_size), np.float32)
-        y, h = self._run(batch, [len(x) for x in xs], h0)
+        y, h = self._run(pad(xs, m.input_size), [len(x) for x in xs], h0)
         return [(y[:len(x), b], h[:, b]) for b, x in enumerate(xs)]
 
     def open_stream(self) -> int:

@@ -133,15 +133,14 @@ def _make_call(runtime: str, case: Case, threads: int):
     if runtime == "torch":
         import torch
 
-        from fastgru.loaders.torch import spec_to_state_dict
+        from fastgru.loaders.torch import module_from_spec, spec_to_state_dict
 
         torch.set_num_threads(threads)
-        state = {k: torch.from_numpy(v.astype(np.float32))
-                 for k, v in spec_to_state_dict(model.spec).items()}
         xt = torch.from_numpy(x)
         if case.stream:
             cell = torch.nn.GRUCell(case.input_size, case.hidden_size).eval()
-            cell.load_state_dict({k.replace("_l0", ""): v for k, v in state.items()})
+            cell.load_state_dict({k.replace("_l0", ""): torch.from_numpy(v.astype(np.float32))
+                                  for k, v in spec_to_state_dict(model.spec).items()})
             h = torch.zeros(case.batch, case.hidden_size)
 
             def step():
@@ -149,10 +148,7 @@ def _make_call(runtime: str, case: Case, threads: int):
                 with torch.inference_mode():
                     h = cell(xt[0], h)
             return step, (lambda: h.numpy().copy())
-        module = torch.nn.GRU(case.input_size, case.hidden_size, num_layers=case.num_layers,
-                              bidirectional=case.bidirectional, batch_first=model.batch_first)
-        module.load_state_dict(state)
-        module.eval()
+        module = module_from_spec(model.spec, batch_first=model.batch_first)
 
         def run():
             with torch.inference_mode():

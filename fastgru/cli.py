@@ -127,17 +127,14 @@ def _torch_outputs(model, path, x):
     import torch
 
     from fastgru.loaders import files, native
-    from fastgru.loaders.torch import spec_to_state_dict
+    from fastgru.loaders.torch import module_from_spec
 
     kind = files.sniff(path)
     if kind == "onnx" or (kind == "safetensors" and native.is_native(files.read_safetensors(path)[1])):
         return None
     # The round trip through spec_to_state_dict undoes the loader's gate reordering, so this
     # module computes the file's own weights: a misread would show as a difference.
-    module = torch.nn.GRU(model.input_size, model.hidden_size, num_layers=model.num_layers,
-                          bidirectional=model.bidirectional, batch_first=model.batch_first)
-    module.load_state_dict({k: torch.from_numpy(v.astype(np.float32))
-                            for k, v in spec_to_state_dict(model.spec).items()})
+    module = module_from_spec(model.spec, batch_first=model.batch_first)
     with torch.inference_mode():
         return module(torch.from_numpy(x))[0].numpy()
 

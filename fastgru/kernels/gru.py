@@ -260,6 +260,13 @@ def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip,
                       0, B, s, lengths, reverse[d], lbr, clip, y)
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _unit_slice(c, chunks, H):
+    """Hidden units [j0, j1) of slice c of `chunks`, cut at multiples of 8 (see matvec_rows)."""
+    octs = (H + 7) // 8
+    return min(H, 8 * (c * octs // chunks)), min(H, 8 * ((c + 1) * octs // chunks))
+
+
 @njit(parallel=True, **JIT_OPTIONS)
 def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, lbr, clip, y,
                       chunks):
@@ -277,14 +284,11 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
     B = xproj.shape[1]
     dirs = r.shape[0]
     H = r.shape[2]
-    octs = (H + 7) // 8
     current, spare = h, h_spare
     for s in range(T):
         for task in prange(dirs * chunks):
             d = task // chunks
-            c = task % chunks
-            j0 = min(H, 8 * (c * octs // chunks))
-            j1 = min(H, 8 * ((c + 1) * octs // chunks))
+            j0, j1 = _unit_slice(task % chunks, chunks, H)
             gates(xproj, d * 3 * H, bx[d], r[d], current[d], acc[d], hr[d], 0, B, j0, j1, s,
                   lengths, reverse[d], lbr, clip)
             if lbr:
@@ -293,9 +297,7 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
         if not lbr:
             for task in prange(dirs * chunks):
                 d = task // chunks
-                c = task % chunks
-                j0 = min(H, 8 * (c * octs // chunks))
-                j1 = min(H, 8 * ((c + 1) * octs // chunks))
+                j0, j1 = _unit_slice(task % chunks, chunks, H)
                 update(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], spare[d], acc[d], hr[d],
                        0, B, j0, j1, s, lengths, reverse[d], lbr, clip, y)
         current, spare = spare, current

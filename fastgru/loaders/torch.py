@@ -165,3 +165,14 @@ def spec_to_state_dict(spec: GRUSpec) -> dict[str, np.ndarray]:
             state[f"bias_ih_l{k}{suffix}"] = _reorder(layer.b[d, :3 * H], H)
             state[f"bias_hh_l{k}{suffix}"] = _reorder(layer.b[d, 3 * H:], H)
     return state
+
+
+def module_from_spec(spec: GRUSpec, *, batch_first: bool = False):
+    """A torch.nn.GRU (eval mode, float32) holding the spec's weights."""
+    import torch
+
+    module = torch.nn.GRU(spec.input_size, spec.hidden_size, num_layers=len(spec.layers),
+                          bidirectional=spec.direction == "bidirectional", batch_first=batch_first)
+    module.load_state_dict({k: torch.from_numpy(v.astype(np.float32))
+                            for k, v in spec_to_state_dict(spec).items()})
+    return module.eval()

@@ -138,13 +138,13 @@ def project(x, w, out):
 
 
 @njit(**JIT_OPTIONS)
-def gates(xproj, col, bx, r, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
+def gates(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
     """First half of step s for rows b0 <= b < b1 and hidden units j0 <= j < j1.
 
     xproj: (T, B, >= col + 3H), this direction's projection starting at column col; bx: (3H,),
-    r: (3H, H), h: (B, H) the state before the step; acc: (B, 3H), hr: (B, H) scratch.
-    Leaves z in acc[b, j], and in hr[b, j] r (with lbr) or r * h (without lbr, for R_n to multiply
-    in `update` once every unit of hr is known).
+    r: (3H, H), rbn: (H,), h: (B, H) the state before the step; acc: (B, 3H), hr: (B, H) scratch.
+    Leaves z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2H + j] with lbr; without lbr, r * h
+    in hr[b, j] for R_n to multiply in `update` once every unit of hr is known.
     Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse); rows whose length
     is at most s are skipped.
     """
@@ -164,16 +164,25 @@ def gates(xproj, col, bx, r, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lb
         hrb = hr[b]
         # Two plain loops (no stores beside loads of the same array at another offset) so that
         # LLVM vectorizes the activations.
+        xz = xp[col:col + H]
+        xr = xp[col + H:col + 2 * H]
+        br = bx[H:2 * H]
         for j in range(j0, j1):
-            az[j] = sigmoid(_clip(xp[col + j] + bx[j] + az[j], clip))
+            az[j] = sigmoid(_clip(xz[j] + bx[j] + az[j], clip))
         for j in range(j0, j1):
-            rj = sigmoid(_clip(xp[col + H + j] + bx[H + j] + ar[j], clip))
-            hrb[j] = rj if lbr else rj * hb[j]
+            hrb[j] = sigmoid(_clip(xr[j] + br[j] + ar[j], clip))
+        if lbr:
+            an = acc[b, 2 * H:]
+            for j in range(j0, j1):
+                an[j] = hrb[j] * (an[j] + rbn[j])
+        else:
+            for j in range(j0, j1):
+                hrb[j] *= hb[j]
 
 
 @njit(**JIT_OPTIONS)
-def update(xproj, col, bx, r, rbn, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr,
-           clip, y):
+def update(xproj, col, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip,
+           y):
     """Second half of step s (see `gates`): n, then h_new[b, j] = (1 - z) n + z h[b, j].
 
     h_new may be h itself. y: (T, B, >= col/3 + H) receives h_new at the row's time index, and
@@ -193,18 +202,18 @@ def update(xproj, col, bx, r, rbn, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths
         xp = xproj[t, b]
         az = acc[b, :H]
         an = acc[b, 2 * H:]
-        hrb = hr[b]
         hb = h[b]
-        hn = h_new[b]
-        yb = y[t, b]
+        # Loops over few arrays each: LLVM vectorizes a loop only when it can check at run time
+        # that the arrays it stores to overlap none it reads, and gives up beyond a few checks.
+        xn = xp[col + 2 * H:col + 3 * H]
+        bn = bx[2 * H:]
         for j in range(j0, j1):
-            # lbr: n = tanh(W_n x + Wb_n + r * (R_n h + Rb_n)); else R_n (r * h) + Rb_n is in an
-            rec = hrb[j] * (an[j] + rbn[j]) if lbr else an[j]
-            n = tanh(_clip(xp[col + 2 * H + j] + bx[2 * H + j] + rec, clip))
-            z = az[j]
-            hj = (one - z) * n + z * hb[j]
-            hn[j] = hj
-            yb[ycol + j] = hj
+            an[j] = tanh(_clip(xn[j] + bn[j] + an[j], clip))
+        for j in range(j0, j1):  # into az, not h_new: h_new may be h, which an overlap check
+            z = az[j]            # cannot tell from a true overlap
+            az[j] = (one - z) * an[j] + z * hb[j]
+        h_new[b, j0:j1] = az[j0:j1]
+        y[t, b, ycol + j0:ycol + j1] = az[j0:j1]
 
 
 @njit(**JIT_OPTIONS)
@@ -213,9 +222,8 @@ def step_rows(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, l
     H = h.shape[1]
     for g0 in range(b0, b1, ROW_GROUP):
         g1 = min(g0 + ROW_GROUP, b1)
-        gates(xproj, col, bx, r, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip)
-        update(xproj, col, bx, r, rbn, h, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip,
-               y)
+        gates(xproj, col, bx, r, rbn, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip)
+        update(xproj, col, bx, r, h, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip, y)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -289,17 +297,17 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
         for task in prange(dirs * chunks):
             d = task // chunks
             j0, j1 = _unit_slice(task % chunks, chunks, H)
-            gates(xproj, d * 3 * H, bx[d], r[d], current[d], acc[d], hr[d], 0, B, j0, j1, s,
-                  lengths, reverse[d], lbr, clip)
+            gates(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
+                  s, lengths, reverse[d], lbr, clip)
             if lbr:
-                update(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], spare[d], acc[d], hr[d],
-                       0, B, j0, j1, s, lengths, reverse[d], lbr, clip, y)
+                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
         if not lbr:
             for task in prange(dirs * chunks):
                 d = task // chunks
                 j0, j1 = _unit_slice(task % chunks, chunks, H)
-                update(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], spare[d], acc[d], hr[d],
-                       0, B, j0, j1, s, lengths, reverse[d], lbr, clip, y)
+                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
         current, spare = spare, current
     if T % 2:
         h[...] = current

@@ -168,6 +168,15 @@ def main(argv=None) -> int:
     sweep_records = run(sweep, ["fastgru", "onnxruntime"], [1], min(args.seconds, 0.5))
     print("first results from fresh processes...", file=sys.stderr)
     first = first_result_times()
+    print("memory over 100k calls...", file=sys.stderr)
+    memory = subprocess.run([sys.executable, os.path.join(HERE, "memory.py"), "--calls",
+                             "100000"], capture_output=True, text=True, check=True,
+                            env=thread_env(threads[0])).stdout.strip()
+    print("the example service under load...", file=sys.stderr)
+    service = subprocess.run([sys.executable, os.path.join(os.path.dirname(HERE), "examples",
+                                                           "load.py"), "--clients", "16",
+                              "--seconds", str(5 * args.seconds)], capture_output=True, text=True,
+                             check=True).stdout.strip()
     has_chart = chart(records, os.path.join(HERE, "ratios.png"))
 
     lines = ["# Benchmark results", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
@@ -200,6 +209,12 @@ def main(argv=None) -> int:
              r["threads"] == threads[0]}
     lines += ["", f"Inside a warm worker, the first S2 call (model build + compile/load, or session "
               f"creation) took: " + ", ".join(f"{k} {v:.2f} s" for k, v in setup.items()), ""]
+    lines += ["## Memory: 100,000 calls of varying shapes, dtypes and layouts "
+              "(`python bench/memory.py`)", "", memory, "",
+              "## The example service under load (`python examples/load.py --clients 16`)", "",
+              "Sixteen concurrent clients on 127.0.0.1 (JSON over HTTP, clients in one Python "
+              "process beside the server on the same 2 cores); sequences are 50 frames of 64.",
+              "", service, ""]
     with open(args.out, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

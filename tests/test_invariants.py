@@ -227,3 +227,24 @@ def test_concurrent_calls_under_every_threading_layer(layer):
                                            "NUMBA_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [layer, "48", "True"], out.stdout
+
+
+def test_memory_levels_off_over_many_calls():
+    """3000 calls of varying shapes, dtypes and layouts: resident memory stops growing after
+    the first third, and no kernel signature is added (bench/memory.py runs 100k)."""
+    code = """if True:
+        import sys
+        sys.argv = ["memory", "--calls", "3000"]
+        sys.path.insert(0, "bench")
+        import memory
+        memory.main()
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1:4] for line in out.stdout.splitlines()[2:]]
+    rss = [float(r[1]) for r in rows]
+    sigs = [int(r[2]) for r in rows]
+    assert len(rows) == 10
+    assert max(rss[3:]) - rss[3] < 8, rss  # MB
+    assert len(set(sigs[1:])) == 1, sigs

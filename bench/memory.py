@@ -34,8 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=100_000)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    state = {"weight_ih_l0": rng.standard_normal((96, 8)), "weight_hh_l0": rng.standard_normal((96, 32)),
-             "weight_ih_l1": rng.standard_normal((96, 32)), "weight_hh_l1": rng.standard_normal((96, 32))}
+    state = {"weight_ih_l0": rng.standard_normal((96, 8)),
+             "weight_hh_l0": rng.standard_normal((96, 32)),
+             "weight_ih_l1": rng.standard_normal((96, 32)),
+             "weight_hh_l1": rng.standard_normal((96, 32))}
     model = fastgru.GRU.from_torch(state)
     stream = model.stream(4)
     dtypes = [np.float32, np.float64, np.int32]

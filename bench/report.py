@@ -39,7 +39,8 @@ a = rng.standard_normal((2048, 2048), dtype=np.float32)
 t = best(lambda: a @ a, 10)
 out = {"sgemm_gflops": 2 * 2048 ** 3 / t / 1e9}
 for H in (256, 1024):
-    r = rng.standard_normal((3 * H, H), dtype=np.float32); h = rng.standard_normal(H, dtype=np.float32)
+    r = rng.standard_normal((3 * H, H), dtype=np.float32)
+    h = rng.standard_normal(H, dtype=np.float32)
     t = best(lambda: r @ h, 2000 if H == 256 else 200)
     out[f"matvec_GBps_H{H}"] = r.nbytes / t / 1e9
 print(json.dumps(out))
@@ -65,7 +66,6 @@ def machine() -> str:
                             text=True).stdout.split("\n")
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in
                          ("numpy", "numba", "onnxruntime", "torch"))
-    import numba
 
     return (f"{cpu}, {os.cpu_count()} cores; {'; '.join(' '.join(c.split()) for c in caches if c)}"
             f"\n\nPython {platform.python_version()}, {versions}; Numba threading layer: "
@@ -75,7 +75,8 @@ def machine() -> str:
 def _threading_layer() -> str:
     code = ("import numba, numpy as np, fastgru; from fastgru.kernels.config import parallel_guard;"
             "parallel_guard(); print(numba.threading_layer())")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True).stdout.strip()
 
 
 def ceilings(threads_list) -> dict:
@@ -207,8 +208,8 @@ def main(argv=None) -> int:
     lines += [f"| {label} | {t:.2f} |" for label, t in first.items()]
     setup = {r["runtime"]: r["setup_s"] for r in records if r["case"] == "S2" and
              r["threads"] == threads[0]}
-    lines += ["", f"Inside a warm worker, the first S2 call (model build + compile/load, or session "
-              f"creation) took: " + ", ".join(f"{k} {v:.2f} s" for k, v in setup.items()), ""]
+    lines += ["", "Inside a warm worker, the first S2 call (model build + compile/load, or session "
+              "creation) took: " + ", ".join(f"{k} {v:.2f} s" for k, v in setup.items()), ""]
     lines += ["## Memory: 100,000 calls of varying shapes, dtypes and layouts "
               "(`python bench/memory.py`)", "", memory, "",
               "## The example service under load (`python examples/load.py --clients 16`)", "",

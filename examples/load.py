@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="frames per sequence request")
     parser.add_argument("--model", help="a model file (default: the service's built-in model)")
     args = parser.parse_args(argv)
-    print(f"| backend | workload | requests | p50 ms | p99 ms | requests/s |\n|---|---|---|---|---|---|")
+    print("| backend | workload | requests | p50 ms | p99 ms | requests/s |")
+    print("|---|---|---|---|---|---|")
     for backend in ("fastgru", "onnxruntime"):
         for workload, r in measure(backend, args.clients, args.seconds, args.steps,
                                    args.model).items():

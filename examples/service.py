@@ -154,7 +154,7 @@ class Batcher:
                 for _, future in pending:
                     future.set_exception(error)
                 continue
-            for (_, future), result in zip(pending, results):
+            for (_, future), result in zip(pending, results, strict=True):
                 future.set_result(result)
 
 
@@ -179,7 +179,7 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
                 rounds[k].append(i)
         for members in rounds:
             ys = engine.steps([items[i][1] for i in members], [items[i][2] for i in members])
-            for i, y in zip(members, ys):
+            for i, y in zip(members, ys, strict=True):
                 results[i] = y.tolist()
         for i, item in enumerate(items):
             if item[0] == "close" and engine.has_stream(item[1]):

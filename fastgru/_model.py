@@ -173,8 +173,8 @@ class GRU:
     def __repr__(self) -> str:
         return (f"fastgru.GRU(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, direction={self.direction!r}, "
-                f"batch_first={self.batch_first}, linear_before_reset={int(self.linear_before_reset)}"
-                f", dtype={self.dtype.name})")
+                f"batch_first={self.batch_first}, "
+                f"linear_before_reset={int(self.linear_before_reset)}, dtype={self.dtype.name})")
 
     # ---- inference -----------------------------------------------------------------------------
 
@@ -196,7 +196,8 @@ class GRU:
         h_n : ndarray, shape (num_layers*dirs, B, H) ((num_layers*dirs, H) unbatched)
         """
         x = as_float_array(x, self._dtype, "x")
-        D, H, dirs, L = self.input_size, self.hidden_size, self._spec.num_directions, self.num_layers
+        D, H, L = self.input_size, self.hidden_size, self.num_layers
+        dirs = self._spec.num_directions
         layout = "(B, T, D)" if self._batch_first else "(T, B, D)"
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D {layout} or 2-D (T, D) unbatched, got shape {x.shape}")

@@ -38,8 +38,9 @@ class _StepScratch:
     def views(self, n: int) -> tuple:
         """C-contiguous scratch arrays for n rows: xproj, acc, hr, ones, ys."""
         L, H = self._shape
-        return (self._xproj[:n * 3 * H].reshape(1, n, 3 * H), self._acc[:n * 3 * H].reshape(n, 3 * H),
-                self._hr[:n * H].reshape(n, H), self._ones[:n],
+        return (self._xproj[:n * 3 * H].reshape(1, n, 3 * H),
+                self._acc[:n * 3 * H].reshape(n, 3 * H), self._hr[:n * H].reshape(n, H),
+                self._ones[:n],
                 self._ys[:L * n * H].reshape(L, 1, n, H))
 
 

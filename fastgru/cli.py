@@ -130,7 +130,8 @@ def _torch_outputs(model, path, x):
     from fastgru.loaders.torch import module_from_spec
 
     kind = files.sniff(path)
-    if kind == "onnx" or (kind == "safetensors" and native.is_native(files.read_safetensors(path)[1])):
+    if kind == "onnx" or (kind == "safetensors" and
+                          native.is_native(files.read_safetensors(path)[1])):
         return None
     # The round trip through spec_to_state_dict undoes the loader's gate reordering, so this
     # module computes the file's own weights: a misread would show as a difference.
@@ -170,7 +171,8 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fastgru.benchmark import add_arguments
 
-    parser = argparse.ArgumentParser(prog="fastgru", description="Run trained GRUs fast on the CPU.")
+    parser = argparse.ArgumentParser(prog="fastgru",
+                                     description="Run trained GRUs fast on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="describe a model file")
     p.add_argument("model")

@@ -3,7 +3,6 @@ export to ONNX, the ONNX package's GRU conformance cases, and safe loading of ho
 
 from __future__ import annotations
 
-import io
 import itertools
 import os
 import pickle
@@ -93,7 +92,8 @@ def test_save_and_load_are_bit_exact(rng, tmp_path, direction, lbr, clip, dtype)
                  "linear_before_reset", "clip", "dtype"):
         assert getattr(again, attr) == getattr(model, attr), attr
     x = rng.standard_normal((4, 6, 3))
-    for a, b in zip(model(x, lengths=[6, 2, 0, 5]), again(x, lengths=[6, 2, 0, 5])):
+    for a, b in zip(model(x, lengths=[6, 2, 0, 5]), again(x, lengths=[6, 2, 0, 5]),
+                    strict=True):
         assert np.array_equal(a, b)
     with pytest.raises(TypeError, match=r"a fastgru file takes no options, got \['dtype'\]"):
         fastgru.load(tmp_path / "model.safetensors", dtype="float64")
@@ -154,13 +154,14 @@ def test_onnx_conformance_case(case):
     for inputs, outputs in case.data_sets:
         model = onnx.ModelProto()
         model.CopyFrom(case.model)
-        feeds = dict(zip([i.name for i in model.graph.input], inputs))
+        feeds = dict(zip([i.name for i in model.graph.input], inputs, strict=True))
         node = model.graph.node[0]
         weight_names = set(list(node.input)[1:4])
         model.graph.initializer.extend(numpy_helper.from_array(feeds[n], n)
                                        for n in weight_names if n)
         gru = fastgru.GRU.from_onnx(model)
-        slot = dict(zip(["X", "W", "R", "B", "sequence_lens", "initial_h"], list(node.input)))
+        slot = dict(zip(["X", "W", "R", "B", "sequence_lens", "initial_h"], node.input,
+                        strict=False))  # trailing optional inputs may be absent
         x = feeds[slot["X"]]
         h0 = feeds.get(slot.get("initial_h", ""))
         lengths = feeds.get(slot.get("sequence_lens", ""))
@@ -168,7 +169,7 @@ def test_onnx_conformance_case(case):
         if gru.batch_first and h0 is not None:  # layout=1 initial_h is (B, dirs, H)
             h0 = h0.transpose(1, 0, 2)
         y, h_n = gru(x, h0, lengths=lengths)
-        expected = dict(zip([o.name for o in model.graph.output], outputs))
+        expected = dict(zip([o.name for o in model.graph.output], outputs, strict=True))
         for name, value in expected.items():
             role = list(node.output).index(name)
             if role == 0:  # Y: (T, dirs, B, H), layout=1: (B, T, dirs, H)

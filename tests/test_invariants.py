@@ -125,7 +125,7 @@ def test_many_threads_get_the_serial_results(rng):
         t.start()
     for t in threads:
         t.join()
-    for (y, h_n), (y_e, h_e) in zip(results, expected):
+    for (y, h_n), (y_e, h_e) in zip(results, expected, strict=True):
         assert np.array_equal(y, y_e) and np.array_equal(h_n, h_e)
 
 

@@ -6,7 +6,7 @@ Layout (canonical, see fastgru/_weights.py): gates are ordered (z, r, n). For on
     bx   : (dirs, 3H)      bias added to the input projection: Wb + Rb for z and r; Wb_n (+ Rb_n
                            when linear_before_reset = 0, where Rb_n sits outside the reset product)
     rbn  : (dirs, H)       Rb_n, used only when linear_before_reset = 1 (inside r * (...))
-    xproj: (T, B, dirs*3H) x_t @ W^T for every step, computed before the time loop (BLAS)
+    xproj: (T, B, dirs*3H) x_t @ W^T for every step, computed before the time loop (`project`)
     h    : (dirs, B, H)    state: the initial state on entry, the final state on return
 
 Nothing here checks its inputs or allocates inside the time loop; the public surface does both.
@@ -14,7 +14,6 @@ Nothing here checks its inputs or allocates inside the time loop; the public sur
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 from fastgru.kernels.activations import sigmoid, tanh
@@ -79,10 +78,14 @@ def matvec_rows(v, m, out, b0, b1, j0, j1, o0):
                 a31 += w1 * x3
                 a32 += w2 * x3
                 a33 += w3 * x3
-            out[b, o], out[b, o + 1], out[b, o + 2], out[b, o + 3] = a00, a01, a02, a03
-            out[b + 1, o], out[b + 1, o + 1], out[b + 1, o + 2], out[b + 1, o + 3] = a10, a11, a12, a13
-            out[b + 2, o], out[b + 2, o + 1], out[b + 2, o + 2], out[b + 2, o + 3] = a20, a21, a22, a23
-            out[b + 3, o], out[b + 3, o + 1], out[b + 3, o + 2], out[b + 3, o + 3] = a30, a31, a32, a33
+            ob = out[b]
+            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a00, a01, a02, a03
+            ob = out[b + 1]
+            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a10, a11, a12, a13
+            ob = out[b + 2]
+            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a20, a21, a22, a23
+            ob = out[b + 3]
+            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a30, a31, a32, a33
         j += 4
     jq = j  # the quads are done for j0 <= j < jq
     j = j0
@@ -162,8 +165,7 @@ def gates(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, revers
         ar = acc[b, H:2 * H]
         hb = h[b]
         hrb = hr[b]
-        # Two plain loops (no stores beside loads of the same array at another offset) so that
-        # LLVM vectorizes the activations.
+        # Loops over few arrays each, so that LLVM vectorizes them (see `update`).
         xz = xp[col:col + H]
         xr = xp[col + H:col + 2 * H]
         br = bx[H:2 * H]

@@ -43,7 +43,8 @@ def read(tensors: dict, metadata: dict, where: str):
                           f"this fastgru reads version {VERSION}")
     for name, tensor in tensors.items():
         if tensor.dtype.kind != "f":
-            raise FormatError(f"{where}: tensor {name!r} must be floating point, got {tensor.dtype}")
+            raise FormatError(f"{where}: tensor {name!r} must be floating point, "
+                              f"got {tensor.dtype}")
     try:
         num_layers = int(metadata["num_layers"])
         with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN below

@@ -265,43 +265,43 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
 
     producers = {out: n for n in graph.node for out in n.output if out}
     graph_inputs = {i.name for i in graph.input} - set(tensors)
-    previous, first = {}, []
+    # Each GRU reads either the graph input (the first layer) or another GRU's Y, through
+    # plumbing ops; one stack means one first layer and no GRU read by two others.
+    firsts, after = [], {}  # after: id(previous GRU) -> (GRU, plumbing ops between them)
     for gru in grus:
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        kind, value, ops = _trace_back(gru.input[0], producers, graph_inputs, stop)
-        if kind == "gru":
-            previous[id(gru)] = (value, ops)
+        kind, source, ops = _trace_back(gru.input[0], producers, graph_inputs, stop)
+        if kind == "input":
+            firsts.append((gru, ops))
+        elif id(source) in after:
+            firsts.append(None)  # a fork: not one stack
         else:
-            first.append((gru, ops))
-    if len(first) != 1 or len({id(v[0]) for v in previous.values()}) != len(previous):
-        names = [n.name for n in grus]
-        raise FormatError(f"the ONNX graph has {len(grus)} GRU nodes {names} that do not form one "
-                          f"stack; pick one with node=")
-    by_previous = {id(prev): gru for gru, (prev, _) in
-                   ((g, previous[id(g)]) for g in grus if id(g) in previous)}
-    chain = [first[0][0]]
-    while id(chain[-1]) in by_previous:
-        chain.append(by_previous[id(chain[-1])])
+            after[id(source)] = (gru, ops)
+    if len(firsts) != 1 or firsts[0] is None:
+        raise FormatError(f"the ONNX graph has {len(grus)} GRU nodes {[n.name for n in grus]} "
+                          f"that do not form one stack; pick one with node=")
+    chain = [firsts[0]]
+    while id(chain[-1][0]) in after:
+        chain.append(after[id(chain[-1][0])])
 
-    layers, options = [], None
-    for k, gru in enumerate(chain):
+    layers, options, batch_first = [], None, False
+    for k, (gru, ops) in enumerate(chain):
         layer, opts, layout = _read_layer(gru, tensors, folder)
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        if options is not None and opts != options:
-            raise FormatError(f"{stop}: layer {k} has options {opts}, layer 0 has {options}")
-        if k > 0 and layout:
-            raise FormatError(f"{stop}: layout=1 on a layer above the first is not supported")
-        if k > 0:
-            _check_between_layers(previous[id(gru)][1], 2 if opts["direction"] ==
-                                  "bidirectional" else 1, stop)
+        if k == 0:
+            perms = [_perm(op) for op in ops if op.op_type == "Transpose"]
+            if perms not in ([], [[1, 0, 2]]):
+                raise FormatError(f"the graph input reaches the first GRU through Transposes "
+                                  f"{perms}; only none or one (1, 0, 2) is understood")
+            batch_first = bool(layout) != bool(perms)
+        else:
+            if opts != options:
+                raise FormatError(f"{stop}: layer {k} has options {opts}, layer 0 has {options}")
+            if layout:
+                raise FormatError(f"{stop}: layout=1 on a layer above the first is not supported")
+            _check_between_layers(ops, 2 if opts["direction"] == "bidirectional" else 1, stop)
         options = opts
         layers.append(layer)
-    first_layout = _read_layer(chain[0], tensors, folder)[2]
-    input_perms = [_perm(op) for op in first[0][1] if op.op_type == "Transpose"]
-    if input_perms not in ([], [[1, 0, 2]]):
-        raise FormatError(f"the graph input reaches the first GRU through Transposes "
-                          f"{input_perms}; only none or one (1, 0, 2) is understood")
-    batch_first = bool(first_layout) != bool(input_perms)
     try:
         spec = GRUSpec(tuple(layers), **options)
     except ValueError as error:

@@ -97,9 +97,17 @@ def _onnxruntime_outputs(model, path, x):
     import onnx
     import onnxruntime as ort
 
-    proto = onnx.load(path) if path.lower().endswith(".onnx") else \
-        model.to_onnx(state_inputs=True)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    if path.lower().endswith(".onnx"):
+        proto = onnx.load(path)
+    else:  # onnxruntime's GRU is float32 only: a float64 model is checked through its twin
+        from fastgru import GRU
+
+        proto = GRU(model.spec, batch_first=model.batch_first).to_onnx(state_inputs=True)
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise UsageError(f"onnxruntime cannot load {path!r}: {error}") from None
     B = x.shape[0 if model.batch_first else 1]
     T = x.shape[1 if model.batch_first else 0]
     dirs = 2 if model.bidirectional else 1
@@ -115,7 +123,10 @@ def _onnxruntime_outputs(model, path, x):
         else:
             raise UsageError(f"cannot feed input {graph_input.name!r} {graph_input.shape} of "
                              f"{path!r}")
-    y = session.run(None, feeds)[0]
+    try:
+        y = session.run(None, feeds)[0]
+    except Exception as error:
+        raise UsageError(f"onnxruntime cannot run {path!r}: {error}") from None
     if y.ndim == 4:  # a bare GRU node: (T, dirs, B, H), or (B, T, dirs, H) with layout=1
         y = y.reshape(*y.shape[:2], -1) if model.batch_first else \
             y.transpose(0, 2, 1, 3).reshape(T, B, -1)

@@ -123,3 +123,10 @@ def test_default_bench_stream_shape():
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| S1")]
     assert len(rows) == 2 and float(rows[1].split("|")[8]) == 0.0
+
+
+def test_check_a_float64_model(rng, tmp_path, capsys):
+    path = tmp_path / "m64.safetensors"
+    fastgru.GRU(random_spec(rng, 3, 4, 2), dtype="float64").save(path)
+    assert main(["check", str(path)]) == 0
+    assert "onnxruntime  max abs diff" in capsys.readouterr().out

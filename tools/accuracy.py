@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Largest |fastgru - reference| per configuration family, as a Markdown table.
+
+    .venv/bin/python tools/accuracy.py
+
+References: PyTorch (nn.GRU, nn.GRUCell, and model files as PyTorch and its two ONNX exporters
+write them), onnxruntime (one GRU node, and fastgru's own ONNX export), and the float64
+reference in tests/reference.py. D=16, H=32, T=20, B=4, seeded. It uses the test suite's helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+import fastgru  # noqa: E402
+from conftest import onnx_gru_model, random_spec, run_onnxruntime, spec_layers  # noqa: E402
+from reference import reference_gru  # noqa: E402
+from test_torch import run_torch, torch_gru  # noqa: E402
+
+D, H, T, B = 16, 32, 20, 4
+LENGTHS = [T, 3, 11, 1]
+
+
+class Worst:
+    """The largest absolute difference seen per family, in the order families first appear."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, float] = {}
+
+    def add(self, family: str, *pairs) -> None:
+        for a, b in pairs:
+            diff = float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+            self.rows[family] = max(self.rows.get(family, 0.0), diff)
+
+
+def torch_families(worst: Worst, rng) -> None:
+    for dtype in ("float32", "float64"):
+        family = (f"torch.nn.GRU, 1-3 layers, uni/bi, bias or not, batch_first, h0, lengths "
+                  f"({dtype} model against torch {dtype})")
+        for L, bi, bias, bf in itertools.product([1, 2, 3], [False, True], [True, False],
+                                                 [False, True]):
+            module = torch_gru(D, H, L, bi, bias, bf, getattr(torch, dtype))
+            model = fastgru.GRU.from_torch(module, dtype=dtype)
+            x = rng.standard_normal((B, T, D) if bf else (T, B, D))
+            h0 = rng.standard_normal((L * (2 if bi else 1), B, H))
+            for lengths in (None, LENGTHS):
+                worst.add(family, *zip(model(x, h0, lengths=lengths),
+                                       run_torch(module, x, h0, lengths), strict=True))
+    torch.manual_seed(0)
+    cell = torch.nn.GRUCell(D, H).eval()
+    stream = fastgru.GRU.from_torch(cell).stream(B)
+    h = torch.zeros(B, H)
+    for _ in range(50):
+        x = rng.standard_normal((B, D))
+        with torch.no_grad():
+            h = cell(torch.as_tensor(x, dtype=torch.float32), h)
+        worst.add("nn.GRUCell through a stream, 50 steps", (stream.step(x), h.numpy()))
+
+
+def onnxruntime_families(worst: Worst, rng) -> None:
+    for direction, lbr in itertools.product(["forward", "reverse", "bidirectional"], [1, 0]):
+        family = (f"onnxruntime GRU node, {direction}, linear_before_reset={lbr}, "
+                  f"clip none/1.5, h0, lengths")
+        for clip in (None, 1.5):
+            spec = random_spec(rng, D, H, 1, direction, bool(lbr), clip=clip)
+            model = fastgru.GRU.from_onnx(onnx_gru_model(spec))
+            x = 2 * rng.standard_normal((T, B, D))
+            h0 = rng.standard_normal((spec.num_directions, B, H))
+            for lengths in (None, LENGTHS):
+                y, h_n = model(x, h0, lengths=lengths)
+                Y, Y_h = run_onnxruntime(spec, x, lengths, h0)
+                Y = Y.transpose(0, 2, 1, 3).reshape(T, B, -1)
+                worst.add(family, (y, Y), (h_n, Y_h))
+
+
+def reference_families(worst: Worst, rng) -> None:
+    lengths = [T, 0, 11, 1]
+    for dtype in ("float32", "float64"):
+        family = (f"float64 reference (tests/reference.py), all directions, both variants, "
+                  f"1 and 3 layers, a length-0 row ({dtype} model)")
+        for direction, lbr, L in itertools.product(["forward", "reverse", "bidirectional"],
+                                                   [True, False], [1, 3]):
+            model = fastgru.GRU(random_spec(rng, D, H, L, direction, lbr), dtype=dtype)
+            x = rng.standard_normal((T, B, D))
+            h0 = rng.standard_normal((L * model.spec.num_directions, B, H))
+            expected = reference_gru(x, spec_layers(model.spec), direction=direction,
+                                     linear_before_reset=lbr, h0=h0, lengths=lengths)
+            worst.add(family, *zip(model(x, h0, lengths=lengths), expected, strict=True))
+
+
+def file_families(worst: Worst, rng, folder: str) -> None:
+    for L, bi, bf in itertools.product([1, 2, 3], [False, True], [False, True]):
+        module = torch_gru(D, H, L, bi, batch_first=bf)
+        x = rng.standard_normal((B, T, D) if bf else (T, B, D))
+        h0 = rng.standard_normal((L * (2 if bi else 1), B, H))
+        expected = run_torch(module, x, h0)
+        torch.save({"state_dict": module.state_dict()}, f"{folder}/m.pt")
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+                  f"{folder}/m.safetensors")
+        for name, family in (("m.pt", "torch.save checkpoint (nested state_dict)"),
+                             ("m.safetensors", "safetensors.torch.save_file")):
+            model = fastgru.load(f"{folder}/{name}", batch_first=bf)
+            worst.add(f"{family}, against PyTorch",
+                      *zip(model(x, h0), expected, strict=True))
+        for dynamo in (False, True):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (torch.as_tensor(x, dtype=torch.float32),
+                                           torch.as_tensor(h0, dtype=torch.float32)),
+                                  f"{folder}/m.onnx", input_names=["x", "h0"], dynamo=dynamo,
+                                  opset_version=18 if dynamo else 14)
+            worst.add(f"torch.onnx.export(dynamo={dynamo}), against PyTorch",
+                      *zip(fastgru.load(f"{folder}/m.onnx")(x, h0), expected, strict=True))
+        model = fastgru.load(f"{folder}/m.pt", batch_first=bf)
+        session = ort.InferenceSession(model.to_onnx(state_inputs=True).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        lengths = np.array(LENGTHS, np.int32)
+        ours = model(x, h0, lengths=lengths)
+        theirs = session.run(None, {"X": x.astype(np.float32), "initial_h": h0.astype(np.float32),
+                                    "sequence_lens": lengths})
+        worst.add("fastgru to_onnx run by onnxruntime (h0, lengths), against fastgru",
+                  *zip(theirs, ours, strict=True))
+
+
+def main() -> int:
+    rng = np.random.default_rng(0)
+    worst = Worst()
+    torch_families(worst, rng)
+    onnxruntime_families(worst, rng)
+    reference_families(worst, rng)
+    with tempfile.TemporaryDirectory() as folder:
+        file_families(worst, rng, folder)
+    print("| reference | max abs diff |\n|---|---|")
+    for family, diff in worst.rows.items():
+        print(f"| {family} | {diff:.1e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,11 +44,17 @@ class _StepScratch:
                 self._ys[:L * n * H].reshape(L, 1, n, H))
 
 
-def _step(model, x, h, out, views) -> None:
-    """One step of every layer: x (n, D), h (L, n, H) updated in place, out (n, H)."""
+def _kernel_args(model, h, views) -> tuple:
+    """What gru_stream_step takes between x (n, D) and out (n, H), for state h (L, n, H)."""
     xproj, acc, hr, ones, ys = views
-    kernels.gru_stream_step(x, model._w0, model._wrest, model._bx, model._r, model._rbn, h, xproj,
-                            acc, hr, ones, model.linear_before_reset, model._clip, ys, out)
+    return (model._w0, model._wrest, model._bx, model._r, model._rbn, h, xproj, acc, hr, ones,
+            model.linear_before_reset, model._clip, ys)
+
+
+def _fits(array, shape, dtype) -> bool:
+    """Whether array is already what the kernel takes (the common case, checked cheaply)."""
+    return (type(array) is np.ndarray and array.shape == shape and array.dtype == dtype
+            and array.flags.c_contiguous)
 
 
 def _check_out(out, expected, dtype):
@@ -76,7 +82,10 @@ class Stream:
         B = _positive(batch_size, "batch_size")
         self._model = model
         self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
-        self._views = _StepScratch(model, B).views(B)  # made once: a step allocates nothing
+        # made once: a step allocates nothing and passes the kernel ready-made arguments
+        self._args = _kernel_args(model, self._h, _StepScratch(model, B).views(B))
+        self._x_shape = (B, model.input_size)
+        self._out_shape = (B, model.hidden_size)
 
     @property
     def batch_size(self) -> int:
@@ -110,11 +119,13 @@ class Stream:
         -------
         ndarray, shape (batch_size, H): the top layer's new state (``out`` when given).
         """
-        m = self._model
-        x_t = as_float_array(x_t, m.dtype, "x_t")
-        check_shape(x_t, (self.batch_size, m.input_size), "x_t", " (batch_size, input_size)")
-        out = _check_out(out, (self.batch_size, m.hidden_size), m.dtype)
-        _step(m, x_t, self._h, out, self._views)
+        dtype = self._model.dtype
+        if not _fits(x_t, self._x_shape, dtype):
+            x_t = as_float_array(x_t, dtype, "x_t")
+            check_shape(x_t, self._x_shape, "x_t", " (batch_size, input_size)")
+        if out is None or not (_fits(out, self._out_shape, dtype) and out.flags.writeable):
+            out = _check_out(out, self._out_shape, dtype)
+        kernels.gru_stream_step(x_t, *self._args, out)
         return out
 
 
@@ -194,7 +205,7 @@ class StreamBatch:
             return out
         h = self._batch_h[:L * n * H].reshape(L, n, H)
         np.take(self._states, slots, axis=1, out=h)
-        _step(m, x, h, out, self._scratch.views(n))
+        kernels.gru_stream_step(x, *_kernel_args(m, h, self._scratch.views(n)), out)
         self._states[:, slots] = h
         return out
 

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 
 from fastgru._boundary import as_float_array, check_shape
+from fastgru._workspace import Workspace
 from fastgru.kernels import gru as kernels
 
 
@@ -23,32 +24,15 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-class _StepScratch:
-    """Kernel scratch for stepping up to `rows` rows at once."""
-
-    def __init__(self, model, rows: int) -> None:
-        L, H, dt = model.num_layers, model.hidden_size, model.dtype
-        self._shape = (L, H)
-        self._xproj = np.empty(rows * 3 * H, dt)
-        self._acc = np.empty(rows * 3 * H, dt)
-        self._hr = np.empty(rows * H, dt)
-        self._ys = np.empty(L * rows * H, dt)
-        self._ones = np.ones(rows, np.int64)
-
-    def views(self, n: int) -> tuple:
-        """C-contiguous scratch arrays for n rows: xproj, acc, hr, ones, ys."""
-        L, H = self._shape
-        return (self._xproj[:n * 3 * H].reshape(1, n, 3 * H),
-                self._acc[:n * 3 * H].reshape(n, 3 * H), self._hr[:n * H].reshape(n, H),
-                self._ones[:n],
-                self._ys[:L * n * H].reshape(L, 1, n, H))
-
-
-def _kernel_args(model, h, views) -> tuple:
-    """What gru_stream_step takes between x (n, D) and out (n, H), for state h (L, n, H)."""
-    xproj, acc, hr, ones, ys = views
-    return (model._w0, model._wrest, model._bx, model._r, model._rbn, h, xproj, acc, hr, ones,
-            model.linear_before_reset, model._clip, ys)
+def _kernel_args(model, h, ws: Workspace) -> tuple:
+    """What gru_stream_step takes between x (n, D) and out (n, H), for state h (L, n, H), with
+    its scratch arrays taken from ws."""
+    L, n, H = h.shape
+    ones = ws.get("ones", (n,), np.int64)
+    ones[:] = 1  # every row takes its one step
+    return (model._w0, model._wrest, model._bx, model._r, model._rbn, h,
+            ws.get("xproj", (1, n, 3 * H)), ws.get("acc", (n, 3 * H)), ws.get("hr", (n, H)),
+            ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)))
 
 
 def _fits(array, shape, dtype) -> bool:
@@ -58,16 +42,16 @@ def _fits(array, shape, dtype) -> bool:
 
 
 def _check_out(out, expected, dtype):
+    """out itself when the kernel can write into it, a new array for None, else a ValueError."""
     if out is None:
         return np.empty(expected, dtype=dtype)
-    if not (isinstance(out, np.ndarray) and out.shape == expected and out.dtype == dtype
-            and out.flags.c_contiguous and out.flags.writeable):
-        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
-               f"shape {out.shape}, dtype {out.dtype}, "
-               f"{'C-contiguous' if out.flags.c_contiguous else 'not C-contiguous'}")
-        raise ValueError(f"out must be a writable C-contiguous {dtype.name} array of shape "
-                         f"{expected}, got {got}")
-    return out
+    if _fits(out, expected, dtype) and out.flags.writeable:
+        return out
+    got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
+           f"shape {out.shape}, dtype {out.dtype}, "
+           f"{'C-contiguous' if out.flags.c_contiguous else 'not C-contiguous'}")
+    raise ValueError(f"out must be a writable C-contiguous {dtype.name} array of shape "
+                     f"{expected}, got {got}")
 
 
 class Stream:
@@ -83,7 +67,7 @@ class Stream:
         self._model = model
         self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
         # made once: a step allocates nothing and passes the kernel ready-made arguments
-        self._args = _kernel_args(model, self._h, _StepScratch(model, B).views(B))
+        self._args = _kernel_args(model, self._h, Workspace(model.dtype))
         self._x_shape = (B, model.input_size)
         self._out_shape = (B, model.hidden_size)
 
@@ -123,8 +107,7 @@ class Stream:
         if not _fits(x_t, self._x_shape, dtype):
             x_t = as_float_array(x_t, dtype, "x_t")
             check_shape(x_t, self._x_shape, "x_t", " (batch_size, input_size)")
-        if out is None or not (_fits(out, self._out_shape, dtype) and out.flags.writeable):
-            out = _check_out(out, self._out_shape, dtype)
+        out = _check_out(out, self._out_shape, dtype)
         kernels.gru_stream_step(x_t, *self._args, out)
         return out
 
@@ -145,8 +128,7 @@ class StreamBatch:
         self._slots: dict[int, int] = {}
         self._free = list(range(capacity - 1, -1, -1))
         self._ids = itertools.count()
-        self._scratch = _StepScratch(model, capacity)
-        self._batch_h = np.empty(self._states.size, model.dtype)
+        self._workspace = Workspace(model.dtype)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -203,9 +185,9 @@ class StreamBatch:
         out = _check_out(out, (n, H), m.dtype)
         if n == 0:
             return out
-        h = self._batch_h[:L * n * H].reshape(L, n, H)
+        h = self._workspace.get("h", (L, n, H))
         np.take(self._states, slots, axis=1, out=h)
-        kernels.gru_stream_step(x, *_kernel_args(m, h, self._scratch.views(n)), out)
+        kernels.gru_stream_step(x, *_kernel_args(m, h, self._workspace), out)
         self._states[:, slots] = h
         return out
 
@@ -222,5 +204,3 @@ class StreamBatch:
         states[:, :old] = self._states
         self._states = states
         self._free = list(range(2 * old - 1, old - 1, -1))
-        self._scratch = _StepScratch(self._model, 2 * old)
-        self._batch_h = np.empty(states.size, states.dtype)

@@ -16,12 +16,15 @@ class Workspace:
         self.dtype = dtype
         self._buffers: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined."""
+    def get(self, name: str, shape: tuple[int, ...], dtype=None) -> np.ndarray:
+        """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined.
+
+        The buffer holds the workspace's dtype unless `dtype` names another."""
         size = math.prod(shape)
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < size:
-            buffer = np.empty(size, dtype=self.dtype)
+        if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            buffer = np.empty(size, dtype=dtype)
             self._buffers[name] = buffer
         return buffer[:size].reshape(shape)
 

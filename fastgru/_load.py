@@ -18,6 +18,7 @@ def load(path, **options) -> GRU:
     kind = files.sniff(path)
     if kind == "onnx":
         return GRU.from_onnx(path, **options)
+    source = path
     if kind == "safetensors":
         tensors, metadata = files.read_safetensors(path)
         if native.is_native(metadata):
@@ -25,7 +26,8 @@ def load(path, **options) -> GRU:
                 raise TypeError(f"a fastgru file takes no options, got {sorted(options)}")
             spec, batch_first, dtype = native.read(tensors, metadata, repr(path))
             return GRU(spec, batch_first=batch_first, dtype=dtype)
+        source = tensors  # PyTorch-keyed weights, already read
     try:
-        return GRU.from_torch(path, **options)
+        return GRU.from_torch(source, **options)
     except FormatError as error:
         raise FormatError(f"{path!r}: {error}") from None

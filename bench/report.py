@@ -47,8 +47,8 @@ print(json.dumps(out))
 """
 
 FIRST_RESULT = {
-    "fastgru": "import numpy as np, fastgru; from fastgru.benchmark import SHAPES, _model;"
-               "m = _model(SHAPES['S2']); m(np.zeros((100, 1, 64), np.float32))",
+    "fastgru": "import numpy as np, fastgru; from fastgru.benchmark import SHAPES, builtin_model;"
+               "m = builtin_model(SHAPES['S2']); m(np.zeros((100, 1, 64), np.float32))",
     "onnxruntime": "import sys, numpy as np, onnxruntime as ort;"
                    "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']);"
                    "s.run(None, {'X': np.zeros((100, 1, 64), np.float32)})",
@@ -92,12 +92,12 @@ def ceilings(threads_list) -> dict:
 
 def first_result_times() -> dict:
     """Seconds from process start to the first S2 result (median of 3 fresh processes)."""
-    from fastgru.benchmark import _model
+    from fastgru.benchmark import builtin_model
 
     times = {}
     with tempfile.TemporaryDirectory() as cold:
         onnx_path = os.path.join(cold, "s2.onnx")
-        _model(SHAPES["S2"]).to_onnx(onnx_path)
+        builtin_model(SHAPES["S2"]).to_onnx(onnx_path)
         variants = {"fastgru (compiled kernels cached)": ("fastgru", {}),
                     "fastgru (empty cache: compiles)": ("fastgru", {"NUMBA_CACHE_DIR": cold}),
                     "onnxruntime (import + session + run)": ("onnxruntime", {})}

@@ -28,23 +28,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import fastgru
+from fastgru.benchmark import SHAPES, builtin_model
 
 MAX_BATCH = 64
 
 
-def default_model() -> fastgru.GRU:
-    rng = np.random.default_rng(0)
-    H, D = 256, 64
-    state = {"weight_ih_l0": rng.uniform(-1, 1, (3 * H, D)) / np.sqrt(H),
-             "weight_hh_l0": rng.uniform(-1, 1, (3 * H, H)) / np.sqrt(H),
-             "bias_ih_l0": rng.uniform(-1, 1, 3 * H) / np.sqrt(H),
-             "bias_hh_l0": rng.uniform(-1, 1, 3 * H) / np.sqrt(H)}
-    return fastgru.GRU.from_torch(state)
-
-
 def load_model() -> fastgru.GRU:
+    """FASTGRU_MODEL's file, else the benchmark's built-in S2 model (random, D=64, H=256)."""
     path = os.environ.get("FASTGRU_MODEL")
-    return fastgru.load(path) if path else default_model()
+    return fastgru.load(path) if path else builtin_model(SHAPES["S2"])
 
 
 def pad(xs, input_size):

@@ -90,7 +90,8 @@ def _random_state_dict(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
     return state
 
 
-def _model(case: Case):
+def builtin_model(case: Case):
+    """The case's model file, or seeded random weights of its shape (the same in every process)."""
     import fastgru
 
     if case.model_path:
@@ -100,7 +101,7 @@ def _model(case: Case):
 
 def _make_call(runtime: str, case: Case, threads: int):
     """(call, output): one benchmark call, and a function returning the last call's result."""
-    model = _model(case)
+    model = builtin_model(case)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(np.float32)
     if model.batch_first:

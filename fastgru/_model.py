@@ -49,20 +49,24 @@ class GRU:
         self._batch_first = bool(batch_first)
         dirs, H = spec.num_directions, spec.hidden_size
         dt = self._dtype
-        # Kernel-ready arrays, derived once. Input weights of all directions stacked so one
-        # matrix product projects the whole sequence for a layer: (dirs*3H, D_in).
-        ws = [layer.w.reshape(dirs * 3 * H, -1) for layer in spec.layers]
-        self._w0 = _frozen(ws[0].astype(dt))
-        self._wrest = _frozen(np.array(ws[1:], dtype=dt).reshape(len(ws) - 1, dirs * 3 * H,
-                                                                 dirs * H))
-        self._r = _frozen(np.array([layer.r for layer in spec.layers], dtype=dt))
+        # Kernel-ready arrays, derived once, in the kernels' gate-column layout (each gate padded
+        # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
+        # all directions are stacked so one product projects the whole sequence for a layer.
+        self._padded_units = kernels.padded_units(H, dt)
+        ws = [kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H)
+              for layer in spec.layers]
+        self._w0 = _frozen(ws[0])
+        self._wrest = _frozen(np.array(ws[1:], dtype=dt).reshape(len(ws) - 1, *ws[0].shape[:1],
+                                                                 dirs * H, ws[0].shape[2]))
+        self._r = _frozen(np.array([[kernels.pack_gate_rows(r.astype(dt), H) for r in layer.r]
+                                    for layer in spec.layers]))
         bx, rbn = [], []
         for layer in spec.layers:
             wb, rb = layer.b[:, :3 * H], layer.b[:, 3 * H:]
             folded = wb + rb
             if spec.linear_before_reset:  # R_n h + Rb_n is multiplied by r: keep Rb_n apart
                 folded[:, 2 * H:] = wb[:, 2 * H:]
-            bx.append(folded)
+            bx.append(kernels.pad_gate_columns(folded.astype(dt), H))
             rbn.append(rb[:, 2 * H:])
         self._bx = _frozen(np.array(bx, dtype=dt))
         self._rbn = _frozen(np.array(rbn, dtype=dt))
@@ -197,7 +201,7 @@ class GRU:
         """
         x = as_float_array(x, self._dtype, "x")
         D, H, L = self.input_size, self.hidden_size, self.num_layers
-        dirs = self._spec.num_directions
+        dirs, Hp = self._spec.num_directions, self._padded_units
         layout = "(B, T, D)" if self._batch_first else "(T, B, D)"
         if x.ndim not in (2, 3):
             raise ValueError(f"x must be 3-D {layout} or 2-D (T, D) unbatched, got shape {x.shape}")
@@ -230,14 +234,14 @@ class GRU:
             layer_in = x
             for k in range(L):
                 w = self._w0 if k == 0 else self._wrest[k - 1]
-                xproj = ws.get("xproj", (T, B, dirs * 3 * H))
+                xproj = ws.get("xproj", (T, B, dirs * 3 * Hp))
                 kernels.project(layer_in.reshape(T * B, w.shape[1]), w,
-                                xproj.reshape(T * B, w.shape[0]))
+                                xproj.reshape(T * B, dirs * 3 * Hp))
                 layer_out = y if k == L - 1 else ws.get(f"layer{k % 2}", (T, B, dirs * H))
                 args = (xproj, self._bx[k], self._r[k], self._rbn[k], state[k])
                 if kernel is kernels.gru_layer_columns:
                     args += (ws.get("h_spare", (dirs, B, H)),)
-                kernel(*args, ws.get("acc", (dirs, B, 3 * H)), ws.get("hr", (dirs, B, H)), steps,
+                kernel(*args, ws.get("acc", (dirs, B, 3 * Hp)), ws.get("hr", (dirs, B, H)), steps,
                        self._reverse, self.linear_before_reset, self._clip, layer_out, split)
                 layer_in = layer_out
 
@@ -268,9 +272,10 @@ class GRU:
         """Compile (or load from Numba's on-disk cache) every kernel this model can use, now
         rather than in the first request. Returns the model."""
         dirs, H, dt = self._spec.num_directions, self.hidden_size, self._dtype
-        xproj = np.zeros((1, 1, dirs * 3 * H), dt)
+        Hp = self._padded_units
+        xproj = np.zeros((1, 1, dirs * 3 * Hp), dt)
         h = np.zeros((dirs, 1, H), dt)
-        scratch = (np.zeros((dirs, 1, 3 * H), dt), np.zeros((dirs, 1, H), dt))
+        scratch = (np.zeros((dirs, 1, 3 * Hp), dt), np.zeros((dirs, 1, H), dt))
         one = np.ones(1, np.int64)
         tail = (one, self._reverse, self.linear_before_reset, self._clip,
                 np.zeros((1, 1, dirs * H), dt), 1)

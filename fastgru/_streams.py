@@ -28,10 +28,11 @@ def _kernel_args(model, h, ws: Workspace) -> tuple:
     """What gru_stream_step takes between x (n, D) and out (n, H), for state h (L, n, H), with
     its scratch arrays taken from ws."""
     L, n, H = h.shape
+    Hp = model._padded_units
     ones = ws.get("ones", (n,), np.int64)
     ones[:] = 1  # every row takes its one step
     return (model._w0, model._wrest, model._bx, model._r, model._rbn, h,
-            ws.get("xproj", (1, n, 3 * H)), ws.get("acc", (n, 3 * H)), ws.get("hr", (n, H)),
+            ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)), ws.get("hr", (n, H)),
             ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)))
 
 

@@ -1,27 +1,65 @@
 """The GRU kernels: plain loops over contiguous arrays of one dtype, writing into caller buffers.
 
-Layout (canonical, see fastgru/_weights.py): gates are ordered (z, r, n). For one layer:
+Gate columns. Gates are ordered (z, r, n) (see fastgru/_weights.py). Every array holding one
+value per gate output pads each gate from H to Hp units, Hp being H rounded up to a multiple of
+the panel width P (`panel_width`): column g*Hp + u is unit u of gate g, and padding columns
+(zero weights) are computed but never read. For one layer:
 
-    r    : (dirs, 3H, H)   recurrent weights, rows = outputs, as ONNX stores them
-    bx   : (dirs, 3H)      bias added to the input projection: Wb + Rb for z and r; Wb_n (+ Rb_n
-                           when linear_before_reset = 0, where Rb_n sits outside the reset product)
-    rbn  : (dirs, H)       Rb_n, used only when linear_before_reset = 1 (inside r * (...))
-    xproj: (T, B, dirs*3H) x_t @ W^T for every step, computed before the time loop (`project`)
-    h    : (dirs, B, H)    state: the initial state on entry, the final state on return
+    r    : (dirs, 3Hp/P, H, P) recurrent weights, packed into panels (`pack_gate_rows`)
+    bx   : (dirs, 3Hp)         bias added to the input projection: Wb + Rb for z and r; Wb_n
+                               (+ Rb_n when linear_before_reset = 0, where Rb_n sits outside
+                               the reset product)
+    rbn  : (dirs, H)           Rb_n, used only when linear_before_reset = 1 (inside r * (...))
+    xproj: (T, B, dirs*3Hp)    x_t @ W^T for every step, computed before the time loop (`project`)
+    h    : (dirs, B, H)        state: the initial state on entry, the final state on return
 
 Nothing here checks its inputs or allocates inside the time loop; the public surface does both.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from fastgru.kernels.activations import sigmoid, tanh
-from fastgru.kernels.config import FASTMATH, JIT_OPTIONS
+from fastgru.kernels.config import JIT_OPTIONS
+from fastgru.kernels.simd import fma, lanes, load, splat, store
 
-# Rows of one batch block that share each pass over the recurrent weights: a weight row loaded
-# once from L2/L3 serves ROW_GROUP dot products from L1. A multiple of 4 (see matvec_rows).
+# Rows of one batch block that share each pass over the recurrent weights: a weight panel loaded
+# once from L2/L3 serves ROW_GROUP rows from L1. A multiple of 4 (see matvec).
 ROW_GROUP = 8
+
+
+def panel_width(dtype) -> int:
+    """P: gate columns per weight panel, four SIMD vectors (64 float32 values with AVX-512)."""
+    return 4 * lanes(dtype)
+
+
+def padded_units(hidden_size: int, dtype) -> int:
+    """Hp: H rounded up to a multiple of the panel width."""
+    P = panel_width(dtype)
+    return -(-hidden_size // P) * P
+
+
+def pad_gate_columns(a: np.ndarray, hidden_size: int) -> np.ndarray:
+    """(..., G*H) gate values -> (..., G*Hp) gate columns, zeros in the padding."""
+    H, Hp = hidden_size, padded_units(hidden_size, a.dtype)
+    gates = a.reshape(*a.shape[:-1], -1, H)
+    padded = np.zeros((*gates.shape[:-1], Hp), a.dtype)
+    padded[..., :H] = gates
+    return padded.reshape(*a.shape[:-1], -1)
+
+
+def pack_gate_rows(w: np.ndarray, hidden_size: int) -> np.ndarray:
+    """(G*H, K) weights, one row per gate output -> (G*Hp/P, K, P) panels for `matvec`.
+
+    Panel p holds gate columns pP <= j < (p+1)P for every input k, K*P values in a row, so a
+    panel streams from memory in order and a tile's weights for one k are P adjacent values.
+    """
+    P = panel_width(w.dtype)
+    columns = pad_gate_columns(np.ascontiguousarray(w.T), hidden_size)  # (K, G*Hp)
+    K = columns.shape[0]
+    return np.ascontiguousarray(columns.reshape(K, -1, P).transpose(1, 0, 2))
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -34,91 +72,58 @@ def _clip(v, c):
     return v
 
 
-# reassoc lets LLVM split each dot product into SIMD partial sums. The order of those sums is
-# fixed by the code, not by the data or the thread count, so results stay reproducible.
-_MATVEC_OPTIONS = {**JIT_OPTIONS, "fastmath": FASTMATH | {"reassoc"}}
+@njit(**JIT_OPTIONS)
+def matvec(v, wp, out, b0, b1, p0, p1):
+    """out[b, p*P + c] = sum_k v[b, k] * wp[p, k, c] for rows b0 <= b < b1, panels p0 <= p < p1.
 
-
-@njit(**_MATVEC_OPTIONS)
-def matvec_rows(v, m, out, b0, b1, j0, j1, o0):
-    """out[b, o0 + j - j0] = m[j, :] . v[b, :] for rows b0 <= b < b1 and j0 <= j < j1.
-
-    v: (B, K), m: (J, K), out: (B, >= o0 + j1 - j0).
-    Register tiles: rows of v in fours (starting at b0) times four rows of m, 16 sums per pass
-    over k; rows left over (fewer than four, at b1) one at a time times eight rows of m. Eight
-    or more independent sums share each load and hide the latency of the final horizontal adds.
+    v: (B, K), wp: (panels, K, P), out: (B, >= p1*P). Register tiles of four rows times one panel
+    (16 vector sums fed by four vector loads and four broadcasts per k), then single rows times
+    one panel. Every sum is one chain of fused multiply-adds over k in order, so a row's result
+    is the same bit for bit whatever tile, batch position or thread computes it.
     """
     K = v.shape[1]
-    zero = v.dtype.type(0.0)
+    L = wp.shape[2] // 4
+    zero = splat(v.dtype.type(0.0))
     bq = b0 + (b1 - b0) // 4 * 4
-    j = j0
-    while j + 4 <= j1 and bq > b0:
-        m0, m1, m2, m3 = m[j], m[j + 1], m[j + 2], m[j + 3]
-        o = o0 + j - j0
+    for p in range(p0, p1):
+        panel = wp[p]
+        j = p * 4 * L
         for b in range(b0, bq, 4):
             v0, v1, v2, v3 = v[b], v[b + 1], v[b + 2], v[b + 3]
             a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
             a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
             for k in range(K):
-                w0, w1, w2, w3 = m0[k], m1[k], m2[k], m3[k]
-                x0, x1, x2, x3 = v0[k], v1[k], v2[k], v3[k]
-                a00 += w0 * x0
-                a01 += w1 * x0
-                a02 += w2 * x0
-                a03 += w3 * x0
-                a10 += w0 * x1
-                a11 += w1 * x1
-                a12 += w2 * x1
-                a13 += w3 * x1
-                a20 += w0 * x2
-                a21 += w1 * x2
-                a22 += w2 * x2
-                a23 += w3 * x2
-                a30 += w0 * x3
-                a31 += w1 * x3
-                a32 += w2 * x3
-                a33 += w3 * x3
-            ob = out[b]
-            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a00, a01, a02, a03
-            ob = out[b + 1]
-            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a10, a11, a12, a13
-            ob = out[b + 2]
-            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a20, a21, a22, a23
-            ob = out[b + 3]
-            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a30, a31, a32, a33
-        j += 4
-    jq = j  # the quads are done for j0 <= j < jq
-    j = j0
-    while j + 8 <= j1 and bq < b1:
-        m0, m1, m2, m3 = m[j], m[j + 1], m[j + 2], m[j + 3]
-        m4, m5, m6, m7 = m[j + 4], m[j + 5], m[j + 6], m[j + 7]
-        o = o0 + j - j0
+                wk = panel[k]
+                w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
+                a00, a01, a02, a03 = _fma4(v0[k], w0, w1, w2, w3, a00, a01, a02, a03)
+                a10, a11, a12, a13 = _fma4(v1[k], w0, w1, w2, w3, a10, a11, a12, a13)
+                a20, a21, a22, a23 = _fma4(v2[k], w0, w1, w2, w3, a20, a21, a22, a23)
+                a30, a31, a32, a33 = _fma4(v3[k], w0, w1, w2, w3, a30, a31, a32, a33)
+            _store4(out[b], j, L, a00, a01, a02, a03)
+            _store4(out[b + 1], j, L, a10, a11, a12, a13)
+            _store4(out[b + 2], j, L, a20, a21, a22, a23)
+            _store4(out[b + 3], j, L, a30, a31, a32, a33)
         for b in range(bq, b1):
             vb = v[b]
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+            a0 = a1 = a2 = a3 = zero
             for k in range(K):
-                x = vb[k]
-                a0 += m0[k] * x
-                a1 += m1[k] * x
-                a2 += m2[k] * x
-                a3 += m3[k] * x
-                a4 += m4[k] * x
-                a5 += m5[k] * x
-                a6 += m6[k] * x
-                a7 += m7[k] * x
-            ob = out[b]
-            ob[o], ob[o + 1], ob[o + 2], ob[o + 3] = a0, a1, a2, a3
-            ob[o + 4], ob[o + 5], ob[o + 6], ob[o + 7] = a4, a5, a6, a7
-        j += 8
-    # whatever the tiles left: single dot products
-    for b in range(b0, b1):
-        vb = v[b]
-        for jj in range(jq if b < bq else j, j1):
-            mj = m[jj]
-            acc = zero
-            for k in range(K):
-                acc += mj[k] * vb[k]
-            out[b, o0 + jj - j0] = acc
+                wk = panel[k]
+                a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
+                                       load(wk, 3 * L), a0, a1, a2, a3)
+            _store4(out[b], j, L, a0, a1, a2, a3)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _fma4(x, w0, w1, w2, w3, a0, a1, a2, a3):
+    return fma(x, w0, a0), fma(x, w1, a1), fma(x, w2, a2), fma(x, w3, a3)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _store4(row, j, L, a0, a1, a2, a3):
+    store(row, j, a0)
+    store(row, j + L, a1)
+    store(row, j + 2 * L, a2)
+    store(row, j + 3 * L, a3)
 
 
 # Rows of x per task of `project`: the block stays in L1/L2 while all of W streams past it.
@@ -126,114 +131,123 @@ PROJECT_ROWS = 64
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def project(x, w, out):
-    """out = x @ w.T: the input projection of every step, before the time loop.
+def project(x, wp, out):
+    """out = x @ W^T: the input projection of every step, before the time loop.
 
-    x: (N, D), w: (J, D), out: (N, J). Blocks of PROJECT_ROWS rows are shared among Numba's
-    threads (a multiple of 4, so each row meets the same register tiles whatever the thread
-    count). Done here rather than by NumPy's BLAS so that one thread pool runs all the work: BLAS
-    threads spinning beside Numba's stole the cores and made two threads slower than one.
+    x: (N, D), wp: (panels, D, P) W packed by `pack_gate_rows`, out: (N, panels*P). Blocks of
+    PROJECT_ROWS rows are shared among Numba's threads. Done here rather than by NumPy's BLAS
+    so that one thread pool runs all the work: BLAS threads spinning beside Numba's stole the
+    cores and made two threads slower than one.
     """
     N = x.shape[0]
     for block in prange((N + PROJECT_ROWS - 1) // PROJECT_ROWS):
         b0 = block * PROJECT_ROWS
-        matvec_rows(x, w, out, b0, min(N, b0 + PROJECT_ROWS), 0, w.shape[0], 0)
+        matvec(x, wp, out, b0, min(N, b0 + PROJECT_ROWS), 0, wp.shape[0])
 
 
 @njit(**JIT_OPTIONS)
-def gates(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
-    """First half of step s for rows b0 <= b < b1 and hidden units j0 <= j < j1.
+def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
+    """First half of step s of direction d for rows b0 <= b < b1 and units j0 <= j < j1.
 
-    xproj: (T, B, >= col + 3H), this direction's projection starting at column col; bx: (3H,),
-    r: (3H, H), rbn: (H,), h: (B, H) the state before the step; acc: (B, 3H), hr: (B, H) scratch.
-    Leaves z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2H + j] with lbr; without lbr, r * h
-    in hr[b, j] for R_n to multiply in `update` once every unit of hr is known.
-    Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse); rows whose length
-    is at most s are skipped.
+    xproj: (T, B, >= (d+1)*3Hp); bx: (3Hp,), r: (3Hp/P, H, P), rbn: (H,) this direction's;
+    h: (B, H) the state before the step; acc: (B, 3Hp), hr: (B, H) scratch. j0 and j1 are
+    multiples of P (j1 <= Hp). Leaves z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2Hp + j]
+    with lbr; without lbr, r * h in hr[b, j] for R_n to multiply in `update` once every unit of
+    hr is known. Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse);
+    rows whose length is at most s are skipped.
     """
     H = h.shape[1]
-    matvec_rows(h, r, acc, b0, b1, j0, j1, j0)
-    matvec_rows(h, r, acc, b0, b1, H + j0, H + j1, H + j0)
+    Hp = acc.shape[1] // 3
+    P = r.shape[2]
+    matvec(h, r, acc, b0, b1, j0 // P, j1 // P)
+    matvec(h, r, acc, b0, b1, (Hp + j0) // P, (Hp + j1) // P)
     if lbr:
-        matvec_rows(h, r, acc, b0, b1, 2 * H + j0, 2 * H + j1, 2 * H + j0)
+        matvec(h, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
+    u1 = min(j1, H)
+    col = d * 3 * Hp
     for b in range(b0, b1):
         if s >= lengths[b]:
             continue
         t = lengths[b] - 1 - s if reverse else s
         xp = xproj[t, b]
         az = acc[b, :H]
-        ar = acc[b, H:2 * H]
+        ar = acc[b, Hp:Hp + H]
         hb = h[b]
         hrb = hr[b]
         # Loops over few arrays each, so that LLVM vectorizes them (see `update`).
         xz = xp[col:col + H]
-        xr = xp[col + H:col + 2 * H]
-        br = bx[H:2 * H]
-        for j in range(j0, j1):
-            az[j] = sigmoid(_clip(xz[j] + bx[j] + az[j], clip))
-        for j in range(j0, j1):
+        xr = xp[col + Hp:col + Hp + H]
+        bz = bx[:H]
+        br = bx[Hp:Hp + H]
+        for j in range(j0, u1):
+            az[j] = sigmoid(_clip(xz[j] + bz[j] + az[j], clip))
+        for j in range(j0, u1):
             hrb[j] = sigmoid(_clip(xr[j] + br[j] + ar[j], clip))
         if lbr:
-            an = acc[b, 2 * H:]
-            for j in range(j0, j1):
+            an = acc[b, 2 * Hp:2 * Hp + H]
+            for j in range(j0, u1):
                 an[j] = hrb[j] * (an[j] + rbn[j])
         else:
-            for j in range(j0, j1):
+            for j in range(j0, u1):
                 hrb[j] *= hb[j]
 
 
 @njit(**JIT_OPTIONS)
-def update(xproj, col, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip,
+def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip,
            y):
     """Second half of step s (see `gates`): n, then h_new[b, j] = (1 - z) n + z h[b, j].
 
-    h_new may be h itself. y: (T, B, >= col/3 + H) receives h_new at the row's time index, and
-    zeros at steps past the row's length (whose state is carried over unchanged).
+    h_new may be h itself. y: (T, B, >= (d+1)*H) receives h_new at the row's time index in
+    columns d*H + j, and zeros at steps past the row's length (whose state is carried over).
     """
     H = h.shape[1]
+    Hp = acc.shape[1] // 3
+    P = r.shape[2]
     one = h.dtype.type(1.0)
-    ycol = col // 3
     if not lbr:
-        matvec_rows(hr, r, acc, b0, b1, 2 * H + j0, 2 * H + j1, 2 * H + j0)
+        matvec(hr, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
+    u1 = min(j1, H)
+    col = d * 3 * Hp
+    ycol = d * H
     for b in range(b0, b1):
         if s >= lengths[b]:
-            y[s, b, ycol + j0:ycol + j1] = 0.0
-            h_new[b, j0:j1] = h[b, j0:j1]
+            y[s, b, ycol + j0:ycol + u1] = 0.0
+            h_new[b, j0:u1] = h[b, j0:u1]
             continue
         t = lengths[b] - 1 - s if reverse else s
         xp = xproj[t, b]
         az = acc[b, :H]
-        an = acc[b, 2 * H:]
+        an = acc[b, 2 * Hp:2 * Hp + H]
         hb = h[b]
         # Loops over few arrays each: LLVM vectorizes a loop only when it can check at run time
         # that the arrays it stores to overlap none it reads, and gives up beyond a few checks.
-        xn = xp[col + 2 * H:col + 3 * H]
-        bn = bx[2 * H:]
-        for j in range(j0, j1):
+        xn = xp[col + 2 * Hp:col + 2 * Hp + H]
+        bn = bx[2 * Hp:2 * Hp + H]
+        for j in range(j0, u1):
             an[j] = tanh(_clip(xn[j] + bn[j] + an[j], clip))
-        for j in range(j0, j1):  # into az, not h_new: h_new may be h, which an overlap check
+        for j in range(j0, u1):  # into az, not h_new: h_new may be h, which an overlap check
             z = az[j]            # cannot tell from a true overlap
             az[j] = (one - z) * an[j] + z * hb[j]
-        h_new[b, j0:j1] = az[j0:j1]
-        y[t, b, ycol + j0:ycol + j1] = az[j0:j1]
+        h_new[b, j0:u1] = az[j0:u1]
+        y[t, b, ycol + j0:ycol + u1] = az[j0:u1]
 
 
 @njit(**JIT_OPTIONS)
-def step_rows(xproj, col, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, lbr, clip, y):
-    """Advance rows b0 <= b < b1 of one direction by step s, all units, h updated in place."""
-    H = h.shape[1]
+def step_rows(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, lbr, clip, y):
+    """Advance rows b0 <= b < b1 of direction d by step s, all units, h updated in place."""
+    Hp = acc.shape[1] // 3
     for g0 in range(b0, b1, ROW_GROUP):
         g1 = min(g0 + ROW_GROUP, b1)
-        gates(xproj, col, bx, r, rbn, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip)
-        update(xproj, col, bx, r, h, h, acc, hr, g0, g1, 0, H, s, lengths, reverse, lbr, clip, y)
+        gates(xproj, d, bx, r, rbn, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip)
+        update(xproj, d, bx, r, h, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip, y)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blocks):
     """Run one layer (all directions) over the whole sequence, batch rows shared out.
 
-    xproj: (T, B, dirs*3H), bx: (dirs, 3H), r: (dirs, 3H, H), rbn: (dirs, H),
-    h: (dirs, B, H) initial state in, final state out; acc: (dirs, B, 3H), hr: (dirs, B, H)
+    xproj: (T, B, dirs*3Hp), bx: (dirs, 3Hp), r: (dirs, 3Hp/P, H, P), rbn: (dirs, H),
+    h: (dirs, B, H) initial state in, final state out; acc: (dirs, B, 3Hp), hr: (dirs, B, H)
     scratch; lengths: (B,) int64 in [0, T]; reverse: (dirs,) bool, whether direction d runs
     backwards; y: (T, B, dirs*H) output; blocks: how many blocks of rows to split the batch into
     (1 <= blocks <= max(ceil(B / 4), 1)).
@@ -244,17 +258,15 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
     T = xproj.shape[0]
     B = xproj.shape[1]
     dirs = r.shape[0]
-    H = r.shape[2]
     quads = (B + 3) // 4
     for task in prange(dirs * blocks):
         d = task // blocks
         blk = task % blocks
-        # blocks start at multiples of 4 rows, so every row meets the same register tiles in
-        # matvec_rows (and gets bit-identical results) whatever the thread count
+        # blocks of whole quads of rows, so the 4-row tiles of `matvec` stay full
         b0 = min(B, 4 * (blk * quads // blocks))
         b1 = min(B, 4 * ((blk + 1) * quads // blocks))
         for s in range(T):
-            step_rows(xproj, d * 3 * H, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+            step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
                       b0, b1, s, lengths, reverse[d], lbr, clip, y)
 
 
@@ -263,18 +275,17 @@ def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip,
     """gru_layer on the calling thread: with one task there is nothing to share out, and this
     skips the thread pool's fork-join (a few microseconds, much of a small call)."""
     B = xproj.shape[1]
-    H = r.shape[2]
     for d in range(r.shape[0]):
         for s in range(xproj.shape[0]):
-            step_rows(xproj, d * 3 * H, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+            step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
                       0, B, s, lengths, reverse[d], lbr, clip, y)
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _unit_slice(c, chunks, H):
-    """Hidden units [j0, j1) of slice c of `chunks`, cut at multiples of 8 (see matvec_rows)."""
-    octs = (H + 7) // 8
-    return min(H, 8 * (c * octs // chunks)), min(H, 8 * ((c + 1) * octs // chunks))
+def _unit_slice(c, chunks, Hp, P):
+    """Units [j0, j1) of slice c of `chunks`, cut at multiples of the panel width P."""
+    panels = Hp // P
+    return P * (c * panels // chunks), P * ((c + 1) * panels // chunks)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -284,31 +295,31 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
     give every thread its own rows.
 
     Arguments as gru_layer, plus h_spare: (dirs, B, H) scratch, and chunks: how many slices of
-    the hidden units each direction is cut into. Each task computes the gate rows of its slice,
-    so each core reads only its slice of the recurrent weights (which can then stay in its own
-    cache); the state is double-buffered because every slice reads all of it. One fork-join per
-    step (two when linear_before_reset = 0). Slices start at multiples of 8 units, so rows meet
-    the same register tiles as in gru_layer and results are bit-identical to it.
+    the hidden units each direction is cut into. Each task computes the gate columns of its
+    slice, so each core reads only its slice of the recurrent weights (which can then stay in
+    its own cache); the state is double-buffered because every slice reads all of it. One
+    fork-join per step (two when linear_before_reset = 0).
     """
     T = xproj.shape[0]
     B = xproj.shape[1]
     dirs = r.shape[0]
-    H = r.shape[2]
+    Hp = acc.shape[2] // 3
+    P = r.shape[3]
     current, spare = h, h_spare
     for s in range(T):
         for task in prange(dirs * chunks):
             d = task // chunks
-            j0, j1 = _unit_slice(task % chunks, chunks, H)
-            gates(xproj, d * 3 * H, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
+            j0, j1 = _unit_slice(task % chunks, chunks, Hp, P)
+            gates(xproj, d, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
                   s, lengths, reverse[d], lbr, clip)
             if lbr:
-                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
                        j0, j1, s, lengths, reverse[d], lbr, clip, y)
         if not lbr:
             for task in prange(dirs * chunks):
                 d = task // chunks
-                j0, j1 = _unit_slice(task % chunks, chunks, H)
-                update(xproj, d * 3 * H, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                j0, j1 = _unit_slice(task % chunks, chunks, Hp, P)
+                update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
                        j0, j1, s, lengths, reverse[d], lbr, clip, y)
         current, spare = spare, current
     if T % 2:
@@ -319,9 +330,9 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
 def gru_stream_step(x, w0, wrest, bx, r, rbn, h, xproj, acc, hr, ones, lbr, clip, ys, out):
     """One step of a unidirectional stack, all layers, in one call.
 
-    x: (B, D), w0: (3H, D) first layer's W, wrest: (L-1, 3H, H) the other layers' W,
-    bx: (L, 1, 3H), r: (L, 1, 3H, H), rbn: (L, 1, H), h: (L, B, H) state, updated in place;
-    xproj: (1, B, 3H), acc: (B, 3H), hr: (B, H) scratch; ones: (B,) int64 of 1;
+    x: (B, D), w0: (3Hp/P, D, P) first layer's W, wrest: (L-1, 3Hp/P, H, P) the other layers';
+    bx: (L, 1, 3Hp), r: (L, 1, 3Hp/P, H, P), rbn: (L, 1, H), h: (L, B, H) state, updated in
+    place; xproj: (1, B, 3Hp), acc: (B, 3Hp), hr: (B, H) scratch; ones: (B,) int64 of 1;
     ys: (L, 1, B, H) per-layer outputs; out: (B, H) receives the top layer's output.
     """
     L = h.shape[0]
@@ -329,7 +340,7 @@ def gru_stream_step(x, w0, wrest, bx, r, rbn, h, xproj, acc, hr, ones, lbr, clip
     for k in range(L):
         inp = x if k == 0 else ys[k - 1, 0]
         w = w0 if k == 0 else wrest[k - 1]
-        matvec_rows(inp, w, xproj[0], 0, B, 0, w.shape[0], 0)
+        matvec(inp, w, xproj[0], 0, B, 0, w.shape[0])
         step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
                   0, B, 0, ones, False, lbr, clip, ys[k])
     out[:, :] = ys[L - 1, 0]

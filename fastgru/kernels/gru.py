@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from fastgru.kernels.activations import sigmoid, tanh
 from fastgru.kernels.config import JIT_OPTIONS
-from fastgru.kernels.simd import fma, lanes, load, splat, store
+from fastgru.kernels.simd import VECTOR_BYTES, fma, lanes, load, splat, store
 
 # Rows of one batch block that share each pass over the recurrent weights: a weight panel loaded
 # once from L2/L3 serves ROW_GROUP rows from L1. A multiple of 4 (see matvec).
@@ -72,45 +72,78 @@ def _clip(v, c):
     return v
 
 
+# A 4-row tile keeps 16 vector sums, 4 weight vectors and a broadcast in registers: it needs
+# AVX-512's 32 vector registers. With 16 (AVX2) it spills (measured on this machine compiling
+# for Haswell: 38 GFLOP/s against 100 for 2-row tiles), so tiles stop at 2 rows there.
+FOUR_ROW_TILES = VECTOR_BYTES == 64
+
+
 @njit(**JIT_OPTIONS)
 def matvec(v, wp, out, b0, b1, p0, p1):
     """out[b, p*P + c] = sum_k v[b, k] * wp[p, k, c] for rows b0 <= b < b1, panels p0 <= p < p1.
 
-    v: (B, K), wp: (panels, K, P), out: (B, >= p1*P). Register tiles of four rows times one panel
-    (16 vector sums fed by four vector loads and four broadcasts per k), then single rows times
-    one panel. Every sum is one chain of fused multiply-adds over k in order, so a row's result
-    is the same bit for bit whatever tile, batch position or thread computes it.
+    v: (B, K), wp: (panels, K, P), out: (B, >= p1*P). Register tiles of 4 rows (see
+    FOUR_ROW_TILES), 2 rows or 1 row times one panel of four vectors: per k, four vector loads
+    and one broadcast per row feed 4 vector sums per row. Every sum is one chain of fused
+    multiply-adds over k in order, so a row's result is the same bit for bit whatever tile,
+    batch position or thread computes it.
     """
-    K = v.shape[1]
     L = wp.shape[2] // 4
-    zero = splat(v.dtype.type(0.0))
-    bq = b0 + (b1 - b0) // 4 * 4
     for p in range(p0, p1):
         panel = wp[p]
         j = p * 4 * L
-        for b in range(b0, bq, 4):
-            v0, v1, v2, v3 = v[b], v[b + 1], v[b + 2], v[b + 3]
-            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
-            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
-            for k in range(K):
-                wk = panel[k]
-                w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
-                a00, a01, a02, a03 = _fma4(v0[k], w0, w1, w2, w3, a00, a01, a02, a03)
-                a10, a11, a12, a13 = _fma4(v1[k], w0, w1, w2, w3, a10, a11, a12, a13)
-                a20, a21, a22, a23 = _fma4(v2[k], w0, w1, w2, w3, a20, a21, a22, a23)
-                a30, a31, a32, a33 = _fma4(v3[k], w0, w1, w2, w3, a30, a31, a32, a33)
-            _store4(out[b], j, L, a00, a01, a02, a03)
-            _store4(out[b + 1], j, L, a10, a11, a12, a13)
-            _store4(out[b + 2], j, L, a20, a21, a22, a23)
-            _store4(out[b + 3], j, L, a30, a31, a32, a33)
-        for b in range(bq, b1):
-            vb = v[b]
-            a0 = a1 = a2 = a3 = zero
-            for k in range(K):
-                wk = panel[k]
-                a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
-                                       load(wk, 3 * L), a0, a1, a2, a3)
-            _store4(out[b], j, L, a0, a1, a2, a3)
+        b = b0
+        if FOUR_ROW_TILES:
+            while b + 4 <= b1:
+                _tile4(v, panel, out, b, j, L)
+                b += 4
+        while b + 2 <= b1:
+            _tile2(v, panel, out, b, j, L)
+            b += 2
+        if b < b1:
+            _tile1(v, panel, out, b, j, L)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _tile4(v, panel, out, b, j, L):
+    v0, v1, v2, v3 = v[b], v[b + 1], v[b + 2], v[b + 3]
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(v.dtype.type(0.0))
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = a00
+    for k in range(v.shape[1]):
+        wk = panel[k]
+        w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
+        a00, a01, a02, a03 = _fma4(v0[k], w0, w1, w2, w3, a00, a01, a02, a03)
+        a10, a11, a12, a13 = _fma4(v1[k], w0, w1, w2, w3, a10, a11, a12, a13)
+        a20, a21, a22, a23 = _fma4(v2[k], w0, w1, w2, w3, a20, a21, a22, a23)
+        a30, a31, a32, a33 = _fma4(v3[k], w0, w1, w2, w3, a30, a31, a32, a33)
+    _store4(out[b], j, L, a00, a01, a02, a03)
+    _store4(out[b + 1], j, L, a10, a11, a12, a13)
+    _store4(out[b + 2], j, L, a20, a21, a22, a23)
+    _store4(out[b + 3], j, L, a30, a31, a32, a33)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _tile2(v, panel, out, b, j, L):
+    v0, v1 = v[b], v[b + 1]
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(v.dtype.type(0.0))
+    for k in range(v.shape[1]):
+        wk = panel[k]
+        w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
+        a00, a01, a02, a03 = _fma4(v0[k], w0, w1, w2, w3, a00, a01, a02, a03)
+        a10, a11, a12, a13 = _fma4(v1[k], w0, w1, w2, w3, a10, a11, a12, a13)
+    _store4(out[b], j, L, a00, a01, a02, a03)
+    _store4(out[b + 1], j, L, a10, a11, a12, a13)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _tile1(v, panel, out, b, j, L):
+    vb = v[b]
+    a0 = a1 = a2 = a3 = splat(v.dtype.type(0.0))
+    for k in range(v.shape[1]):
+        wk = panel[k]
+        a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
+                               load(wk, 3 * L), a0, a1, a2, a3)
+    _store4(out[b], j, L, a0, a1, a2, a3)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -8,7 +8,7 @@ hold its sums in vector registers directly:
     acc = fma(x, load(row, j), acc)        # x * row[j:j + lanes] + acc, one rounding per lane
     store(out_row, j, acc)                 # out_row[j:j + lanes] = acc
 
-A vector is as wide as the host CPU's widest registers (64 bytes with AVX-512, else 32), so it
+A vector is as wide as the target CPU's widest registers (64 bytes with AVX-512, else 32), so it
 holds 16 or 8 float32 values. Arrays must be 1-D and C-contiguous, and indices in bounds: nothing
 is checked inside a kernel.
 """
@@ -19,10 +19,19 @@ import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
-VECTOR_BYTES = 64 if llvm_binding.get_host_cpu_features().get("avx512f") else 32
+
+
+def _vector_bytes() -> int:
+    """64 when the CPU Numba compiles for has AVX-512, else 32 (AVX2; older CPUs split them)."""
+    if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU
+        return 64 if "+avx512f" in (config.CPU_FEATURES or "") else 32
+    return 64 if llvm_binding.get_host_cpu_features().get("avx512f") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
 
 
 def lanes(dtype) -> int:

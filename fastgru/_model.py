@@ -15,12 +15,12 @@ from fastgru.kernels import gru as kernels
 from fastgru.kernels.config import parallel_guard
 
 
-# Batches too small to give every thread its rows share out hidden units instead, at a fork-join
-# per step. That pays only when one direction's recurrent weights (12*H*H bytes in float32)
-# overflow a core's private cache, so that each core's slice fits its own: measured at batch 1
-# on 2 cores (1 MiB L2 each), H=256 (0.8 MB) went from 1.2 to 2.3 ms, H=384 (1.8 MB) from 1.36
-# to 0.90 ms, H=1024 from 9.0 to 6.8 ms.
-COLUMN_MIN_WEIGHT_BYTES = 1 << 20
+# Batches too small to give every thread its rows share out hidden units instead, the threads
+# meeting at every step. That pays only when there is enough work per step: measured at batch 1,
+# T=100 on 2 cores (python timing of model(x), serial against shared units), H=128 (197 KB of
+# recurrent weights) 325 against 315 us, H=192 (442 KB) 564 against 554, H=256 (786 KB) 997
+# against 678; at batch 4, H=256 1970 against 1710, H=192 1187 against 1400.
+COLUMN_MIN_WEIGHT_BYTES = 1 << 19
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -239,10 +239,16 @@ class GRU:
                                 xproj.reshape(T * B, dirs * 3 * Hp))
                 layer_out = y if k == L - 1 else ws.get(f"layer{k % 2}", (T, B, dirs * H))
                 args = (xproj, self._bx[k], self._r[k], self._rbn[k], state[k])
+                scratch = (ws.get("acc", (dirs, B, 3 * Hp)), ws.get("hr", (dirs, B, H)))
+                tail = (steps, self._reverse, self.linear_before_reset, self._clip, layer_out,
+                        split)
                 if kernel is kernels.gru_layer_columns:
-                    args += (ws.get("h_spare", (dirs, B, H)),)
-                kernel(*args, ws.get("acc", (dirs, B, 3 * Hp)), ws.get("hr", (dirs, B, H)), steps,
-                       self._reverse, self.linear_before_reset, self._clip, layer_out, split)
+                    size = kernels.progress_size(T, dirs * split, self.linear_before_reset)
+                    progress = ws.get("progress", (size,), np.int64)
+                    progress[:] = 0
+                    kernel(*args, ws.get("h_spare", (dirs, B, H)), *scratch, *tail, progress)
+                else:
+                    kernel(*args, *scratch, *tail)
                 layer_in = layer_out
 
         if unbatched:
@@ -256,14 +262,15 @@ class GRU:
 
         Rows go to threads in blocks of whole quads (see kernels.gru_layer), each thread
         running the whole time loop for its rows. When there are fewer quads than threads, the
-        hidden units are shared out instead, at one fork-join per step: worth it only for
-        weights beyond a core's cache (COLUMN_MIN_WEIGHT_BYTES).
+        hidden units are shared out instead, in slices of whole weight panels, the threads
+        meeting at every step: worth it only for large weights (COLUMN_MIN_WEIGHT_BYTES).
         """
         threads = numba.get_num_threads()
         blocks = max(1, min(-(-B // 4), -(-threads // dirs)))
-        if threads > 1 and blocks * dirs < threads and \
+        chunks = min(-(-threads // dirs), self._padded_units // kernels.panel_width(self._dtype))
+        if blocks * dirs < threads and chunks > 1 and \
                 self._r[0, 0].nbytes > COLUMN_MIN_WEIGHT_BYTES:
-            return kernels.gru_layer_columns, -(-threads // dirs)
+            return kernels.gru_layer_columns, chunks
         if threads > 1 and blocks * dirs > 1:
             return kernels.gru_layer, blocks
         return kernels.gru_layer_serial, 1
@@ -284,7 +291,8 @@ class GRU:
             layer = (xproj, self._bx[0], self._r[0], self._rbn[0], h)
             kernels.gru_layer_serial(*layer, *scratch, *tail)
             kernels.gru_layer(*layer, *scratch, *tail)
-            kernels.gru_layer_columns(*layer, h.copy(), *scratch, *tail)
+            progress = np.zeros(kernels.progress_size(1, dirs, self.linear_before_reset), np.int64)
+            kernels.gru_layer_columns(*layer, h.copy(), *scratch, *tail, progress)
         if self.direction == "forward":
             self.stream(1).step(np.zeros((1, self.input_size), dt))
         return self

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastgru
+from fastgru.kernels import gru as kernels
 from conftest import assert_close, random_spec
 
 
@@ -107,10 +108,14 @@ def test_results_do_not_depend_on_thread_count_beyond_this_machine():
     assert len(outs[0]) > 0 and outs[0] == outs[1] == outs[2]
 
 
-def test_many_threads_get_the_serial_results(rng):
-    model = fastgru.GRU(random_spec(rng, 8, 24, 2, "bidirectional"))
-    inputs = [rng.standard_normal((int(rng.integers(1, 30)), int(rng.integers(1, 9)), 8))
-              for _ in range(32)]
+# The second model's batches of 1-3 rows share out hidden units (weights over 512 KiB), the
+# threads of one call meeting at every step while other calls compete for the same threads.
+@pytest.mark.parametrize("hidden_size, direction, max_batch", [(24, "bidirectional", 8),
+                                                               (300, "forward", 3)])
+def test_many_threads_get_the_serial_results(rng, hidden_size, direction, max_batch):
+    model = fastgru.GRU(random_spec(rng, 8, hidden_size, 2, direction, False))
+    inputs = [rng.standard_normal((int(rng.integers(1, 30)), int(rng.integers(1, max_batch + 1)),
+                                   8)) for _ in range(32)]
     expected = [model(x) for x in inputs]
     results = [None] * len(inputs)
     barrier = threading.Barrier(8)
@@ -130,6 +135,35 @@ def test_many_threads_get_the_serial_results(rng):
         assert np.array_equal(y, y_e) and np.array_equal(h_n, h_e)
 
 
+@pytest.mark.parametrize("lbr", [True, False])
+def test_one_thread_does_every_unit_slice_when_alone(rng, lbr):
+    """gru_layer_columns with more slices than threads: a task that finds no thread takes no
+    slice, the running task claims them all, and nothing waits forever."""
+    model = fastgru.GRU(random_spec(rng, 5, 200, 1, "bidirectional", lbr), dtype="float64")
+    T, B, dirs, H, Hp = 7, 2, 2, 200, model._padded_units
+    xproj = rng.standard_normal((T, B, dirs * 3 * Hp))
+    h0 = rng.standard_normal((dirs, B, H))
+    lengths = np.array([7, 4])
+
+    def run(kernel, spare, tail):
+        h, y = h0.copy(), np.zeros((T, B, dirs * H))
+        scratch = (np.zeros((dirs, B, 3 * Hp)), np.zeros((dirs, B, H)))
+        kernel(xproj, model._bx[0], model._r[0], model._rbn[0], h, *spare, *scratch,
+               lengths, model._reverse, lbr, model._clip, y, *tail)
+        return y, h
+
+    y_serial, h_serial = run(kernels.gru_layer_serial, (), (1,))
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        chunks = Hp // kernels.panel_width(np.float64)
+        progress = np.zeros(kernels.progress_size(T, dirs * chunks, lbr), np.int64)
+        y, h = run(kernels.gru_layer_columns, (np.zeros((dirs, B, H)),), (chunks, progress))
+    finally:
+        numba.set_num_threads(before)
+    assert chunks > 1 and np.array_equal(y, y_serial) and np.array_equal(h, h_serial)
+
+
 def test_results_are_not_overwritten_by_later_calls(rng):
     model = fastgru.GRU(random_spec(rng, 3, 4, 2))
     x = rng.standard_normal((5, 2, 3))
@@ -141,7 +175,6 @@ def test_results_are_not_overwritten_by_later_calls(rng):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_no_recompilation_for_other_input_dtypes_or_layouts(rng, dtype):
-    from fastgru.kernels import gru as kernels
 
     model = fastgru.GRU(random_spec(rng, 4, 5, 2, "bidirectional"), dtype=dtype)
     base = rng.standard_normal((6, 3, 4))
@@ -200,7 +233,7 @@ def test_forked_children_can_run_a_warm_model():
 
 @pytest.mark.parametrize("layer", ["workqueue", "omp", "tbb"])
 def test_concurrent_calls_under_every_threading_layer(layer):
-    """8 threads at once under each layer a user may force: no abort, the serial results.
+    """16 threads at once under each layer a user may force: no abort, the serial results.
 
     Numba's workqueue layer aborts the process on concurrent parallel launches; fastgru
     serializes its parallel kernels when that layer is in use.
@@ -211,13 +244,15 @@ def test_concurrent_calls_under_every_threading_layer(layer):
         sys.path.insert(0, "tests")
         from conftest import random_spec
         rng = np.random.default_rng(0)
-        model = fastgru.GRU(random_spec(rng, 4, 24, 2, "bidirectional"))
-        xs = [rng.standard_normal((20, 9, 4)) for _ in range(16)]
-        expected = [model(x)[0] for x in xs]
+        # rows shared out, and (H=300, 2 rows) hidden units shared out
+        models = [fastgru.GRU(random_spec(rng, 4, 24, 2, "bidirectional")),
+                  fastgru.GRU(random_spec(rng, 4, 300, 1, "forward", False))]
+        xs = [rng.standard_normal((20, 9 if i % 2 == 0 else 2, 4)) for i in range(16)]
+        expected = [models[i % 2](x)[0] for i, x in enumerate(xs)]
         ok = []
         def work(i):
             for _ in range(3):
-                ok.append(np.array_equal(model(xs[i])[0], expected[i]))
+                ok.append(np.array_equal(models[i % 2](xs[i])[0], expected[i]))
         threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
         [t.start() for t in threads]
         [t.join() for t in threads]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from fastgru.kernels import atomics
 from fastgru.kernels.activations import sigmoid, tanh
 from fastgru.kernels.config import JIT_OPTIONS
 from fastgru.kernels.simd import VECTOR_BYTES, fma, lanes, load, splat, store
@@ -321,42 +322,57 @@ def _unit_slice(c, chunks, Hp, P):
     return P * (c * panels // chunks), P * ((c + 1) * panels // chunks)
 
 
+def progress_size(steps: int, slices: int, linear_before_reset: bool) -> int:
+    """Length of gru_layer_columns' `progress` array."""
+    return steps * (1 if linear_before_reset else 2) * (slices + 1)
+
+
 @njit(parallel=True, **JIT_OPTIONS)
 def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, lbr, clip, y,
-                      chunks):
+                      chunks, progress):
     """Run one layer over the whole sequence, hidden units shared out: for batches too small to
     give every thread its own rows.
 
-    Arguments as gru_layer, plus h_spare: (dirs, B, H) scratch, and chunks: how many slices of
-    the hidden units each direction is cut into. Each task computes the gate columns of its
-    slice, so each core reads only its slice of the recurrent weights (which can then stay in
-    its own cache); the state is double-buffered because every slice reads all of it. One
-    fork-join per step (two when linear_before_reset = 0).
+    Arguments as gru_layer, plus h_spare: (dirs, B, H) scratch; chunks: how many slices of the
+    hidden units each direction is cut into (one task per slice); progress: zeros, int64,
+    (T * phases * (dirs*chunks + 1),) with phases = 1 when linear_before_reset else 2.
+
+    Every step is one phase (two without linear_before_reset: n's product needs all of r * h).
+    In each phase a task first claims its own slice, then any slice no one has claimed, and
+    waits until every slice is done before the next phase. So each core keeps reading the same
+    slice of the recurrent weights from its own cache, with no fork-join per step, and a task
+    that starts late (its thread busy elsewhere) holds nobody up: the others take its slices.
+    The state is double-buffered because every slice reads all of it.
     """
     T = xproj.shape[0]
     B = xproj.shape[1]
     dirs = r.shape[0]
     Hp = acc.shape[2] // 3
     P = r.shape[3]
-    current, spare = h, h_spare
-    for s in range(T):
-        for task in prange(dirs * chunks):
-            d = task // chunks
-            j0, j1 = _unit_slice(task % chunks, chunks, Hp, P)
-            gates(xproj, d, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
-                  s, lengths, reverse[d], lbr, clip)
-            if lbr:
-                update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
-                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
-        if not lbr:
-            for task in prange(dirs * chunks):
-                d = task // chunks
-                j0, j1 = _unit_slice(task % chunks, chunks, Hp, P)
-                update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
-                       j0, j1, s, lengths, reverse[d], lbr, clip, y)
-        current, spare = spare, current
+    phases = 1 if lbr else 2
+    slices = dirs * chunks
+    for task in prange(slices):
+        for q in range(T * phases):
+            s = q // phases
+            current, spare = (h, h_spare) if s % 2 == 0 else (h_spare, h)
+            status = progress[q * (slices + 1):(q + 1) * (slices + 1)]  # claims, then done count
+            for i in range(slices):
+                c = (task + i) % slices
+                if not atomics.claim(status, c):
+                    continue
+                d = c // chunks
+                j0, j1 = _unit_slice(c % chunks, chunks, Hp, P)
+                if q % phases == 0:
+                    gates(xproj, d, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
+                          s, lengths, reverse[d], lbr, clip)
+                if lbr or q % phases == 1:
+                    update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                           j0, j1, s, lengths, reverse[d], lbr, clip, y)
+                atomics.add(status, slices, 1)
+            while atomics.load(status, slices) < slices:
+                pass
     if T % 2:
-        h[...] = current
+        h[...] = h_spare
 
 
 @njit(**JIT_OPTIONS)

@@ -160,23 +160,29 @@ def _store4(row, j, L, a0, a1, a2, a3):
     store(row, j + 3 * L, a3)
 
 
-# Rows of x per task of `project`: the block stays in L1/L2 while all of W streams past it.
+# A task of `project`: PROJECT_ROWS rows of x (in L1/L2) times PROJECT_PANELS weight panels. Both
+# are split so a short sequence (S6: 50 rows, 48 panels) still gives every thread work.
 PROJECT_ROWS = 64
+PROJECT_PANELS = 4
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def project(x, wp, out):
     """out = x @ W^T: the input projection of every step, before the time loop.
 
-    x: (N, D), wp: (panels, D, P) W packed by `pack_gate_rows`, out: (N, panels*P). Blocks of
-    PROJECT_ROWS rows are shared among Numba's threads. Done here rather than by NumPy's BLAS
-    so that one thread pool runs all the work: BLAS threads spinning beside Numba's stole the
-    cores and made two threads slower than one.
+    x: (N, D), wp: (panels, D, P) W packed by `pack_gate_rows`, out: (N, panels*P). Tasks of
+    PROJECT_ROWS rows times PROJECT_PANELS panels are shared among Numba's threads. Done here
+    rather than by NumPy's BLAS so that one thread pool runs all the work: BLAS threads spinning
+    beside Numba's stole the cores and made two threads slower than one.
     """
     N = x.shape[0]
-    for block in prange((N + PROJECT_ROWS - 1) // PROJECT_ROWS):
-        b0 = block * PROJECT_ROWS
-        matvec(x, wp, out, b0, min(N, b0 + PROJECT_ROWS), 0, wp.shape[0])
+    panels = wp.shape[0]
+    row_blocks = (N + PROJECT_ROWS - 1) // PROJECT_ROWS
+    panel_blocks = (panels + PROJECT_PANELS - 1) // PROJECT_PANELS
+    for task in prange(row_blocks * panel_blocks):
+        b0 = task // panel_blocks * PROJECT_ROWS
+        p0 = task % panel_blocks * PROJECT_PANELS
+        matvec(x, wp, out, b0, min(N, b0 + PROJECT_ROWS), p0, min(panels, p0 + PROJECT_PANELS))
 
 
 @njit(**JIT_OPTIONS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -38,15 +37,14 @@ class WorkspacePool:
         self._idle: list[Workspace] = []
         self._lock = threading.Lock()
 
-    @contextmanager
-    def borrow(self):
+    def take(self) -> Workspace:
+        """A workspace for this caller alone; hand it back with `give` when done."""
         with self._lock:
-            workspace = self._idle.pop() if self._idle else None
-        if workspace is None:
-            workspace = Workspace(self._dtype)
-        try:
-            yield workspace
-        finally:
-            with self._lock:
-                if len(self._idle) < self._keep:
-                    self._idle.append(workspace)
+            if self._idle:
+                return self._idle.pop()
+        return Workspace(self._dtype)
+
+    def give(self, workspace: Workspace) -> None:
+        with self._lock:
+            if len(self._idle) < self._keep:
+                self._idle.append(workspace)

@@ -14,15 +14,6 @@ from fastgru._workspace import WorkspacePool
 from fastgru.kernels import gru as kernels
 from fastgru.kernels.config import parallel_guard
 
-
-# Batches too small to give every thread its rows share out hidden units instead, the threads
-# meeting at every step. That pays only when there is enough work per step: measured at batch 1,
-# T=100 on 2 cores (python timing of model(x), serial against shared units), H=128 (197 KB of
-# recurrent weights) 325 against 315 us, H=192 (442 KB) 564 against 554, H=256 (786 KB) 997
-# against 678; at batch 4, H=256 1970 against 1710, H=192 1187 against 1400.
-COLUMN_MIN_WEIGHT_BYTES = 1 << 19
-
-
 # Below this many multiply-adds the input projection runs on the calling thread: sharing it out
 # costs more than it saves. Measured on 2 cores (20 rows, D=128): 491 k multiply-adds 9.1 us
 # serial against 11.9 shared out, 983 k 17.9 against 15.8, 1966 k 35.7 against 26.9.
@@ -283,12 +274,13 @@ class GRU:
         Rows go to threads in blocks of whole quads (see kernels.gru_layer), each thread
         running the whole time loop for its rows. When there are fewer quads than threads, the
         hidden units are shared out instead, in slices of whole weight panels, the threads
-        meeting at every step: worth it only for large weights (COLUMN_MIN_WEIGHT_BYTES).
+        meeting at every step. Measured at batch 1-4 on 2 cores (T=100, D=64), sharing units
+        won from the smallest weights that make two panels: H=80, batch 1, 259 -> 221 us;
+        H=128 384 -> 241; H=256 1026 -> 558; H=256, batch 4, 1929 -> 1280.
         """
         blocks = max(1, min(-(-B // 4), -(-threads // dirs)))
         chunks = min(-(-threads // dirs), self._padded_units // kernels.panel_width(self._dtype))
-        if blocks * dirs < threads and chunks > 1 and \
-                self._r[0, 0].nbytes > COLUMN_MIN_WEIGHT_BYTES:
+        if blocks * dirs < threads and chunks > 1:
             return kernels.gru_layer_columns, chunks
         if threads > 1 and blocks * dirs > 1:
             return kernels.gru_layer, blocks

@@ -83,9 +83,9 @@ def test_results_do_not_depend_on_thread_count(rng):
 def test_results_do_not_depend_on_thread_count_beyond_this_machine():
     """1, 2 and 4 Numba threads in fresh processes (a 2-core machine runs 4 threads too).
 
-    The batch of 23 is shared out by rows; the batch of 3 with H=300 (weights beyond 1 MiB) by
-    hidden units (one fork-join per step, two with linear_before_reset=0), every slice reading
-    all the state.
+    The batch of 23 is shared out by rows; the batch of 3 with H=300 (five weight panels) by
+    hidden units (the threads meeting once per step, twice with linear_before_reset=0), every
+    slice reading all the state.
     """
     code = """if True:
         import sys
@@ -108,7 +108,7 @@ def test_results_do_not_depend_on_thread_count_beyond_this_machine():
     assert len(outs[0]) > 0 and outs[0] == outs[1] == outs[2]
 
 
-# The second model's batches of 1-3 rows share out hidden units (weights over 512 KiB), the
+# The second model's batches of 1-3 rows share out hidden units (five weight panels), the
 # threads of one call meeting at every step while other calls compete for the same threads.
 @pytest.mark.parametrize("hidden_size, direction, max_batch", [(24, "bidirectional", 8),
                                                                (300, "forward", 3)])

@@ -113,7 +113,7 @@ HASWELL_FEATURES = ",".join(
 def test_avx2_build_matches_reference(tmp_path):
     """Compiled for an AVX2 CPU (32-byte vectors, 2-row register tiles; this machine may have
     AVX-512) in a fresh process with its own kernel cache, fastgru still matches the reference:
-    rows shared out, hidden units shared out (batch 1, weights over 1 MiB), both dtypes."""
+    rows shared out, hidden units shared out (batch 1), both dtypes."""
     code = """if True:
         import numpy as np, fastgru
         from fastgru.kernels import gru, simd

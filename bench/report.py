@@ -115,6 +115,27 @@ def first_result_times() -> dict:
     return times
 
 
+def ceiling_table(records, ceiling) -> str:
+    """Issue 5's yardsticks: S3, S4 as a share of the matrix product's GFLOP/s; S2, S6 as a share
+    of the matvec bandwidth over weights of the same size (the cache level that holds them),
+    counting the recurrent weights read once per step (the projection's time included)."""
+    rows = ["| case | threads | fastgru | ceiling | share |", "|---|---|---|---|---|"]
+    for r in records:
+        case = SHAPES[r["case"]]
+        if r["runtime"] != "fastgru" or case.name not in ("S2", "S3", "S4", "S6"):
+            continue
+        c = ceiling[r["threads"]]
+        if case.batch == 1:
+            rate = 12 * case.hidden_size ** 2 * case.steps / r["median_s"] / 1e9
+            top = c[f"matvec_GBps_H{case.hidden_size}"]
+            unit = "GB/s of recurrent weights"
+        else:
+            rate, top, unit = case.flops / r["median_s"] / 1e9, c["sgemm_gflops"], "GFLOP/s"
+        rows.append(f"| {case.name} | {r['threads']} | {rate:.1f} {unit} | {top:.1f} "
+                    f"| {rate / top:.0%} |")
+    return "\n".join(rows)
+
+
 def sweep_cases(quick: bool):
     batches = (1, 16, 256) if quick else (1, 4, 16, 64, 256)
     hiddens = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024)
@@ -190,6 +211,7 @@ def main(argv=None) -> int:
         lines.append(f"| {t} | {c['sgemm_gflops']:.1f} | {c['matvec_GBps_H256']:.1f} "
                      f"| {c['matvec_GBps_H1024']:.1f} |")
     lines += ["", "## S1-S6 (DESIGN.md)", "", table(records, list(SHAPES.values())), ""]
+    lines += ["## fastgru against the ceilings", "", ceiling_table(records, ceiling), ""]
     if has_chart:
         lines += ["![ratios](ratios.png)", ""]
     lines += ["## Sweep: T=20, D=128, 1 thread, fastgru against onnxruntime", "",

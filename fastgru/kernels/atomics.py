@@ -4,6 +4,7 @@ one parallel region (see kernels.gru.gru_layer_columns).
     claim(flags, i)       -> True for exactly one caller: the one that set flags[i] from 0 to 1
     add(counts, i, n)        counts[i] += n, atomically, visible to other threads' `load`
     load(counts, i)       -> counts[i], seeing every write made before the `add` that stored it
+    yield_cpu()              let the OS run another thread (sched_yield) while waiting
 
 All are sequentially consistent (or acquire, for `load`): memory written before an `add` is
 visible to a thread whose `load` returns the added value. Arrays must be 1-D, C-contiguous
@@ -12,8 +13,11 @@ int64, and indices in bounds: nothing is checked.
 
 from __future__ import annotations
 
+import sys
+
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 
@@ -69,3 +73,18 @@ def load(typingctx, counts, index):
         return builder.load_atomic(pointer, "acquire", 8)
 
     return types.int64(counts, index), codegen
+
+
+@intrinsic
+def yield_cpu(typingctx):
+    """sched_yield(): a thread waiting on another gives up its core, so that on a busy machine
+    the thread it waits for gets to run. A no-op on Windows."""
+
+    def codegen(context, builder, sig, args):
+        if sys.platform != "win32":
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+            builder.call(function, [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen

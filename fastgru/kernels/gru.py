@@ -325,6 +325,11 @@ def _unit_slice(c, chunks, Hp, P):
     return P * (c * panels // chunks), P * ((c + 1) * panels // chunks)
 
 
+# Polls of a step's done count before a waiting task starts giving its core away: a few
+# microseconds, longer than a step's imbalance when every thread has a core to itself.
+SPINS_BEFORE_YIELD = 2000
+
+
 def progress_size(steps: int, slices: int, linear_before_reset: bool) -> int:
     """Length of gru_layer_columns' `progress` array."""
     return steps * (1 if linear_before_reset else 2) * (slices + 1)
@@ -372,8 +377,11 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
                     update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
                            j0, j1, s, lengths, reverse[d], lbr, clip, y)
                 atomics.add(status, slices, 1)
+            waited = 0
             while atomics.load(status, slices) < slices:
-                pass
+                waited += 1
+                if waited > SPINS_BEFORE_YIELD:
+                    atomics.yield_cpu()
     if T % 2:
         h[...] = h_spare
 

@@ -324,7 +324,9 @@ class GRU:
         tail = (one, self._reverse, self.linear_before_reset, self._clip,
                 np.zeros((1, 1, dirs * H), dt), 1)
         with parallel_guard():
-            kernels.project(np.zeros((1, self.input_size), dt), self._w0, xproj.reshape(1, -1))
+            x0, out = np.zeros((1, self.input_size), dt), xproj.reshape(1, -1)
+            kernels.project(x0, self._w0, out)  # both ways _project may go
+            kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0])
             layer = (xproj, self._bx[0], self._r[0], self._rbn[0], h)
             kernels.gru_layer_serial(*layer, *scratch, *tail)
             kernels.gru_layer(*layer, *scratch, *tail)

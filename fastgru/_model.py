@@ -83,6 +83,7 @@ class GRU:
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
         # all directions are stacked so one product projects the whole sequence for a layer.
         self._padded_units = kernels.padded_units(H, dt)
+        self._unit_panels = self._padded_units // kernels.panel_width(dt)  # per gate
         ws = [kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H)
               for layer in spec.layers]
         self._w0 = _frozen(ws[0])
@@ -305,7 +306,7 @@ class GRU:
         H=128 384 -> 241; H=256 1026 -> 558; H=256, batch 4, 1929 -> 1280.
         """
         blocks = max(1, min(-(-B // 4), -(-threads // dirs)))
-        chunks = min(-(-threads // dirs), self._padded_units // kernels.panel_width(self._dtype))
+        chunks = min(-(-threads // dirs), self._unit_panels)
         if blocks * dirs < threads and chunks > 1:
             return kernels.gru_layer_columns, chunks
         if threads > 1 and blocks * dirs > 1:

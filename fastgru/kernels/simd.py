@@ -23,7 +23,6 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 
-
 def _vector_bytes() -> int:
     """64 when the CPU Numba compiles for has AVX-512, else 32 (AVX2; older CPUs split them)."""
     if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU

@@ -27,7 +27,11 @@ def _vector_bytes() -> int:
     """64 when the CPU Numba compiles for has AVX-512, else 32 (AVX2; older CPUs split them)."""
     if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU
         return 64 if "+avx512f" in (config.CPU_FEATURES or "") else 32
-    return 64 if llvm_binding.get_host_cpu_features().get("avx512f") else 32
+    try:
+        features = llvm_binding.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot read this host's features
+        return 32
+    return 64 if features.get("avx512f") else 32
 
 
 VECTOR_BYTES = _vector_bytes()

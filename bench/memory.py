@@ -24,7 +24,7 @@ def rss_mb() -> float:
 
 
 def signatures() -> int:
-    return sum(len(k.signatures) for k in (kernels.project, kernels.gru_layer,
+    return sum(len(k.signatures) for k in (kernels.matvec, kernels.project, kernels.gru_layer,
                                             kernels.gru_layer_serial, kernels.gru_layer_columns,
                                             kernels.gru_stream_step))
 

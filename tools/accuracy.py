@@ -6,6 +6,8 @@
 References: PyTorch (nn.GRU, nn.GRUCell, and model files as PyTorch and its two ONNX exporters
 write them), onnxruntime (one GRU node, and fastgru's own ONNX export), and the float64
 reference in tests/reference.py. D=16, H=32, T=20, B=4, seeded. It uses the test suite's helpers.
+Then the drift suite's long sequences through trained-like models (tests/test_drift.py): each
+float32 runtime's largest difference from the same network in float64.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import fastgru  # noqa: E402
 from conftest import onnx_gru_model, random_spec, run_onnxruntime, spec_layers  # noqa: E402
 from reference import reference_gru  # noqa: E402
 from test_torch import run_torch, torch_gru  # noqa: E402
+from trained import CASES, RECIPES, long_sequence_errors  # noqa: E402
 
 D, H, T, B = 16, 32, 20, 4
 LENGTHS = [T, 3, 11, 1]
@@ -147,7 +150,25 @@ def main() -> int:
     print("| reference | max abs diff |\n|---|---|")
     for family, diff in worst.rows.items():
         print(f"| {family} | {diff:.1e} |")
+    print()
+    long_sequences()
     return 0
+
+
+def long_sequences() -> None:
+    """The drift suite's cases (tests/test_drift.py): trained-like models over long inputs,
+    each float32 runtime's largest difference from the same network in float64."""
+    print("Long sequences, trained-like models (tests/trained.py), max abs diff from float64:\n")
+    print("| model | T | lengths | linear_before_reset | fastgru | onnxruntime | PyTorch |")
+    print("|---|---|---|---|---|---|---|")
+    for name, steps, lengths, lbr in CASES:
+        recipe = RECIPES[name]
+        errors, _, _ = long_sequence_errors(name, steps, lengths, lbr)
+        shape = (f"{name}: {recipe.num_layers} layer(s), D={recipe.input_size}, "
+                 f"H={recipe.hidden_size}{', bidirectional' if recipe.bidirectional else ''}")
+        cells = [f"{errors[k]:.1e}" if k in errors else "-"
+                 for k in ("fastgru", "onnxruntime", "PyTorch")]
+        print(f"| {shape} | {steps} | {lengths or 'full'} | {int(lbr)} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
 
     xproj: (T, B, >= (d+1)*3Hp); bx: (3Hp,), r: (3Hp/P, H, P), rbn: (H,) this direction's;
     h: (B, H) the state before the step; acc: (B, 3Hp), hr: (B, H) scratch. j0 and j1 are
-    multiples of P (j1 <= Hp). Leaves z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2Hp + j]
+    multiples of P (j1 <= Hp). Leaves 1 - z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2Hp + j]
     with lbr; without lbr, r * h in hr[b, j] for R_n to multiply in `update` once every unit of
     hr is known. Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse);
     rows whose length is at most s are skipped.
@@ -218,8 +218,8 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
         az, ar, hrb = acc[b, j0:u1], acc[b, Hp + j0:Hp + u1], hr[b, j0:u1]
         xz, bz = xp[g:g + n], bx[j0:u1]
         xr, br = xp[g + Hp:g + Hp + n], bx[Hp + j0:Hp + u1]
-        for j in range(n):
-            az[j] = sigmoid(_clip(xz[j] + bz[j] + az[j], clip))
+        for j in range(n):  # 1 - z = sigmoid(-v), accurate even where z rounds to 1
+            az[j] = sigmoid(-_clip(xz[j] + bz[j] + az[j], clip))
         for j in range(n):
             hrb[j] = sigmoid(_clip(xr[j] + br[j] + ar[j], clip))
         if lbr:
@@ -235,7 +235,11 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
 @njit(**JIT_OPTIONS)
 def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip,
            y):
-    """Second half of step s (see `gates`): n, then h_new[b, j] = (1 - z) n + z h[b, j].
+    """Second half of step s (see `gates`): n, then h_new[b, j] = h + (1 - z) (n - h).
+
+    The update is written with 1 - z as computed by `gates` (relatively accurate even for slow
+    units, whose z would round to a float a relative 1e-4 away from the true 1 - z) so the time
+    constant of a slow unit carries no rounding bias step after step.
 
     h_new may be h itself. y: (T, B, >= (d+1)*H) receives h_new at the row's time index in
     columns d*H + j, and zeros at steps past the row's length (whose state is carried over).
@@ -243,7 +247,6 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     H = h.shape[1]
     Hp = acc.shape[1] // 3
     P = r.shape[2]
-    one = h.dtype.type(1.0)
     if not lbr:
         matvec(hr, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
     u1 = min(j1, H)
@@ -264,8 +267,7 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
         for j in range(n):
             an[j] = tanh(_clip(xn[j] + bn[j] + an[j], clip))
         for j in range(n):  # into az, not h_new: h_new may be h, which an overlap check
-            z = az[j]       # cannot tell from a true overlap
-            az[j] = (one - z) * an[j] + z * hb[j]
+            az[j] = hb[j] + az[j] * (an[j] - hb[j])  # cannot tell from a true overlap
         h_new[b, j0:u1] = az
         y[t, b, yj:yj + n] = az
 

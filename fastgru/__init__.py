@@ -4,10 +4,11 @@ from fastgru._load import load
 from fastgru._model import GRU
 from fastgru._streams import Stream, StreamBatch
 from fastgru._weights import GRUSpec, LayerWeights
+from fastgru.session import InferenceSession
 from fastgru.errors import FormatError
 
-__all__ = ["GRU", "FormatError", "GRUSpec", "LayerWeights", "Stream", "StreamBatch", "load",
-           "warmup"]
+__all__ = ["GRU", "FormatError", "GRUSpec", "InferenceSession", "LayerWeights", "Stream",
+           "StreamBatch", "load", "warmup"]
 
 
 def warmup(dtypes=("float32",)) -> None:

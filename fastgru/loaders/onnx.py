@@ -6,8 +6,15 @@ torch.onnx.export writes a stacked nn.GRU: layer k + 1 reads layer k's Y (T, dir
 Transpose(0, 2, 1, 3) + Reshape, or Squeeze(1) when unidirectional, and a leading
 Transpose(1, 0, 2) of the graph input means batch_first.
 
-Weights must be initializers or Constant nodes. External data is read only from files inside the
-model's own folder, after checking each file's size against the tensor's shape.
+Weights may be initializers, Constant nodes, or computed from those by data-movement ops (Slice,
+Concat, Transpose, Unsqueeze... as torch.onnx.export's default exporter writes them): such
+tensors are folded once at load by the ONNX package's reference evaluator. External data is read
+only from files inside the model's own folder, after checking each file's size against the
+tensor's shape.
+
+Without node=, the graph must be a GRU stack and nothing more: every other node must move data
+between the graph's inputs, the layers and the graph's outputs, or compute constants. Any other
+operator is refused by name (fastgru.InferenceSession runs such graphs whole).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh")
 _PLUMBING = {"Transpose", "Reshape", "Squeeze", "Identity"}
 
 
-def _load_model(src):
+def load_model(src):
     """(ModelProto, folder for external data or None)."""
     import onnx
 
@@ -56,15 +63,9 @@ def _parse(data: bytes, what: str):
     return model
 
 
-def _constants(graph) -> dict[str, object]:
-    """TensorProtos known before run time: initializers and the outputs of Constant nodes."""
-    tensors = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    tensors[node.output[0]] = attr.t
-    return tensors
+def _producers(graph) -> dict:
+    """{tensor name: the node that outputs it}."""
+    return {out: n for n in graph.node for out in n.output if out}
 
 
 def _external_bytes(tensor, folder: str | None, expected: int, where: str) -> bytes:
@@ -97,40 +98,116 @@ def _external_bytes(tensor, folder: str | None, expected: int, where: str) -> by
         return f.read(length)
 
 
-def _tensor(tensors, name: str, role: str, node_name: str, folder: str | None) -> np.ndarray:
-    """A weight tensor as float64, its size checked against its shape before it is decoded."""
+def _decode(tensor, folder: str | None, where: str) -> np.ndarray:
+    """A TensorProto as an ndarray, its stored size checked against its shape before decoding."""
     from onnx import TensorProto, helper, numpy_helper
 
-    where = f"GRU node {node_name!r}: {role} ({name!r})"
-    tensor = tensors.get(name)
-    if tensor is None:
-        raise FormatError(f"GRU node {node_name!r}: input {role} ({name!r}) must be an "
-                          f"initializer or a Constant, but it is computed or fed at run time")
-    if tensor.data_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16,
-                                TensorProto.BFLOAT16):
-        kind = TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in \
-            TensorProto.DataType.values() else str(tensor.data_type)
-        raise FormatError(f"{where} must be floating point, got {kind}")
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except Exception:
+        raise FormatError(f"{where} has an unknown data type {tensor.data_type}") from None
     dims = [int(d) for d in tensor.dims]
-    if any(d < 0 for d in dims) or len(dims) > 3:
+    if any(d < 0 for d in dims):
         raise FormatError(f"{where} has an invalid shape {dims}")
-    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     count = int(np.prod(dims, dtype=np.int64))
     if tensor.data_location == TensorProto.EXTERNAL:
-        raw = _external_bytes(tensor, folder, count * itemsize, where)
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
-        with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
-            return array.astype(np.float64)
-    stored = len(tensor.raw_data) // itemsize if tensor.HasField("raw_data") else max(
-        len(tensor.float_data), len(tensor.double_data), len(tensor.int32_data))
-    if stored != count or (tensor.HasField("raw_data") and len(tensor.raw_data) % itemsize):
+        raw = _external_bytes(tensor, folder, count * dtype.itemsize, where)
+        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
+    if tensor.HasField("raw_data"):
+        stored = len(tensor.raw_data) // max(dtype.itemsize, 1)
+        exact = len(tensor.raw_data) % max(dtype.itemsize, 1) == 0
+    else:
+        stored, exact = max(len(tensor.float_data), len(tensor.double_data),
+                            len(tensor.int32_data), len(tensor.int64_data),
+                            len(tensor.uint64_data), len(tensor.string_data)), True
+    if dtype.kind != "O" and (stored != count or not exact):
         raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
     try:
         with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
-            return numpy_helper.to_array(tensor).astype(np.float64)
+            return numpy_helper.to_array(tensor)
     except Exception as error:
         raise FormatError(f"{where} cannot be decoded: {error}") from None
+
+
+def _weight(values: dict, name: str, role: str, node_name: str) -> np.ndarray:
+    """A GRU weight input as float64, from the folded constants."""
+    where = f"GRU node {node_name!r}: {role} ({name!r})"
+    array = values.get(name)
+    if array is None:
+        raise FormatError(f"GRU node {node_name!r}: input {role} ({name!r}) must be a constant "
+                          f"(an initializer, a Constant, or computed from those), but it is "
+                          f"computed or fed at run time")
+    if array.dtype.kind != "f":
+        raise FormatError(f"{where} must be floating point, got {array.dtype.name.upper()}")
+    if array.ndim > 3:
+        raise FormatError(f"{where} has an invalid shape {list(array.shape)}")
+    with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
+        return array.astype(np.float64)
+
+
+# Ops whose results are folded when all their inputs are constants: data movement and casts, what
+# exporters put between stored weights and a GRU node. Nothing that can grow data much.
+FOLDABLE = {"Identity", "Cast", "Slice", "Concat", "Transpose", "Unsqueeze", "Squeeze",
+            "Reshape", "Split", "Gather", "Flatten", "Constant"}
+
+
+def constant_names(graph) -> set[str]:
+    """Names known before run time: initializers, and outputs of FOLDABLE nodes (Constant
+    among them) whose inputs are all constant. One pass in the graph's order (ONNX requires a
+    topological one), so a cycle ends as "not constant" rather than as a loop."""
+    names = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and \
+                all(i in names for i in node.input if i):
+            names.update(o for o in node.output if o)
+    return names
+
+
+def fold_constants(graph, folder: str | None, names: dict, opset: int) -> dict[str, np.ndarray]:
+    """{name: ndarray} for each of `names` ({name: what it is, for errors}) that is constant
+    (see constant_names); the nodes that compute them are evaluated once here. Other names are
+    left out."""
+    initializers = {t.name: t for t in graph.initializer}
+    producers = _producers(graph)
+    known = constant_names(graph)
+    wanted = [n for n in dict.fromkeys(names) if n and n in known]
+    stored = {n: _decode(initializers[n], folder, names[n]) for n in wanted if n in initializers}
+    computed = [n for n in wanted if n not in initializers]
+    if not computed:
+        return stored
+    nodes, seen, stack = [], set(), list(computed)
+    while stack:  # the nodes that compute them, and the initializers those read
+        node = producers[stack.pop()]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        for i in node.input:
+            if i in initializers:
+                stored.setdefault(i, _decode(initializers[i], folder, f"initializer {i!r}"))
+            elif i:
+                stack.append(i)
+    order = {id(n): k for k, n in enumerate(graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    return {**stored, **_evaluate(nodes, stored, computed, opset)}
+
+
+def _evaluate(nodes, feeds: dict, outputs: list, opset: int) -> dict[str, np.ndarray]:
+    """Run `nodes` with the ONNX reference evaluator, `feeds` given, and return `outputs`."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+              for n, a in feeds.items()]
+    sub = helper.make_graph(list(nodes), "fold", inputs,
+                            [helper.make_empty_tensor_value_info(n) for n in outputs])
+    model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        results = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as error:
+        raise FormatError(f"cannot fold the constant inputs {outputs[:3]} of the GRU nodes: "
+                          f"{type(error).__name__}: {error}") from None
+    return {n: np.asarray(r) for n, r in zip(outputs, results, strict=True)}
 
 
 def _opset(model) -> int:
@@ -153,8 +230,9 @@ def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _read_layer(node, tensors, folder):
-    """(LayerWeights, options dict) of one GRU node."""
+def read_gru_node(node, values: dict):
+    """(LayerWeights, options dict, layout == 1) of one GRU node; values: its folded constant
+    inputs (fold_constants)."""
     name = node.name or "<unnamed>"
     attrs = _attributes(node)
     direction = _text(attrs.get("direction", b"forward"))
@@ -180,7 +258,7 @@ def _read_layer(node, tensors, folder):
     inputs = list(node.input) + [""] * (6 - len(node.input))
     if not inputs[1] or not inputs[2]:
         raise FormatError(f"GRU node {name!r} lacks its W or R input")
-    r = _tensor(tensors, inputs[2], "R", name, folder)
+    r = _weight(values, inputs[2], "R", name)
     if r.ndim != 3 or r.shape[0] != dirs or r.shape[1] != 3 * r.shape[2] or r.shape[2] == 0:
         raise FormatError(f"GRU node {name!r}: R must have shape ({dirs}, 3*H, H) for direction "
                           f"{direction!r}, got {r.shape}")
@@ -188,11 +266,11 @@ def _read_layer(node, tensors, folder):
     if "hidden_size" in attrs and attrs["hidden_size"] != H:
         raise FormatError(f"GRU node {name!r}: hidden_size={attrs['hidden_size']} but R has "
                           f"shape {r.shape} (H={H})")
-    w = _tensor(tensors, inputs[1], "W", name, folder)
+    w = _weight(values, inputs[1], "W", name)
     if w.ndim != 3 or w.shape[:2] != (dirs, 3 * H) or w.shape[2] == 0:
         raise FormatError(f"GRU node {name!r}: W must have shape ({dirs}, {3 * H}, input_size), "
                           f"got {w.shape}")
-    b = _tensor(tensors, inputs[3], "B", name, folder) if inputs[3] else np.zeros((dirs, 6 * H))
+    b = _weight(values, inputs[3], "B", name) if inputs[3] else np.zeros((dirs, 6 * H))
     if b.shape != (dirs, 6 * H):
         raise FormatError(f"GRU node {name!r}: B must have shape {(dirs, 6 * H)}, got {b.shape}")
     options = {"direction": direction, "linear_before_reset": bool(lbr),
@@ -206,7 +284,7 @@ def _trace_back(name: str, producers, graph_inputs, stop):
     Returns (kind, value, ops): kind "gru" with the GRU node, or "input" with the input name;
     ops lists the plumbing nodes passed. Raises FormatError naming the node that is neither.
     """
-    ops = []
+    ops, seen = [], set()
     while True:
         node = producers.get(name)
         if node is None:
@@ -214,6 +292,10 @@ def _trace_back(name: str, producers, graph_inputs, stop):
                 return "input", name, ops
             raise FormatError(f"{stop}: its input {name!r} is neither a graph input nor produced "
                               f"by any node")
+        if id(node) in seen:
+            raise FormatError(f"{stop}: its input comes through a cycle of nodes "
+                              f"({node.name or node.op_type!r} feeds itself)")
+        seen.add(id(node))
         if node.op_type == "GRU":
             if node.output[0] != name:
                 raise FormatError(f"{stop}: it reads Y_h of GRU node {node.name!r}, not a "
@@ -221,10 +303,16 @@ def _trace_back(name: str, producers, graph_inputs, stop):
             return "gru", node, ops
         if node.op_type not in _PLUMBING:
             raise FormatError(f"{stop}: node {node.name or '<unnamed>'!r} ({node.op_type}) "
-                              f"stands between it and the previous layer; only "
-                              f"{sorted(_PLUMBING)} can")
+                              f"stands between it and the previous layer; {_WHOLE_GRAPHS}")
+        if not node.input or not node.input[0]:
+            raise FormatError(f"{stop}: node {node.name or '<unnamed>'!r} ({node.op_type}) has "
+                              f"no input")
         ops.append(node)
         name = node.input[0]
+
+
+_WHOLE_GRAPHS = ("fastgru.InferenceSession runs whole graphs, and node= reads one GRU node of "
+                 "them")
 
 
 def _perm(node):
@@ -243,28 +331,100 @@ def _check_between_layers(ops, dirs: int, stop: str) -> None:
                           f"(T, B, 2, H) before the next layer reads it")
 
 
+def gru_nodes(graph) -> list:
+    return [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
+
+
+def constant_inputs(graph, folder, grus, opset: int) -> dict[str, np.ndarray]:
+    """The folded constant inputs (W, R, B, and sequence_lens / initial_h when constant) of
+    the GRU nodes `grus`."""
+    for gru in grus:
+        if len(gru.input) < 3 or len(gru.output) < 1:
+            raise FormatError(f"GRU node {gru.name or '<unnamed>'!r} needs at least the inputs "
+                              f"X, W, R and one output, got {len(gru.input)} and "
+                              f"{len(gru.output)}")
+    roles = {}
+    for gru in grus:
+        for name, role in zip(gru.input[1:], ("W", "R", "B", "sequence_lens", "initial_h")):
+            roles.setdefault(name, f"GRU node {gru.name or '<unnamed>'!r}: {role} ({name!r})")
+    return fold_constants(graph, folder, roles, opset)
+
+
+# Ops that may carry the graph's h0 / lengths inputs to the layers' initial_h / sequence_lens
+# (torch.onnx.export and fastgru's own export slice h0 per layer).
+_STATE_PLUMBING = _PLUMBING | {"Slice", "Split", "Gather", "Cast", "Unsqueeze"}
+# Ops that may carry the stack's outputs to the graph's outputs (layout changes, h_n's Concat).
+_OUTPUT_PLUMBING = _PLUMBING | {"Unsqueeze", "Concat"}
+
+
+def _check_nothing_else(graph, chain, values, graph_inputs) -> None:
+    """Refuse a graph that computes more than the GRU stack `chain`: every node must be a layer,
+    plumbing traced between layers, constant folding, or data movement from graph inputs to the
+    layers' state inputs or from the layers' outputs to the graph's outputs."""
+    folded = constant_names(graph)
+    layers = {id(gru) for gru, _ in chain}
+    accounted = layers | {id(op) for _, ops in chain for op in ops}
+    for k, (gru, _) in enumerate(chain):
+        stop = f"GRU node {gru.name or '<unnamed>'!r}"
+        for index, role in ((4, "sequence_lens"), (5, "initial_h")):
+            name = gru.input[index] if len(gru.input) > index else ""
+            zeros = role == "initial_h" and name in values and not np.any(values[name])
+            if name and name in folded and not zeros:  # zeros: the state it starts from anyway
+                raise FormatError(f"{stop}: its {role} is a constant, which a GRU stack read "
+                                  f"alone cannot keep; {_WHOLE_GRAPHS}")
+    producers = _producers(graph)
+    stack_outputs = {o for gru, _ in chain for o in gru.output if o}
+    from_inputs, from_outputs = set(graph_inputs), set(stack_outputs)
+    for node in graph.node:  # nodes are in topological order in a valid graph
+        if id(node) in accounted or all(o in folded or not o for o in node.output):
+            continue
+        sources = [i for i in node.input if i and i not in folded]
+        what = f"node {node.name or '<unnamed>'!r} ({node.op_type})"
+        if node.op_type in _STATE_PLUMBING and sources and all(i in from_inputs for i in sources):
+            from_inputs.update(node.output)
+        elif node.op_type in _OUTPUT_PLUMBING and sources and \
+                all(i in from_outputs for i in sources):
+            from_outputs.update(node.output)
+        else:
+            raise FormatError(f"the ONNX graph is more than a GRU stack: {what} computes "
+                              f"something fastgru's GRU would leave out; {_WHOLE_GRAPHS}")
+    last_y = chain[-1][0].output[0]
+    for out in graph.output:
+        name = out.name
+        node = producers.get(name)
+        if name in stack_outputs - {last_y} - {g.output[1] for g, _ in chain if len(g.output) > 1}:
+            raise FormatError(f"the ONNX graph outputs {name!r}, the sequence of a layer below "
+                              f"the top; {_WHOLE_GRAPHS}")
+        if node is not None and id(node) not in accounted and name not in from_outputs \
+                and name not in folded:
+            raise FormatError(f"the ONNX graph output {name!r} is not an output of the GRU "
+                              f"stack; {_WHOLE_GRAPHS}")
+
+
 def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
     """(spec, batch_first) of the GRU stack in an ONNX graph, or of the node named `node`."""
-    model, folder = _load_model(src)
+    model, folder = load_model(src)
     opset = _opset(model)
     if opset < MIN_OPSET:
         raise FormatError(f"ONNX opset {opset} is not supported; GRU is read from opset "
                           f"{MIN_OPSET} on")
     graph = model.graph
-    grus = [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
+    grus = gru_nodes(graph)
     if not grus:
         kinds = sorted({n.op_type for n in graph.node})
         raise FormatError(f"the ONNX graph has no GRU node (its op types: {kinds})")
-    tensors = _constants(graph)
     if node is not None:
         named = [n for n in grus if n.name == node]
         if not named:
             raise ValueError(f"no GRU node named {node!r}; GRU nodes: {[n.name for n in grus]}")
-        layer, options, layout = _read_layer(named[0], tensors, folder)
+        values = constant_inputs(graph, folder, named, opset)
+        layer, options, layout = read_gru_node(named[0], values)
         return GRUSpec((layer,), **options), layout
 
-    producers = {out: n for n in graph.node for out in n.output if out}
-    graph_inputs = {i.name for i in graph.input} - set(tensors)
+    values = constant_inputs(graph, folder, grus, opset)
+    producers = _producers(graph)
+    initializers = {t.name for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input} - initializers
     # Each GRU reads either the graph input (the first layer) or another GRU's Y, through
     # plumbing ops; one stack means one first layer and no GRU read by two others.
     firsts, after = [], {}  # after: id(previous GRU) -> (GRU, plumbing ops between them)
@@ -279,20 +439,25 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
             after[id(source)] = (gru, ops)
     if len(firsts) != 1 or firsts[0] is None:
         raise FormatError(f"the ONNX graph has {len(grus)} GRU nodes {[n.name for n in grus]} "
-                          f"that do not form one stack; pick one with node=")
+                          f"that do not form one stack; {_WHOLE_GRAPHS}")
     chain = [firsts[0]]
     while id(chain[-1][0]) in after:
         chain.append(after[id(chain[-1][0])])
+        if len(chain) > len(grus):
+            raise FormatError("the ONNX graph's GRU nodes feed each other in a cycle")
 
     layers, options, batch_first = [], None, False
     for k, (gru, ops) in enumerate(chain):
-        layer, opts, layout = _read_layer(gru, tensors, folder)
+        layer, opts, layout = read_gru_node(gru, values)
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
         if k == 0:
-            perms = [_perm(op) for op in ops if op.op_type == "Transpose"]
-            if perms not in ([], [[1, 0, 2]]):
-                raise FormatError(f"the graph input reaches the first GRU through Transposes "
-                                  f"{perms}; only none or one (1, 0, 2) is understood")
+            moved = [op for op in ops if op.op_type != "Identity"]
+            perms = [_perm(op) for op in moved if op.op_type == "Transpose"]
+            if len(perms) != len(moved) or perms not in ([], [[1, 0, 2]]):
+                raise FormatError(f"the graph input reaches the first GRU through "
+                                  f"{[op.op_type for op in moved]} (Transpose perms {perms}); "
+                                  f"only none or one Transpose (1, 0, 2) is understood; "
+                                  f"{_WHOLE_GRAPHS}")
             batch_first = bool(layout) != bool(perms)
         else:
             if opts != options:
@@ -302,6 +467,7 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
             _check_between_layers(ops, 2 if opts["direction"] == "bidirectional" else 1, stop)
         options = opts
         layers.append(layer)
+    _check_nothing_else(graph, chain, values, graph_inputs)
     try:
         spec = GRUSpec(tuple(layers), **options)
     except ValueError as error:

@@ -1,0 +1,332 @@
+"""InferenceSession: a whole ONNX model, its GRU nodes run by fastgru and the rest by onnxruntime.
+
+The graph is cut at its GRU nodes into stages run in turn: stage 0 is every other node that
+needs no GRU output, run as one onnxruntime session; then the GRU nodes whose inputs are ready,
+each by a fastgru.GRU; then the nodes those made ready, as the next onnxruntime session, and so
+on. A graph whose GRUs all sit in one place (the usual case: front-end -> GRU stack -> head)
+runs as at most two onnxruntime sessions around the GRUs. GRUs inside subgraphs (If, Loop, Scan)
+stay with onnxruntime.
+
+The interface is onnxruntime's: swap `onnxruntime.InferenceSession(path)` for
+`fastgru.InferenceSession(path)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from fastgru._model import GRU
+from fastgru.errors import FormatError
+from fastgru.loaders import onnx as onnx_loader
+
+# onnxruntime's names for ONNX element types, as NodeArg.type gives them
+_ORT_TYPES = {1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
+              7: "int64", 8: "string", 9: "bool", 10: "float16", 11: "double", 12: "uint32",
+              13: "uint64", 16: "bfloat16"}
+_GRU_DTYPES = {1: "float32", 11: "float64"}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """A graph input or output as onnxruntime describes it: .name, .shape (ints, names of
+    symbolic dimensions, or None), .type ("tensor(float)")."""
+
+    name: str
+    shape: list
+    type: str
+
+
+def _node_arg(value_info) -> NodeArg:
+    tensor = value_info.type.tensor_type
+    shape = None
+    if tensor.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in tensor.shape.dim]
+    return NodeArg(value_info.name, shape, f"tensor({_ORT_TYPES.get(tensor.elem_type, '?')})")
+
+
+class _GRUStep:
+    """One GRU node run by fastgru, with ONNX's input and output layouts."""
+
+    def __init__(self, node, values: dict, elem_type: int) -> None:
+        layer, options, layout = onnx_loader.read_gru_node(node, values)
+        if elem_type not in _GRU_DTYPES:
+            raise FormatError(f"GRU node {node.name!r}: fastgru runs float and double GRUs, "
+                              f"this one is {_ORT_TYPES.get(elem_type, elem_type)}")
+        from fastgru._weights import GRUSpec
+
+        self.model = GRU(GRUSpec((layer,), **options), batch_first=bool(layout),
+                         dtype=_GRU_DTYPES[elem_type])
+        self.layout = layout
+        inputs = list(node.input) + [""] * (6 - len(node.input))
+        self.x, self.lengths, self.h0 = inputs[0], inputs[4], inputs[5]
+        self.outputs = list(node.output) + [""] * (2 - len(node.output))
+        self.name = node.name or "<unnamed>"
+
+    def inputs(self) -> list[str]:
+        return [n for n in (self.x, self.lengths, self.h0) if n]
+
+    def run(self, values: dict) -> None:
+        """Read X, sequence_lens and initial_h from `values`; store Y and Y_h there."""
+        x = values[self.x]
+        if x.ndim != 3:
+            raise ValueError(f"GRU node {self.name!r}: X must be 3-D, got shape {x.shape}")
+        lengths = values[self.lengths] if self.lengths else None
+        h0 = values[self.h0] if self.h0 else None
+        if h0 is not None and self.layout:  # (B, dirs, H) -> (dirs, B, H)
+            h0 = np.swapaxes(h0, 0, 1)
+        y, h_n = self.model(x, h0, lengths=lengths)
+        dirs, H = (2 if self.model.bidirectional else 1), self.model.hidden_size
+        if lengths is not None:  # onnxruntime's Y_h is 0 for rows of length 0
+            h_n[:, np.asarray(lengths).reshape(-1) == 0] = 0
+        if self.outputs[0]:
+            if self.layout:  # (B, T, dirs*H) -> (B, T, dirs, H)
+                values[self.outputs[0]] = y.reshape(*y.shape[:2], dirs, H)
+            else:  # (T, B, dirs*H) -> (T, dirs, B, H)
+                values[self.outputs[0]] = np.ascontiguousarray(
+                    y.reshape(*y.shape[:2], dirs, H).transpose(0, 2, 1, 3))
+        if self.outputs[1]:
+            values[self.outputs[1]] = np.ascontiguousarray(np.swapaxes(h_n, 0, 1)) \
+                if self.layout else h_n
+
+
+def _subgraph_inputs(node) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing graph."""
+    names = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for graph in graphs:
+            inner = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+            for inner_node in graph.node:
+                for name in list(inner_node.input) + list(_subgraph_inputs(inner_node)):
+                    if name and name not in inner:
+                        names.add(name)
+                inner.update(inner_node.output)
+    return names
+
+
+def _reads(node) -> list[str]:
+    return [i for i in node.input if i] + sorted(_subgraph_inputs(node))
+
+
+class InferenceSession:
+    """Run an ONNX model that contains GRU nodes: the GRUs by fastgru, the rest by onnxruntime.
+
+    Parameters
+    ----------
+    src : str, os.PathLike, bytes or onnx.ModelProto
+    threads : int, optional
+        Threads for both fastgru's kernels and onnxruntime's sessions (default: Numba's and
+        onnxruntime's own defaults).
+
+    The GRU nodes' weights (W, R, B) must be constants, possibly computed from initializers by
+    data-movement ops (folded once here); X, sequence_lens and initial_h may be anything.
+    """
+
+    def __init__(self, src, *, threads: int | None = None) -> None:
+        import onnx
+
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        self._threads = threads
+        model, folder = onnx_loader.load_model(src)
+        graph = model.graph
+        for k, tensor in enumerate(graph.initializer):  # onnxruntime gets every stage as bytes
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                array = onnx_loader._decode(tensor, folder, f"initializer {tensor.name!r}")
+                graph.initializer[k].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+        self._model = model
+        opset = onnx_loader._opset(model)
+        initializers = {t.name for t in graph.initializer}
+        self._inputs = [_node_arg(i) for i in graph.input if i.name not in initializers]
+        self._outputs = [_node_arg(o) for o in graph.output]
+        grus = onnx_loader.gru_nodes(graph)
+        values = onnx_loader.constant_inputs(graph, folder, grus, opset)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model).graph
+        except Exception:  # shape inference is a help for declaring stage inputs, not a must
+            inferred = graph
+        self._types = {v.name: v for v in (*inferred.value_info, *graph.input, *graph.output)}
+        self._elem = {v.name: v.type.tensor_type.elem_type for v in self._types.values()}
+        for t in graph.initializer:
+            self._elem[t.name] = t.data_type
+        self._constants = {n: values[n] for gru in grus for n in gru.input[4:6] if n in values}
+        self._stages = self._plan(graph, grus, values, initializers)
+
+    # ---- planning ----------------------------------------------------------------------------
+
+    def _plan(self, graph, grus, values, initializers):
+        """[("onnxruntime", session, input names, output names, description) |
+        ("gru", _GRUStep)], in the order they run."""
+        producers = onnx_loader._producers(graph)
+        gru_ids = {id(g) for g in grus}
+
+        def reads(node) -> list[str]:  # a GRU's weights are folded: it reads only the rest
+            if id(node) in gru_ids:
+                return [n for n in list(node.input[:1]) + list(node.input[4:6])
+                        if n and n not in values]
+            return _reads(node)
+
+        order = self._topological(list(graph.node), producers, initializers, reads)
+        live = {o.name for o in graph.output}
+        kept = []
+        for node in reversed(order):  # drop what feeds only the folded weights
+            if any(o in live for o in node.output if o):
+                kept.append(node)
+                live.update(reads(node))
+        order = kept[::-1]
+        available = {i.name for i in graph.input} | initializers | set(values)
+        available |= {o for n in graph.node for o in n.output if o}
+        for node in order:
+            lacking = [i for i in reads(node) if i not in available]
+            if lacking:
+                raise FormatError(f"node {node.name or '<unnamed>'!r} ({node.op_type}) reads "
+                                  f"{lacking}, which no graph input, initializer or node "
+                                  f"provides")
+        # stage 2k: run by onnxruntime session k; stage 2k + 1: GRU nodes run by fastgru.
+        # Graph inputs and constants are ready at stage 0.
+        stage_of_node: dict[int, int] = {}
+        stage_of_name: dict[str, int] = {}
+        for node in order:
+            ready = max((stage_of_name.get(i, 0) for i in reads(node)), default=0)
+            if id(node) in gru_ids:
+                stage = ready + 1 if ready % 2 == 0 else ready  # the next (or this) GRU stage
+            else:
+                stage = ready if ready % 2 == 0 else ready + 1
+            stage_of_node[id(node)] = stage
+            stage_of_name.update((o, stage) for o in node.output if o)
+        last_read: dict[str, int] = {o.name: 1 << 30 for o in graph.output}
+        for node in order:
+            for name in reads(node):
+                last_read[name] = max(last_read.get(name, -1), stage_of_node[id(node)])
+        stages = []
+        for stage in range(max(stage_of_node.values(), default=-1) + 1):
+            members = [n for n in order if stage_of_node[id(n)] == stage]
+            if not members:
+                continue
+            if stage % 2:
+                for node in members:
+                    w = values.get(node.input[1]) if len(node.input) > 1 else None
+                    elem = 11 if w is not None and w.dtype == np.float64 else 1
+                    stages.append(("gru", _GRUStep(node, values, elem)))
+            else:
+                stages.append(self._onnxruntime_stage(graph, members, stage, last_read,
+                                                      initializers))
+        return stages
+
+    @staticmethod
+    def _topological(nodes, producers, initializers, reads):
+        """The nodes in an order where each comes after those it reads; FormatError on a
+        cycle."""
+        order, state = [], {}
+        for root in nodes:
+            stack = [(root, False)]
+            while stack:
+                node, done = stack.pop()
+                if done:
+                    state[id(node)] = 2
+                    order.append(node)
+                    continue
+                if state.get(id(node)) == 2:
+                    continue
+                state[id(node)] = 1
+                stack.append((node, True))
+                for name in reads(node):
+                    before = producers.get(name)
+                    if before is None or state.get(id(before)) == 2:
+                        continue
+                    if state.get(id(before)) == 1:
+                        raise FormatError(f"the ONNX graph has a cycle through node "
+                                          f"{before.name or before.op_type!r}")
+                    stack.append((before, False))
+        return order
+
+    def _onnxruntime_stage(self, graph, members, stage, last_read, initializers):
+        import onnxruntime as ort
+        from onnx import helper
+
+        produced = {o for n in members for o in n.output if o}
+        reads = list(dict.fromkeys(i for n in members for i in _reads(n)))
+        inputs = [n for n in reads if n not in produced and n not in initializers]
+        inits = [t for t in graph.initializer if t.name in set(reads) - produced]
+        outputs = [o for n in members for o in n.output if o and last_read.get(o, -1) > stage]
+        proto = helper.make_model(
+            helper.make_graph(members, f"stage{stage}", [self._value_info(n) for n in inputs],
+                              [self._value_info(n, shape=False) for n in outputs], inits),
+            opset_imports=list(self._model.opset_import), ir_version=self._model.ir_version,
+            functions=list(self._model.functions))
+        options = ort.SessionOptions()
+        # its idle workers would spin on the cores fastgru's threads need next
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.inter_op_num_threads = 1
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+        try:
+            session = ort.InferenceSession(proto.SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise FormatError(f"onnxruntime cannot load the nodes "
+                              f"{[n.name or n.op_type for n in members[:5]]}: {error}") from None
+        kinds = sorted({n.op_type for n in members})
+        return ("onnxruntime", session, inputs, outputs, f"{len(members)} node(s): {kinds}")
+
+    def _value_info(self, name: str, shape: bool = True):
+        from onnx import helper
+
+        known = self._types.get(name)
+        if known is not None and shape:
+            return known
+        return helper.make_tensor_value_info(name, self._elem.get(name, 0) or 1, None)
+
+    # ---- onnxruntime's interface -------------------------------------------------------------
+
+    def get_inputs(self) -> list[NodeArg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        return list(self._outputs)
+
+    def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
+        """The requested outputs (all, in the graph's order, when output_names is None)."""
+        if run_options is not None:
+            raise TypeError("fastgru.InferenceSession.run takes no run_options")
+        names = [o.name for o in self._outputs] if output_names is None else list(output_names)
+        known = {o.name for o in self._outputs}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown output names {unknown}; the outputs are {sorted(known)}")
+        expected = {i.name for i in self._inputs}
+        missing = sorted(expected - set(input_feed))
+        extra = sorted(set(input_feed) - expected)
+        if missing or extra:
+            raise ValueError(f"the inputs are {sorted(expected)}; missing {missing}, "
+                             f"unknown {extra}")
+        values = {**self._constants, **{k: np.asarray(v) for k, v in input_feed.items()}}
+        before = numba.get_num_threads()
+        if self._threads:
+            numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            for stage in self._stages:
+                if stage[0] == "gru":
+                    stage[1].run(values)
+                else:
+                    _, session, inputs, outputs, _ = stage
+                    results = session.run(outputs, {n: values[n] for n in inputs})
+                    values.update(zip(outputs, results, strict=True))
+        finally:
+            numba.set_num_threads(before)
+        return [values[n] for n in names]
+
+    def describe(self) -> list[str]:
+        """One line per stage: what runs where (fastgru info prints it)."""
+        lines = []
+        for stage in self._stages:
+            if stage[0] == "gru":
+                step = stage[1]
+                lines.append(f"fastgru: GRU node {step.name!r}: {step.model!r}")
+            else:
+                lines.append(f"onnxruntime: {stage[4]}")
+        return lines

@@ -26,7 +26,6 @@ from fastgru.loaders import onnx as onnx_loader
 _ORT_TYPES = {1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
               7: "int64", 8: "string", 9: "bool", 10: "float16", 11: "double", 12: "uint32",
               13: "uint64", 16: "bfloat16"}
-_GRU_DTYPES = {1: "float32", 11: "float64"}
 
 
 @dataclass(frozen=True)
@@ -49,48 +48,132 @@ def _node_arg(value_info) -> NodeArg:
 
 
 class _GRUStep:
-    """One GRU node run by fastgru, with ONNX's input and output layouts."""
+    """A chain of GRU nodes that forms a stack (one node, or the layers torch.onnx.export
+    writes with Transpose/Reshape/Squeeze between them) run by fastgru as one model, with ONNX's
+    input and output layouts. Looks like a node to the planner: .input, .output, .attribute."""
 
-    def __init__(self, node, values: dict, elem_type: int) -> None:
-        layer, options, layout = onnx_loader.read_gru_node(node, values)
-        if elem_type not in _GRU_DTYPES:
-            raise FormatError(f"GRU node {node.name!r}: fastgru runs float and double GRUs, "
-                              f"this one is {_ORT_TYPES.get(elem_type, elem_type)}")
+    op_type = "GRU"
+    attribute = ()
+
+    def __init__(self, nodes: list, values: dict) -> None:
         from fastgru._weights import GRUSpec
 
-        self.model = GRU(GRUSpec((layer,), **options), batch_first=bool(layout),
-                         dtype=_GRU_DTYPES[elem_type])
-        self.layout = layout
-        inputs = list(node.input) + [""] * (6 - len(node.input))
-        self.x, self.lengths, self.h0 = inputs[0], inputs[4], inputs[5]
-        self.outputs = list(node.output) + [""] * (2 - len(node.output))
-        self.name = node.name or "<unnamed>"
-
-    def inputs(self) -> list[str]:
-        return [n for n in (self.x, self.lengths, self.h0) if n]
+        read = [onnx_loader.read_gru_node(node, values) for node in nodes]
+        w = values[nodes[0].input[1]]
+        if w.dtype not in (np.float32, np.float64):
+            raise FormatError(f"GRU node {nodes[0].name!r}: fastgru runs float and double "
+                              f"GRUs, this one is {w.dtype.name}")
+        dtype = w.dtype.name
+        layers = tuple(layer for layer, _, _ in read)
+        self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),
+                         dtype=dtype)
+        self.layout = read[0][2]
+        padded = [list(n.input) + [""] * (6 - len(n.input)) for n in nodes]
+        self.x, self.lengths = padded[0][0], padded[0][4]
+        self.h0 = [p[5] for p in padded]
+        outs = [list(n.output) + [""] * (2 - len(n.output)) for n in nodes]
+        self.y, self.y_h = outs[-1][0], [o[1] for o in outs]
+        self.name = ", ".join(repr(n.name or "<unnamed>") for n in nodes)
+        self.input = [n for n in [self.x, self.lengths, *self.h0] if n and n not in values]
+        self.output = [n for n in [self.y, *self.y_h] if n]
 
     def run(self, values: dict) -> None:
-        """Read X, sequence_lens and initial_h from `values`; store Y and Y_h there."""
+        """Read X, sequence_lens and initial_h from `values`; store Y and each Y_h there."""
         x = values[self.x]
         if x.ndim != 3:
-            raise ValueError(f"GRU node {self.name!r}: X must be 3-D, got shape {x.shape}")
+            raise ValueError(f"GRU node {self.name}: X must be 3-D, got shape {x.shape}")
         lengths = values[self.lengths] if self.lengths else None
-        h0 = values[self.h0] if self.h0 else None
-        if h0 is not None and self.layout:  # (B, dirs, H) -> (dirs, B, H)
-            h0 = np.swapaxes(h0, 0, 1)
-        y, h_n = self.model(x, h0, lengths=lengths)
-        dirs, H = (2 if self.model.bidirectional else 1), self.model.hidden_size
+        m = self.model
+        dirs, H = (2 if m.bidirectional else 1), m.hidden_size
+        h0 = None
+        if any(self.h0):
+            batch = x.shape[0 if self.layout else 1]
+            h0 = np.zeros((m.num_layers, dirs, batch, H), m.dtype)
+            for k, name in enumerate(self.h0):
+                if name:  # (dirs, B, H), or (B, dirs, H) with layout 1
+                    h0[k] = np.swapaxes(values[name], 0, 1) if self.layout else values[name]
+            h0 = h0.reshape(-1, batch, H)
+        y, h_n = m(x, h0, lengths=lengths)
         if lengths is not None:  # onnxruntime's Y_h is 0 for rows of length 0
             h_n[:, np.asarray(lengths).reshape(-1) == 0] = 0
-        if self.outputs[0]:
+        if self.y:
             if self.layout:  # (B, T, dirs*H) -> (B, T, dirs, H)
-                values[self.outputs[0]] = y.reshape(*y.shape[:2], dirs, H)
+                values[self.y] = y.reshape(*y.shape[:2], dirs, H)
             else:  # (T, B, dirs*H) -> (T, dirs, B, H)
-                values[self.outputs[0]] = np.ascontiguousarray(
+                values[self.y] = np.ascontiguousarray(
                     y.reshape(*y.shape[:2], dirs, H).transpose(0, 2, 1, 3))
-        if self.outputs[1]:
-            values[self.outputs[1]] = np.ascontiguousarray(np.swapaxes(h_n, 0, 1)) \
-                if self.layout else h_n
+        for k, name in enumerate(self.y_h):
+            if name:
+                layer = h_n[k * dirs:(k + 1) * dirs]
+                values[name] = np.ascontiguousarray(np.swapaxes(layer, 0, 1)) \
+                    if self.layout else layer
+
+
+def _chains(graph, nodes: list, grus: list, values: dict, reads) -> list[list]:
+    """The GRU nodes grouped into stacks: node b joins a's chain when b reads a's Y through
+    the plumbing a stacked export writes, and no other node of `nodes` (those that run) reads
+    a's Y or that plumbing."""
+    producers = onnx_loader._producers(graph)
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in reads(node):
+            readers[name] = readers.get(name, 0) + 1
+    for out in graph.output:
+        readers[out.name] = readers.get(out.name, 0) + 2
+    inputs = {i.name for i in graph.input}
+    follows = {}  # id(lower GRU) -> upper GRU
+    for upper in grus:
+        try:
+            kind, lower, ops = onnx_loader._trace_back(upper.input[0], producers, inputs, "")
+        except FormatError:
+            continue
+        if kind != "gru" or id(lower) in follows:
+            continue
+        try:
+            low, low_options, low_layout = onnx_loader.read_gru_node(lower, values)
+            up, options, layout = onnx_loader.read_gru_node(upper, values)
+            dirs = 2 if options["direction"] == "bidirectional" else 1
+            onnx_loader._check_between_layers(ops, dirs, "")
+        except FormatError:
+            continue
+        passed = [lower.output[0], *(o for op in ops for o in op.output if o)]
+        same_lengths = (list(lower.input) + [""] * 6)[4] == (list(upper.input) + [""] * 6)[4]
+        if options == low_options and not layout and not low_layout and same_lengths and \
+                all(readers.get(n, 0) == 1 for n in passed) and \
+                low.w.dtype == up.w.dtype:
+            follows[id(lower)] = upper
+    uppers = {id(u) for u in follows.values()}
+    chains = []
+    for gru in grus:
+        if id(gru) in uppers:
+            continue
+        chain = [gru]
+        while id(chain[-1]) in follows and len(chain) <= len(grus):
+            chain.append(follows[id(chain[-1])])
+        chains.append(chain)
+    return chains
+
+
+def _is_zeros(graph, name: str, values: dict, folder, opset: int) -> bool:
+    """Whether `name` is all zeros whatever the inputs: a constant of zeros, or zeros shaped at
+    run time (ConstantOfShape of 0, Expand of a constant 0), as exporters write a GRU's
+    initial_h when the model passes none."""
+    if not name:
+        return False
+    if name in values:
+        return not np.any(values[name])
+    node = onnx_loader._producers(graph).get(name)
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return False
+    if node.op_type == "ConstantOfShape":
+        from onnx import numpy_helper
+
+        fill = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+        return not fill or not np.any(fill[0])
+    if node.op_type == "Expand" and node.input:
+        data = onnx_loader.fold_constants(graph, folder, {node.input[0]: "Expand data"}, opset)
+        return node.input[0] in data and not np.any(data[node.input[0]])
+    return False
 
 
 def _subgraph_inputs(node) -> set[str]:
@@ -133,6 +216,9 @@ class InferenceSession:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self._threads = threads
         model, folder = onnx_loader.load_model(src)
+        if model is src:  # the caller's ModelProto: this session edits its own copy
+            model = onnx.ModelProto()
+            model.CopyFrom(src)
         graph = model.graph
         for k, tensor in enumerate(graph.initializer):  # onnxruntime gets every stage as bytes
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -145,6 +231,9 @@ class InferenceSession:
         self._outputs = [_node_arg(o) for o in graph.output]
         grus = onnx_loader.gru_nodes(graph)
         values = onnx_loader.constant_inputs(graph, folder, grus, opset)
+        for gru in grus:  # zeros are the state a GRU starts from anyway: drop such initial_h
+            if len(gru.input) > 5 and _is_zeros(graph, gru.input[5], values, folder, opset):
+                gru.input[5] = ""
         try:
             inferred = onnx.shape_inference.infer_shapes(model).graph
         except Exception:  # shape inference is a help for declaring stage inputs, not a must
@@ -161,38 +250,35 @@ class InferenceSession:
     def _plan(self, graph, grus, values, initializers):
         """[("onnxruntime", session, input names, output names, description) |
         ("gru", _GRUStep)], in the order they run."""
-        producers = onnx_loader._producers(graph)
         gru_ids = {id(g) for g in grus}
 
         def reads(node) -> list[str]:  # a GRU's weights are folded: it reads only the rest
             if id(node) in gru_ids:
-                return [n for n in list(node.input[:1]) + list(node.input[4:6])
-                        if n and n not in values]
+                padded = list(node.input) + [""] * 6
+                return [n for n in (padded[0], padded[4], padded[5]) if n and n not in values]
             return _reads(node)
 
-        order = self._topological(list(graph.node), producers, initializers, reads)
-        live = {o.name for o in graph.output}
-        kept = []
-        for node in reversed(order):  # drop what feeds only the folded weights
-            if any(o in live for o in node.output if o):
-                kept.append(node)
-                live.update(reads(node))
-        order = kept[::-1]
+        nodes = self._live(graph, list(graph.node), reads)
         available = {i.name for i in graph.input} | initializers | set(values)
         available |= {o for n in graph.node for o in n.output if o}
-        for node in order:
+        for node in nodes:
             lacking = [i for i in reads(node) if i not in available]
             if lacking:
                 raise FormatError(f"node {node.name or '<unnamed>'!r} ({node.op_type}) reads "
                                   f"{lacking}, which no graph input, initializer or node "
                                   f"provides")
+        live_grus = [n for n in nodes if id(n) in gru_ids]
+        chains = _chains(graph, nodes, live_grus, values, reads)
+        steps = [_GRUStep(chain, values) for chain in chains]
+        # the plumbing inside a chain is read by no one now: _live drops it
+        order = self._live(graph, [n for n in nodes if id(n) not in gru_ids] + steps, _reads)
         # stage 2k: run by onnxruntime session k; stage 2k + 1: GRU nodes run by fastgru.
         # Graph inputs and constants are ready at stage 0.
         stage_of_node: dict[int, int] = {}
         stage_of_name: dict[str, int] = {}
         for node in order:
-            ready = max((stage_of_name.get(i, 0) for i in reads(node)), default=0)
-            if id(node) in gru_ids:
+            ready = max((stage_of_name.get(i, 0) for i in _reads(node)), default=0)
+            if isinstance(node, _GRUStep):
                 stage = ready + 1 if ready % 2 == 0 else ready  # the next (or this) GRU stage
             else:
                 stage = ready if ready % 2 == 0 else ready + 1
@@ -200,7 +286,7 @@ class InferenceSession:
             stage_of_name.update((o, stage) for o in node.output if o)
         last_read: dict[str, int] = {o.name: 1 << 30 for o in graph.output}
         for node in order:
-            for name in reads(node):
+            for name in _reads(node):
                 last_read[name] = max(last_read.get(name, -1), stage_of_node[id(node)])
         stages = []
         for stage in range(max(stage_of_node.values(), default=-1) + 1):
@@ -208,17 +294,27 @@ class InferenceSession:
             if not members:
                 continue
             if stage % 2:
-                for node in members:
-                    w = values.get(node.input[1]) if len(node.input) > 1 else None
-                    elem = 11 if w is not None and w.dtype == np.float64 else 1
-                    stages.append(("gru", _GRUStep(node, values, elem)))
+                stages.extend(("gru", step) for step in members)
             else:
                 stages.append(self._onnxruntime_stage(graph, members, stage, last_read,
                                                       initializers))
         return stages
 
+    def _live(self, graph, nodes, reads) -> list:
+        """`nodes` in topological order, less those whose outputs nothing needs (such as the
+        nodes that computed the folded weights)."""
+        producers = {o: n for n in nodes for o in n.output if o}
+        order = self._topological(nodes, producers, reads)
+        live = {o.name for o in graph.output}
+        kept = []
+        for node in reversed(order):
+            if any(o in live for o in node.output if o):
+                kept.append(node)
+                live.update(reads(node))
+        return kept[::-1]
+
     @staticmethod
-    def _topological(nodes, producers, initializers, reads):
+    def _topological(nodes, producers, reads):
         """The nodes in an order where each comes after those it reads; FormatError on a
         cycle."""
         order, state = [], {}
@@ -326,7 +422,7 @@ class InferenceSession:
         for stage in self._stages:
             if stage[0] == "gru":
                 step = stage[1]
-                lines.append(f"fastgru: GRU node {step.name!r}: {step.model!r}")
+                lines.append(f"fastgru: GRU node(s) {step.name}: {step.model!r}")
             else:
                 lines.append(f"onnxruntime: {stage[4]}")
         return lines

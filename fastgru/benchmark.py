@@ -38,6 +38,7 @@ class Case:
     bidirectional: bool = False
     stream: bool = False
     model_path: str | None = None
+    whole_graph: bool = False  # an ONNX model with more than GRUs: fastgru.InferenceSession
 
     @property
     def flops(self) -> float:
@@ -51,6 +52,8 @@ class Case:
 
     @property
     def label(self) -> str:
+        if self.whole_graph:
+            return f"{self.name} (whole graph) B={self.batch} T={self.steps}"
         layers = f" L={self.num_layers}" if self.num_layers > 1 else ""
         bi = " bi" if self.bidirectional else ""
         return (f"{self.name} B={self.batch} T={self.steps} D={self.input_size} "
@@ -68,11 +71,45 @@ SHAPES = {c.name: c for c in (
 
 
 def case_for_model(path: str, batch: int, steps: int) -> Case:
+    """A case for the user's model file: a GRU model, or an ONNX model that is more than a GRU
+    stack (run whole by fastgru.InferenceSession against onnxruntime on the same file)."""
     import fastgru
+    from fastgru.loaders import files
 
-    model = fastgru.load(path)
+    try:
+        model = fastgru.load(path)
+    except fastgru.FormatError:
+        if files.sniff(path) != "onnx":
+            raise
+        session = fastgru.InferenceSession(path)  # a clear error if it cannot run either
+        gru = next(stage[1].model for stage in session._stages if stage[0] == "gru")
+        return Case(os.path.basename(path), batch, steps, gru.input_size, gru.hidden_size,
+                    model_path=os.path.abspath(path), whole_graph=True)
     return Case(os.path.basename(path), batch, steps, model.input_size, model.hidden_size,
                 model.num_layers, model.bidirectional, model_path=os.path.abspath(path))
+
+
+def random_feeds(inputs, batch: int, steps: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """Random inputs for a graph's inputs (onnxruntime's NodeArgs): a dimension without a fixed
+    size is `batch` in the first position and `steps` elsewhere; integer inputs hold `steps`
+    (lengths), floating ones standard normal values."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for arg in inputs:
+        dims = arg.shape or []
+        shape = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else steps)
+                 for k, d in enumerate(dims)]
+        kind = arg.type[len("tensor("):-1]
+        if "int" in kind:
+            feeds[arg.name] = np.full(shape, steps, np.dtype(kind))
+        elif kind in ("float", "double", "float16"):
+            dtype = {"float": np.float32, "double": np.float64, "float16": np.float16}[kind]
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        elif kind == "bool":
+            feeds[arg.name] = np.zeros(shape, bool)
+        else:
+            raise ValueError(f"cannot make random values for input {arg.name!r} of {arg.type}")
+    return feeds
 
 
 def _random_state_dict(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
@@ -99,8 +136,32 @@ def builtin_model(case: Case):
     return fastgru.GRU.from_torch(_random_state_dict(case))
 
 
+def _whole_graph_call(runtime: str, case: Case, threads: int):
+    """(call, output) for a whole ONNX graph: fastgru.InferenceSession or onnxruntime."""
+    if runtime == "fastgru":
+        import fastgru
+
+        session = fastgru.InferenceSession(case.model_path, threads=threads)
+    elif runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(case.model_path, options,
+                                       providers=["CPUExecutionProvider"])
+    else:
+        raise ValueError(f"{runtime} cannot run a whole ONNX graph; compare with onnxruntime")
+    feeds = random_feeds(session.get_inputs(), case.batch, case.steps)
+    result = {}
+    return (lambda: result.__setitem__("y", session.run(None, feeds)[0])), \
+        (lambda: result["y"])
+
+
 def _make_call(runtime: str, case: Case, threads: int):
     """(call, output): one benchmark call, and a function returning the last call's result."""
+    if case.whole_graph:
+        return _whole_graph_call(runtime, case, threads)
     model = builtin_model(case)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(np.float32)
@@ -187,13 +248,14 @@ def thread_env(threads: int) -> dict[str, str]:
 
 
 def run(cases, runtimes, threads_list, seconds: float, rounds: int = 1,
-        progress=sys.stderr) -> list[dict]:
+        progress=None) -> list[dict]:
     """Every (case, threads, runtime) in its own worker process; returns one record each.
 
     With rounds > 1 the runtimes take turns (fastgru, peers, fastgru, peers, ...) and a record
     holds the median over rounds of each round's median and p99. Each record gets
     ``max_abs_diff``: its output against onnxruntime's (or fastgru's without onnxruntime).
     """
+    progress = sys.stderr if progress is None else progress  # the stream of now, not of import
     records = []
     total = len(cases) * len(threads_list) * len(runtimes) * rounds
     done = 0
@@ -237,9 +299,10 @@ def table(records, cases) -> str:
              f"| max abs diff vs {ref} |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         case = by_name[r["case"]]
+        gflops = "-" if case.whole_graph else f"{case.flops / r['median_s'] / 1e9:.1f}"
         lines.append(
             f"| {case.label} | {r['threads']} | {r['runtime']} | {r['median_s'] * 1e6:.1f} "
-            f"| {r['p99_s'] * 1e6:.1f} | {case.flops / r['median_s'] / 1e9:.1f} "
+            f"| {r['p99_s'] * 1e6:.1f} | {gflops} "
             f"| {r['median_s'] / base[(r['case'], r['threads'])]:.2f} "
             f"| {r['max_abs_diff']:.1e} |")
     return "\n".join(lines)

@@ -1,5 +1,8 @@
 """The ``fastgru`` command: info, convert, run, check and bench on model files.
 
+ONNX files that are more than a GRU stack (a network with GRUs inside) run whole through
+fastgru.InferenceSession in info, run, check and bench.
+
 Errors about the user's files or arguments print one line and exit with status 2.
 """
 
@@ -26,7 +29,40 @@ def _load(path, **options):
     return fastgru.load(path, **options)
 
 
+def _whole_graph(path):
+    """fastgru.InferenceSession for an ONNX file that is more than a GRU stack, else None (the
+    file is a GRU model, and fastgru.load reads it)."""
+    import fastgru
+    from fastgru.loaders import files
+
+    path = files.check_file(path)
+    if files.sniff(path) != "onnx":
+        return None
+    try:
+        fastgru.load(path)
+        return None
+    except fastgru.FormatError as error:
+        try:
+            return fastgru.InferenceSession(path)
+        except fastgru.FormatError:
+            raise error from None
+
+
+def _info_whole_graph(path, session) -> int:
+    print(f"model:   {path} (an ONNX graph with more than GRUs: fastgru.InferenceSession)")
+    for arg in session.get_inputs():
+        print(f"input:   {arg.name} {arg.type} {arg.shape}")
+    for arg in session.get_outputs():
+        print(f"output:  {arg.name} {arg.type} {arg.shape}")
+    for k, line in enumerate(session.describe()):
+        print(f"stage {k}: {line}")
+    return 0
+
+
 def cmd_info(args) -> int:
+    session = _whole_graph(args.model)
+    if session is not None:
+        return _info_whole_graph(args.model, session)
     model = _load(args.model)
     spec = model.spec
     params = sum(layer.w.size + layer.r.size + layer.b.size for layer in spec.layers)
@@ -78,17 +114,59 @@ def _npy(path, what):
         raise UsageError(f"{path!r} is not a NumPy .npy file: {error}") from None
 
 
+def _named_files(values, what) -> dict[str, str]:
+    """{name: path} from NAME=FILE arguments; a bare FILE gets the name ""."""
+    named = {}
+    for value in values:
+        name, sep, path = value.rpartition("=")
+        named[name if sep else ""] = path
+    if "" in named and len(named) > 1:
+        raise UsageError(f"give every {what} as NAME=FILE.npy when there are several")
+    return named
+
+
 def cmd_run(args) -> int:
+    inputs = _named_files(args.input, "--input")
+    outputs = _named_files(args.output, "--output")
+    session = _whole_graph(args.model)
+    if session is not None:
+        return _run_whole_graph(session, inputs, outputs, args)
+    if set(inputs) != {""} or set(outputs) != {""}:
+        raise UsageError("a GRU model takes one --input FILE.npy and one --output FILE.npy")
     model = _load(args.model)
-    x = _npy(args.input, "input")
+    x = _npy(inputs[""], "input")
     h0 = _npy(args.h0, "h0") if args.h0 else None
     lengths = _npy(args.lengths, "lengths") if args.lengths else None
     y, h_n = model(x, h0, lengths=lengths)
-    np.save(args.output, y)
+    np.save(outputs[""], y)
     if args.output_state:
         np.save(args.output_state, h_n)
-    print(f"wrote {args.output} {y.shape}" + (f" and {args.output_state} {h_n.shape}"
+    print(f"wrote {outputs['']} {y.shape}" + (f" and {args.output_state} {h_n.shape}"
                                               if args.output_state else ""))
+    return 0
+
+
+def _run_whole_graph(session, inputs, outputs, args) -> int:
+    if args.h0 or args.lengths or args.output_state:
+        raise UsageError("--h0, --lengths and --output-state are for GRU models; a whole graph "
+                         "takes its inputs as --input NAME=FILE.npy")
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = [o.name for o in session.get_outputs()]
+    if "" in inputs:
+        if len(graph_inputs) != 1:
+            raise UsageError(f"the model has inputs {graph_inputs}: give each as "
+                             f"--input NAME=FILE.npy")
+        inputs = {graph_inputs[0]: inputs[""]}
+    if "" in outputs:
+        outputs = {graph_outputs[0]: outputs[""]}
+    unknown = sorted(set(outputs) - set(graph_outputs))
+    if unknown:
+        raise UsageError(f"unknown output(s) {unknown}; the model's outputs are {graph_outputs}")
+    feeds = {name: _npy(path, f"input {name!r}") for name, path in inputs.items()}
+    results = session.run(list(outputs), feeds)
+    for (name, path), value in zip(outputs.items(), results, strict=True):
+        np.save(path, value)
+        print(f"wrote {path} ({name}) {value.shape}")
     return 0
 
 
@@ -151,7 +229,35 @@ def _torch_outputs(model, path, x):
         return module(torch.from_numpy(x))[0].numpy()
 
 
+def _check_whole_graph(args, session) -> int:
+    import onnxruntime as ort
+
+    from fastgru.benchmark import random_feeds
+
+    feeds = random_feeds(session.get_inputs(), args.batch, args.seq, args.seed)
+    try:
+        peer = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+        expected = peer.run(None, feeds)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise UsageError(f"onnxruntime cannot run {args.model!r}: {error}") from None
+    worst = 0.0
+    for arg, ours, ref in zip(session.get_outputs(), session.run(None, feeds), expected,
+                              strict=True):
+        ref = np.asarray(ref, np.float64)
+        err = np.abs(np.asarray(ours, np.float64) - ref)
+        excess = float((err - (ATOL + RTOL * np.abs(ref))).max()) if err.size else 0.0
+        worst = max(worst, excess)
+        print(f"onnxruntime  {arg.name}: max abs diff {err.max() if err.size else 0:.2e}  "
+              f"({'ok' if excess <= 0 else 'ABOVE'} tolerance {ATOL} + {RTOL}*|ref|)")
+    return 0 if worst <= 0 else 1
+
+
 def cmd_check(args) -> int:
+    if args.batch < 1 or args.seq < 1:
+        raise UsageError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
+    session = _whole_graph(args.model)
+    if session is not None:
+        return _check_whole_graph(args, session)
     model = _load(args.model)
     rng = np.random.default_rng(args.seed)
     shape = (args.batch, args.seq) if model.batch_first else (args.seq, args.batch)
@@ -185,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastgru",
                                      description="Run trained GRUs fast on the CPU.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="describe a model file")
+    p = sub.add_parser("info", help="describe a model file (for a whole ONNX graph: what runs "
+                                    "where)")
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("convert", help="convert between PyTorch, ONNX and fastgru files")
@@ -194,8 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("run", help="inference on NumPy files")
     p.add_argument("model")
-    p.add_argument("--input", required=True, help=".npy, (T, B, D) or (B, T, D) if batch_first")
-    p.add_argument("--output", required=True, help=".npy receiving y")
+    p.add_argument("--input", required=True, action="append",
+                   help=".npy, (T, B, D) or (B, T, D) if batch_first; for a whole ONNX graph "
+                        "NAME=FILE.npy per graph input")
+    p.add_argument("--output", required=True, action="append",
+                   help=".npy receiving y; for a whole ONNX graph NAME=FILE.npy per output "
+                        "wanted (a bare FILE.npy: the first output)")
     p.add_argument("--output-state", help=".npy receiving h_n")
     p.add_argument("--lengths", help=".npy of (B,) integers")
     p.add_argument("--h0", help=".npy of (num_layers*dirs, B, H)")

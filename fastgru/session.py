@@ -154,26 +154,61 @@ def _chains(graph, nodes: list, grus: list, values: dict, reads) -> list[list]:
     return chains
 
 
-def _is_zeros(graph, name: str, values: dict, folder, opset: int) -> bool:
-    """Whether `name` is all zeros whatever the inputs: a constant of zeros, or zeros shaped at
-    run time (ConstantOfShape of 0, Expand of a constant 0), as exporters write a GRU's
-    initial_h when the model passes none."""
-    if not name:
-        return False
-    if name in values:
-        return not np.any(values[name])
-    node = onnx_loader._producers(graph).get(name)
-    if node is None or node.domain not in ("", "ai.onnx"):
-        return False
-    if node.op_type == "ConstantOfShape":
-        from onnx import numpy_helper
+# Ops whose result is all zeros when their data input (the first) is: they only move, select
+# or replicate values. Concat needs every input to be zeros.
+_KEEPS_ZEROS = {"Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
+                "Expand", "Tile", "Gather", "Flatten", "Concat"}
 
-        fill = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
-        return not fill or not np.any(fill[0])
-    if node.op_type == "Expand" and node.input:
-        data = onnx_loader.fold_constants(graph, folder, {node.input[0]: "Expand data"}, opset)
-        return node.input[0] in data and not np.any(data[node.input[0]])
-    return False
+
+def _checked_feed(arg: NodeArg, value) -> np.ndarray:
+    """The feed for graph input `arg`, refused as onnxruntime would refuse it: another element
+    type, another rank, or another size where the graph fixes one."""
+    array = np.asarray(value)
+    expected = arg.type[len("tensor("):-1]
+    name = {"float": "float32", "double": "float64", "string": "str"}.get(expected, expected)
+    if expected != "string" and array.dtype != np.dtype(name):
+        raise TypeError(f"input {arg.name!r} must be {arg.type} ({name}), got {array.dtype}")
+    if arg.shape is not None:
+        fixed = [d if isinstance(d, int) else None for d in arg.shape]
+        if array.ndim != len(fixed) or any(d is not None and d != n
+                                           for d, n in zip(fixed, array.shape, strict=True)):
+            raise ValueError(f"input {arg.name!r} must have shape {arg.shape}, got {array.shape}")
+    return array
+
+
+def _is_zeros(graph, name: str, values: dict, folder, opset: int) -> bool:
+    """Whether `name` is all zeros whatever the graph's inputs: a constant of zeros, or zeros
+    shaped at run time (ConstantOfShape of 0, an Expand or Slice of those), as exporters write
+    a GRU's initial_h when the model passes none."""
+    from onnx import numpy_helper
+
+    producers = onnx_loader._producers(graph)
+    pending, seen = [name], set()
+    while pending:
+        current = pending.pop()
+        if not current or current in seen:
+            return False
+        seen.add(current)
+        if current in values:
+            if np.any(values[current]):
+                return False
+            continue
+        node = producers.get(current)
+        if node is None or node.domain not in ("", "ai.onnx"):
+            constant = onnx_loader.fold_constants(graph, folder, {current: current}, opset)
+            if current not in constant or np.any(constant[current]):
+                return False
+        elif node.op_type == "ConstantOfShape":
+            fill = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+            if fill and np.any(fill[0]):
+                return False
+        elif node.op_type in _KEEPS_ZEROS and node.input:
+            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
+        else:
+            constant = onnx_loader.fold_constants(graph, folder, {current: current}, opset)
+            if current not in constant or np.any(constant[current]):
+                return False
+    return True
 
 
 def _subgraph_inputs(node) -> set[str]:
@@ -400,7 +435,9 @@ class InferenceSession:
         if missing or extra:
             raise ValueError(f"the inputs are {sorted(expected)}; missing {missing}, "
                              f"unknown {extra}")
-        values = {**self._constants, **{k: np.asarray(v) for k, v in input_feed.items()}}
+        values = dict(self._constants)
+        for arg in self._inputs:
+            values[arg.name] = _checked_feed(arg, input_feed[arg.name])
         before = numba.get_num_threads()
         if self._threads:
             numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))

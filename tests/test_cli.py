@@ -130,3 +130,45 @@ def test_check_a_float64_model(rng, tmp_path, capsys):
     fastgru.GRU(random_spec(rng, 3, 4, 2), dtype="float64").save(path)
     assert main(["check", str(path)]) == 0
     assert "onnxruntime  max abs diff" in capsys.readouterr().out
+
+
+@pytest.fixture
+def whole_graph(tmp_path):
+    """A network with a GRU stack inside (conv front-end, GRU, head), exported by torch."""
+    from test_session import MaskNet, export
+
+    torch.manual_seed(7)
+    return export(MaskNet(), (torch.zeros(2, 30, 16),), tmp_path / "mask.onnx",
+                  (["x"], ["mask"]), False)
+
+
+def test_whole_graph_info_run_check_bench(whole_graph, tmp_path, rng, capsys):
+    import onnxruntime as ort
+
+    assert main(["info", whole_graph]) == 0
+    out = capsys.readouterr().out
+    assert "input:   x tensor(float)" in out
+    assert re.search(r"stage 1: fastgru: GRU node\(s\) .*num_layers=2", out)
+    assert "stage 2: onnxruntime" in out
+
+    x = rng.standard_normal((2, 30, 16)).astype(np.float32)  # the shape exported, fixed
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", whole_graph, "--input", f"x={tmp_path / 'x.npy'}",
+                 "--output", f"mask={tmp_path / 'mask.npy'}"]) == 0
+    expected = ort.InferenceSession(whole_graph).run(None, {"x": x})[0]
+    assert_close(np.load(tmp_path / "mask.npy"), expected, "float32", "run")
+
+    assert main(["check", whole_graph, "--batch", "2", "--seq", "30"]) == 0
+    assert re.search(r"onnxruntime  mask: max abs diff \S+  \(ok tolerance", capsys.readouterr().out)
+
+    assert main(["bench", whole_graph, "--seconds", "0.05", "--batch", "2", "--seq", "30"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "(whole graph)" in line]
+    assert [row.split(" | ")[2] for row in rows] == ["fastgru", "onnxruntime"]
+
+    assert main(["run", whole_graph, "--input", f"y={tmp_path / 'x.npy'}",
+                 "--output", str(tmp_path / "o.npy")]) == 2
+    assert "missing ['x'], unknown ['y']" in capsys.readouterr().err
+    np.save(tmp_path / "short.npy", x[:, :20])
+    assert main(["run", whole_graph, "--input", f"x={tmp_path / 'short.npy'}",
+                 "--output", str(tmp_path / "o.npy")]) == 2
+    assert "input 'x' must have shape [2, 30, 16], got (2, 20, 16)" in capsys.readouterr().err

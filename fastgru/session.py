@@ -376,7 +376,11 @@ class InferenceSession:
         return order
 
     def _onnxruntime_stage(self, graph, members, stage, last_read, initializers):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("fastgru.InferenceSession runs the nodes other than GRUs with "
+                              "onnxruntime: pip install fastgru[onnxruntime]") from None
         from onnx import helper
 
         produced = {o for n in members for o in n.output if o}

@@ -337,3 +337,17 @@ def test_fuzzed_files_end_in_clear_errors(rng, tmp_path):
             x = rng.standard_normal((3, 2, model.input_size))
             model(x)  # a mutated weight is still a model: it must run
     assert outcomes["refused"] > 100 and sum(outcomes.values()) == 450, outcomes
+
+
+def test_native_files_always_load_back(rng, tmp_path):
+    """fastgru's own file for every size: the safetensors header length may begin with the byte
+    0x80 (a pickle's first byte), which once sent these files to torch's loader."""
+    for hidden, layers, direction in itertools.product(range(20, 97, 3), (1, 2),
+                                                       ("forward", "bidirectional")):
+        model = fastgru.GRU(random_spec(rng, 3, hidden, layers, direction))
+        path = tmp_path / f"m{hidden}_{layers}_{direction}.safetensors"
+        model.save(path)
+        again = fastgru.load(path)
+        assert again.hidden_size == hidden and again.num_layers == layers
+        for a, b in zip(again.spec.layers, model.spec.layers, strict=True):
+            assert np.array_equal(a.r, b.r) and np.array_equal(a.w, b.w)

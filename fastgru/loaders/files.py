@@ -6,6 +6,7 @@ there is no fallback to an unsafe load. safetensors files are read without torch
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from collections.abc import Mapping
@@ -27,15 +28,39 @@ def check_file(path) -> str:
     return path
 
 
+def _is_safetensors(head: bytes, path: str, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length N, then N bytes of a JSON
+    object that parses, within the file."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    length = struct.unpack("<Q", head[:8])[0]
+    if length + 8 > size or length > 100_000_000:
+        return False
+    with open(path, "rb") as f:
+        f.seek(8)
+        header = f.read(length)
+    try:
+        return isinstance(json.loads(header), dict)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def sniff(path: str) -> str:
-    """'onnx', 'torch' or 'safetensors', from the file's first bytes, else from its suffix."""
+    """'onnx', 'torch' or 'safetensors', from the file's signature, else from its suffix.
+
+    Signatures in full: a zip archive (torch.save), a safetensors header that parses, a pickle
+    protocol 2-5 header (legacy torch.save). A safetensors header length may itself begin with
+    the byte 0x80, so pickles are recognized by their protocol byte too, and after safetensors.
+    """
     with open(path, "rb") as f:
         head = f.read(9)
     size = os.path.getsize(path)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip, or a legacy pickle
+    if head[:4] == b"PK\x03\x04":
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= size:
+    if _is_safetensors(head, path, size):
         return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch"
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".onnx":
         return "onnx"

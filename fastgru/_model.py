@@ -67,15 +67,24 @@ class GRU:
     at once.
     """
 
-    def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32") -> None:
+    def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32",
+                 initial_state=None) -> None:
         self._dtype = resolve_dtype(dtype)
+        if initial_state is not None:  # overrides the spec's; validated by GRUSpec
+            spec = replace(spec, initial_state=np.asarray(initial_state))
+
+        def own(a):  # in the model's dtype, shown as float64
+            return np.asarray(a, self._dtype).astype(np.float64)
+
         # The model holds its weights in its own dtype; spec shows exactly those values, so
         # saving and exporting reproduce this model bit for bit.
         spec = replace(spec, layers=tuple(
-            LayerWeights(*(np.asarray(a, self._dtype).astype(np.float64)
-                           for a in (layer.w, layer.r, layer.b)))
-            for layer in spec.layers))
+            LayerWeights(*(own(a) for a in (layer.w, layer.r, layer.b)))
+            for layer in spec.layers),
+            initial_state=None if spec.initial_state is None else own(spec.initial_state))
         self._spec = spec
+        self._initial_state = None if spec.initial_state is None else \
+            _frozen(spec.initial_state.astype(self._dtype))
         self._batch_first = bool(batch_first)
         dirs, H = spec.num_directions, spec.hidden_size
         dt = self._dtype
@@ -150,8 +159,10 @@ class GRU:
         """An ONNX model computing this GRU: input X, outputs Y (torch layout) and Y_h.
 
         With state_inputs=True the graph also takes initial_h (num_layers*dirs, B, H) and
-        sequence_lens (B,) int32. onnxruntime runs float32 models; it returns zeros in Y_h for
-        rows of length 0 where fastgru returns the initial state. Written to path when given.
+        sequence_lens (B,) int32; without, a stored initial_state is written into the graph
+        (a constant expanded to the batch). onnxruntime runs float32 models; it returns zeros
+        in Y_h for rows of length 0 where fastgru returns the initial state. Written to path
+        when given.
         """
         from fastgru.loaders.onnx_export import spec_to_onnx
 
@@ -205,11 +216,19 @@ class GRU:
     def dtype(self) -> np.dtype:
         return self._dtype
 
+    @property
+    def initial_state(self) -> np.ndarray | None:
+        """The stored initial state (num_layers*dirs, H), read-only, or None: used for every
+        row when a call passes no h0, and where streams start."""
+        return self._initial_state
+
     def __repr__(self) -> str:
+        stored = ", initial_state=stored" if self._initial_state is not None else ""
         return (f"fastgru.GRU(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, direction={self.direction!r}, "
                 f"batch_first={self.batch_first}, "
-                f"linear_before_reset={int(self.linear_before_reset)}, dtype={self.dtype.name})")
+                f"linear_before_reset={int(self.linear_before_reset)}, dtype={self.dtype.name}"
+                f"{stored})")
 
     # ---- inference -----------------------------------------------------------------------------
 
@@ -220,7 +239,7 @@ class GRU:
         ----------
         x : array_like, shape (T, B, D), (B, T, D) when batch_first, or (T, D) unbatched
         h0 : array_like, shape (num_layers*dirs, B, H) or (num_layers*dirs, H), optional
-            Initial state; zeros when omitted.
+            Initial state; when omitted, the stored initial_state for every row, else zeros.
         lengths : array_like of int, shape (B,), optional
             Row b reads only x[:lengths[b]]; its outputs past that are 0 and its h_n is the state
             after its last valid step (a row of length 0 keeps its initial state).
@@ -253,6 +272,8 @@ class GRU:
             check_shape(h0, expected, "h0", " (num_layers*num_directions, batch, hidden_size)"
                         if not unbatched else " (num_layers*num_directions, hidden_size)")
             h_n[...] = h0.reshape(L * dirs, B, H)
+        elif self._initial_state is not None:
+            h_n[...] = self._initial_state[:, None, :]
         if lengths is None:
             steps = np.empty(B, dtype=np.int64)
             steps.fill(T)

@@ -36,6 +36,13 @@ def _kernel_args(model, h, ws: Workspace) -> tuple:
             ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)))
 
 
+def _start(model) -> np.ndarray:
+    """Where a stream starts: (num_layers, H), the stored initial state or zeros."""
+    if model.initial_state is not None:
+        return model.initial_state
+    return np.zeros((model.num_layers, model.hidden_size), model.dtype)
+
+
 def _fits(array, shape, dtype) -> bool:
     """Whether array is already what the kernel takes (the common case, checked cheaply)."""
     return (type(array) is np.ndarray and array.shape == shape and array.dtype == dtype
@@ -58,8 +65,9 @@ def _check_out(out, expected, dtype):
 class Stream:
     """Step-by-step inference with the state carried between calls. One caller at a time.
 
-    ``h`` has shape (num_layers, batch_size, H); it starts at zeros. Reading it gives a copy
-    (a snapshot); assigning it restores one.
+    ``h`` has shape (num_layers, batch_size, H); it starts at the model's stored initial state
+    (zeros without one), and `reset` returns to it. Reading it gives a copy (a snapshot);
+    assigning it restores one.
     """
 
     def __init__(self, model, batch_size: int = 1) -> None:
@@ -67,6 +75,7 @@ class Stream:
         B = _positive(batch_size, "batch_size")
         self._model = model
         self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
+        self.reset()
         # made once: a step allocates nothing and passes the kernel ready-made arguments
         self._args = _kernel_args(model, self._h, Workspace(model.dtype))
         self._x_shape = (B, model.input_size)
@@ -88,8 +97,8 @@ class Stream:
         self._h[...] = value
 
     def reset(self) -> None:
-        """Set the state back to zeros."""
-        self._h[...] = 0.0
+        """Set the state back to the model's stored initial state (zeros without one)."""
+        self._h[...] = _start(self._model)[:, None, :]
 
     def step(self, x_t, out=None) -> np.ndarray:
         """Advance every layer by one step.
@@ -138,15 +147,15 @@ class StreamBatch:
         return client in self._slots
 
     def add(self, h=None) -> int:
-        """A new client, starting from zeros or from state h (num_layers, H); returns its id."""
+        """A new client, starting from state h (num_layers, H), else from the model's stored
+        initial state (zeros without one); returns its id."""
+        start = _start(self._model) if h is None else self._checked_state(h)  # before any slot
         if not self._free:
             self._grow()
         slot = self._free.pop()
         client = next(self._ids)
         self._slots[client] = slot
-        self._states[:, slot] = 0.0
-        if h is not None:
-            self.set_state(client, h)
+        self._states[:, slot] = start
         return client
 
     def remove(self, client: int) -> None:
@@ -158,10 +167,13 @@ class StreamBatch:
         return self._states[:, self._slot_of(client)].copy()
 
     def set_state(self, client: int, h) -> None:
+        self._states[:, self._slot_of(client)] = self._checked_state(h)
+
+    def _checked_state(self, h) -> np.ndarray:
         m = self._model
         h = as_float_array(h, m.dtype, "h")
         check_shape(h, (m.num_layers, m.hidden_size), "h", " (num_layers, hidden_size)")
-        self._states[:, self._slot_of(client)] = h
+        return h
 
     def step(self, clients, x, out=None) -> np.ndarray:
         """Advance the given clients by one frame each.

@@ -28,12 +28,17 @@ class LayerWeights:
 
 @dataclass(frozen=True)
 class GRUSpec:
-    """Everything that defines a GRU stack, independent of where the weights came from."""
+    """Everything that defines a GRU stack, independent of where the weights came from.
+
+    initial_state : ndarray, shape (num_layers*dirs, H), optional
+        A stored (learned) initial state, used for every batch row when a call passes no h0.
+    """
 
     layers: tuple[LayerWeights, ...]
     direction: str = "forward"
     linear_before_reset: bool = True
     clip: float | None = None
+    initial_state: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -56,6 +61,14 @@ class GRUSpec:
                         f"{dirs} direction(s), got {array.shape}")
                 if not np.isfinite(array).all():
                     raise ValueError(f"layer {k}: {name} contains NaN or inf")
+        if self.initial_state is not None:
+            state = np.asarray(self.initial_state)
+            expected = (len(self.layers) * dirs, hidden)
+            if state.shape != expected:
+                raise ValueError(f"initial_state must have shape {expected} (num_layers*dirs, "
+                                 f"hidden_size), got {state.shape}")
+            if state.dtype.kind != "f" or not np.isfinite(state).all():
+                raise ValueError("initial_state must hold finite floating-point values")
 
     @property
     def num_directions(self) -> int:

@@ -154,12 +154,6 @@ def _chains(graph, nodes: list, grus: list, values: dict, reads) -> list[list]:
     return chains
 
 
-# Ops whose result is all zeros when their data input (the first) is: they only move, select
-# or replicate values. Concat needs every input to be zeros.
-_KEEPS_ZEROS = {"Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
-                "Expand", "Tile", "Gather", "Flatten", "Concat"}
-
-
 def _checked_feed(arg: NodeArg, value) -> np.ndarray:
     """The feed for graph input `arg`, refused as onnxruntime would refuse it: another element
     type, another rank, or another size where the graph fixes one."""
@@ -174,41 +168,6 @@ def _checked_feed(arg: NodeArg, value) -> np.ndarray:
                                            for d, n in zip(fixed, array.shape, strict=True)):
             raise ValueError(f"input {arg.name!r} must have shape {arg.shape}, got {array.shape}")
     return array
-
-
-def _is_zeros(graph, name: str, values: dict, folder, opset: int) -> bool:
-    """Whether `name` is all zeros whatever the graph's inputs: a constant of zeros, or zeros
-    shaped at run time (ConstantOfShape of 0, an Expand or Slice of those), as exporters write
-    a GRU's initial_h when the model passes none."""
-    from onnx import numpy_helper
-
-    producers = onnx_loader._producers(graph)
-    pending, seen = [name], set()
-    while pending:
-        current = pending.pop()
-        if not current or current in seen:
-            return False
-        seen.add(current)
-        if current in values:
-            if np.any(values[current]):
-                return False
-            continue
-        node = producers.get(current)
-        if node is None or node.domain not in ("", "ai.onnx"):
-            constant = onnx_loader.fold_constants(graph, folder, {current: current}, opset)
-            if current not in constant or np.any(constant[current]):
-                return False
-        elif node.op_type == "ConstantOfShape":
-            fill = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
-            if fill and np.any(fill[0]):
-                return False
-        elif node.op_type in _KEEPS_ZEROS and node.input:
-            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
-        else:
-            constant = onnx_loader.fold_constants(graph, folder, {current: current}, opset)
-            if current not in constant or np.any(constant[current]):
-                return False
-    return True
 
 
 def _subgraph_inputs(node) -> set[str]:
@@ -267,7 +226,8 @@ class InferenceSession:
         grus = onnx_loader.gru_nodes(graph)
         values = onnx_loader.constant_inputs(graph, folder, grus, opset)
         for gru in grus:  # zeros are the state a GRU starts from anyway: drop such initial_h
-            if len(gru.input) > 5 and _is_zeros(graph, gru.input[5], values, folder, opset):
+            if len(gru.input) > 5 and gru.input[5] and \
+                    isinstance(onnx_loader.stored_state(graph, gru.input[5], folder, opset), float):
                 gru.input[5] = ""
         try:
             inferred = onnx.shape_inference.infer_shapes(model).graph

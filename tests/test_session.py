@@ -245,11 +245,12 @@ def test_from_onnx_refuses_more_than_a_stack(rng):
     with pytest.raises(FormatError, match=r"reaches the first GRU through \['Reshape'\]"):
         fastgru.GRU.from_onnx(reshaped)
 
-    h0 = numpy_helper.from_array(np.ones((1, 1, 4), np.float32), "h0")
-    constant_state, _ = _one_gru_graph(rng, [], gru_inputs=["X", "W", "R", "B", "", "h0"],
-                                       initializers=[h0])
-    with pytest.raises(FormatError, match="its initial_h is a constant"):
-        fastgru.GRU.from_onnx(constant_state)
+    h0 = numpy_helper.from_array(np.ones((1, 2, 4), np.float32), "h0")
+    per_row_state, _ = _one_gru_graph(rng, [], gru_inputs=["X", "W", "R", "B", "", "h0"],
+                                      initializers=[h0])
+    with pytest.raises(FormatError, match=r"its initial_h is a constant of shape \[1, 2, 4\]; a "
+                                          r"stored initial state must be \(1, 1, 4\)"):
+        fastgru.GRU.from_onnx(per_row_state)
     lengths = numpy_helper.from_array(np.array([3], np.int32), "lengths")
     constant_lengths, _ = _one_gru_graph(rng, [], gru_inputs=["X", "W", "R", "B", "lengths"],
                                          initializers=[lengths])

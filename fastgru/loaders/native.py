@@ -1,7 +1,8 @@
 """fastgru's own file: safetensors holding the canonical weights, with the options as metadata.
 
 Tensors ``layers.{k}.w`` (dirs, 3H, D_in), ``layers.{k}.r`` (dirs, 3H, H), ``layers.{k}.b``
-(dirs, 6H) in the model's dtype; metadata ``format=fastgru``, ``version``, ``direction``,
+(dirs, 6H) in the model's dtype, and ``initial_state`` (layers*dirs, H) when the model stores
+one; metadata ``format=fastgru``, ``version``, ``direction``,
 ``linear_before_reset``, ``clip``, ``batch_first``, ``dtype``, ``num_layers``. Loading gives back
 the same kernel arrays, so outputs are bit-exact.
 """
@@ -24,6 +25,8 @@ def write(path, spec: GRUSpec, *, batch_first: bool, dtype: np.dtype) -> None:
     for k, layer in enumerate(spec.layers):
         for name in ("w", "r", "b"):
             tensors[f"layers.{k}.{name}"] = np.ascontiguousarray(getattr(layer, name), dtype=dtype)
+    if spec.initial_state is not None:
+        tensors["initial_state"] = np.ascontiguousarray(spec.initial_state, dtype=dtype)
     metadata = {"format": FORMAT, "version": VERSION, "direction": spec.direction,
                 "linear_before_reset": str(int(spec.linear_before_reset)),
                 "clip": "" if spec.clip is None else repr(float(spec.clip)),
@@ -51,8 +54,10 @@ def read(tensors: dict, metadata: dict, where: str):
             layers = tuple(LayerWeights(*(tensors[f"layers.{k}.{n}"].astype(np.float64)
                                           for n in ("w", "r", "b"))) for k in range(num_layers))
         clip = float(metadata["clip"]) if metadata["clip"] else None
+        state = tensors.get("initial_state")
         spec = GRUSpec(layers, direction=metadata["direction"],
-                       linear_before_reset=metadata["linear_before_reset"] == "1", clip=clip)
+                       linear_before_reset=metadata["linear_before_reset"] == "1", clip=clip,
+                       initial_state=None if state is None else state.astype(np.float64))
         return spec, metadata["batch_first"] == "1", metadata["dtype"]
     except KeyError as missing:
         raise FormatError(f"{where} is an incomplete fastgru file: {missing} is missing") from None

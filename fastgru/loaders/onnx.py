@@ -350,14 +350,83 @@ def constant_inputs(graph, folder, grus, opset: int) -> dict[str, np.ndarray]:
     return fold_constants(graph, folder, roles, opset)
 
 
+# Ops whose result is all zeros when their data input (the first; every input for Concat) is:
+# they only move, select or replicate values.
+_KEEPS_ZEROS = {"Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
+                "Expand", "Tile", "Gather", "Flatten", "Concat"}
+
+
+def stored_state(graph, name: str, folder, opset: int):
+    """What a GRU's initial_h `name` is whatever the graph's inputs, or None when it depends on
+    them (a state the caller passes).
+
+    Returns 0.0 for zeros of any shape (a constant of zeros, ConstantOfShape 0, or moves of
+    those: exporters write these when a model passes no state), or the constant ndarray that a
+    constant initial_h holds or that an Expand broadcasts to the batch (a stored state).
+    """
+    from onnx import numpy_helper
+
+    producers = _producers(graph)
+    constants = constant_names(graph)
+
+    def constant(n):
+        return fold_constants(graph, folder, {n: f"initial_h ({n!r})"}, opset).get(n)
+
+    node = producers.get(name)
+    if name in constants:
+        value = constant(name)
+        return 0.0 if not np.any(value) else value
+    if node is not None and node.op_type == "Expand" and node.input[0] in constants:
+        value = constant(node.input[0])
+        return 0.0 if not np.any(value) else value
+    pending, seen = [name], set()
+    while pending:  # zeros shaped at run time
+        current = pending.pop()
+        if not current or current in seen:
+            return None
+        seen.add(current)
+        node = producers.get(current)
+        if current in constants:
+            if np.any(constant(current)):
+                return None
+        elif node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        elif node.op_type == "ConstantOfShape":
+            fill = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+            if fill and np.any(fill[0]):
+                return None
+        elif node.op_type in _KEEPS_ZEROS and node.input:
+            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
+        else:
+            return None
+    return 0.0
+
+
+def _layer_state(value, dirs: int, hidden: int, where: str) -> np.ndarray:
+    """A stored initial_h (0.0, or a constant broadcast over the batch) as (dirs, H)."""
+    if isinstance(value, float):
+        return np.zeros((dirs, hidden))
+    array = np.asarray(value, np.float64)
+    if array.ndim != 3 or array.shape[1] != 1:
+        raise FormatError(f"{where}: its initial_h is a constant of shape {list(array.shape)}; "
+                          f"a stored initial state must be ({dirs}, 1, {hidden}), the same for "
+                          f"every batch row; {_WHOLE_GRAPHS}")
+    try:
+        return np.broadcast_to(array, (dirs, 1, hidden))[:, 0, :].copy()
+    except ValueError:
+        raise FormatError(f"{where}: its initial_h has shape {list(array.shape)}, expected "
+                          f"({dirs}, 1, {hidden})") from None
+
+
 # Ops that may carry the graph's h0 / lengths inputs to the layers' initial_h / sequence_lens
 # (torch.onnx.export and fastgru's own export slice h0 per layer).
-_STATE_PLUMBING = _PLUMBING | {"Slice", "Split", "Gather", "Cast", "Unsqueeze"}
+_STATE_PLUMBING = _PLUMBING | {"Slice", "Split", "Gather", "Cast", "Unsqueeze", "Shape", "Concat",
+                               "Expand", "ConstantOfShape", "Tile"}
 # Ops that may carry the stack's outputs to the graph's outputs (layout changes, h_n's Concat).
 _OUTPUT_PLUMBING = _PLUMBING | {"Unsqueeze", "Concat"}
 
 
-def _check_nothing_else(graph, chain, values, graph_inputs) -> None:
+def _check_nothing_else(graph, chain, graph_inputs) -> None:
     """Refuse a graph that computes more than the GRU stack `chain`: every node must be a layer,
     plumbing traced between layers, constant folding, or data movement from graph inputs to the
     layers' state inputs or from the layers' outputs to the graph's outputs."""
@@ -366,12 +435,10 @@ def _check_nothing_else(graph, chain, values, graph_inputs) -> None:
     accounted = layers | {id(op) for _, ops in chain for op in ops}
     for k, (gru, _) in enumerate(chain):
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        for index, role in ((4, "sequence_lens"), (5, "initial_h")):
-            name = gru.input[index] if len(gru.input) > index else ""
-            zeros = role == "initial_h" and name in values and not np.any(values[name])
-            if name and name in folded and not zeros:  # zeros: the state it starts from anyway
-                raise FormatError(f"{stop}: its {role} is a constant, which a GRU stack read "
-                                  f"alone cannot keep; {_WHOLE_GRAPHS}")
+        lengths = gru.input[4] if len(gru.input) > 4 else ""
+        if lengths and lengths in folded:
+            raise FormatError(f"{stop}: its sequence_lens is a constant, which a GRU stack read "
+                              f"alone cannot keep; {_WHOLE_GRAPHS}")
     producers = _producers(graph)
     stack_outputs = {o for gru, _ in chain for o in gru.output if o}
     from_inputs, from_outputs = set(graph_inputs), set(stack_outputs)
@@ -467,9 +534,30 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
             _check_between_layers(ops, 2 if opts["direction"] == "bidirectional" else 1, stop)
         options = opts
         layers.append(layer)
-    _check_nothing_else(graph, chain, values, graph_inputs)
+    _check_nothing_else(graph, chain, graph_inputs)
+    initial_state = _stored_states(graph, chain, folder, opset, layers, options)
     try:
-        spec = GRUSpec(tuple(layers), **options)
+        spec = GRUSpec(tuple(layers), **options, initial_state=initial_state)
     except ValueError as error:
         raise FormatError(f"the GRU stack is inconsistent: {error}") from None
     return spec, batch_first
+
+
+def _stored_states(graph, chain, folder, opset, layers, options):
+    """The stack's stored initial state (layers*dirs, H), or None: each layer's initial_h is
+    absent, zeros, or a constant broadcast over the batch (stored), or else fed by the caller
+    (h0 at call time), and the layers cannot mix stored and fed states."""
+    dirs = 2 if options["direction"] == "bidirectional" else 1
+    hidden = layers[0].r.shape[-1]
+    states, fed = [], []
+    for gru, _ in chain:
+        name = gru.input[5] if len(gru.input) > 5 else ""
+        where = f"GRU node {gru.name or '<unnamed>'!r}"
+        value = stored_state(graph, name, folder, opset) if name else 0.0
+        fed.append(value is None)
+        states.append(None if value is None else _layer_state(value, dirs, hidden, where))
+    stored = [s for s in states if s is not None and np.any(s)]
+    if stored and any(fed):
+        raise FormatError(f"the GRU stack mixes stored initial states with states fed at run "
+                          f"time; {_WHOLE_GRAPHS}")
+    return np.concatenate(states) if stored else None

@@ -17,6 +17,8 @@ def spec_to_onnx(spec: GRUSpec, *, batch_first: bool, dtype: np.dtype, state_inp
     """ModelProto with input X and outputs Y (torch layout) and Y_h (layers*dirs, B, H).
 
     With state_inputs, the graph also takes initial_h (layers*dirs, B, H) and sequence_lens (B,).
+    Without, a stored initial state becomes each layer's initial_h: a constant (dirs, 1, H)
+    expanded to the batch of X (onnxruntime wants initial_h's batch to match X's).
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -30,6 +32,16 @@ def spec_to_onnx(spec: GRUSpec, *, batch_first: bool, dtype: np.dtype, state_inp
         inputs += [helper.make_tensor_value_info("initial_h", elem, [L * dirs, "B", H]),
                    helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, ["B"])]
     current = "X"
+    stored = spec.initial_state is not None and not state_inputs
+    if stored:  # the shape (dirs, B, H) each layer's stored state is expanded to
+        batch_axis = 0 if batch_first else 1
+        inits += [numpy_helper.from_array(np.array([batch_axis], np.int64), "batch_axis"),
+                  numpy_helper.from_array(np.array([dirs], np.int64), "dirs"),
+                  numpy_helper.from_array(np.array([H], np.int64), "hidden")]
+        nodes += [helper.make_node("Shape", ["X"], ["X_shape"]),
+                  helper.make_node("Gather", ["X_shape", "batch_axis"], ["batch"]),
+                  helper.make_node("Concat", ["dirs", "batch", "hidden"], ["state_shape"],
+                                   axis=0)]
     if batch_first:
         nodes.append(helper.make_node("Transpose", ["X"], ["X_time_major"], perm=[1, 0, 2]))
         current = "X_time_major"
@@ -48,6 +60,11 @@ def spec_to_onnx(spec: GRUSpec, *, batch_first: bool, dtype: np.dtype, state_inp
             nodes.append(helper.make_node("Slice", ["initial_h", f"h0_start{k}", f"h0_end{k}",
                                                     f"h0_axis{k}"], [f"h0_{k}"]))
             h0, lengths = f"h0_{k}", "sequence_lens"
+        elif stored:
+            state = spec.initial_state[k * dirs:(k + 1) * dirs, None, :].astype(dtype)
+            inits.append(numpy_helper.from_array(state, f"stored_h{k}"))
+            nodes.append(helper.make_node("Expand", [f"stored_h{k}", "state_shape"], [f"h0_{k}"]))
+            h0 = f"h0_{k}"
         nodes.append(helper.make_node("GRU", [current, f"W{k}", f"R{k}", f"B{k}", lengths, h0],
                                       [f"Y{k}", f"Y_h{k}"], name=f"gru_layer{k}", **attrs))
         nodes.append(helper.make_node("Transpose", [f"Y{k}"], [f"Y{k}_tbdh"], perm=[0, 2, 1, 3]))

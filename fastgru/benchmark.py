@@ -39,6 +39,7 @@ class Case:
     stream: bool = False
     model_path: str | None = None
     whole_graph: bool = False  # an ONNX model with more than GRUs: fastgru.InferenceSession
+    load_options: dict | None = None  # fastgru.load's options for model_path
 
     @property
     def flops(self) -> float:
@@ -70,14 +71,14 @@ SHAPES = {c.name: c for c in (
 )}
 
 
-def case_for_model(path: str, batch: int, steps: int) -> Case:
+def case_for_model(path: str, batch: int, steps: int, load_options=None) -> Case:
     """A case for the user's model file: a GRU model, or an ONNX model that is more than a GRU
     stack (run whole by fastgru.InferenceSession against onnxruntime on the same file)."""
     import fastgru
     from fastgru.loaders import files
 
     try:
-        model = fastgru.load(path)
+        model = fastgru.load(path, **(load_options or {}))
     except fastgru.FormatError:
         if files.sniff(path) != "onnx":
             raise
@@ -86,7 +87,8 @@ def case_for_model(path: str, batch: int, steps: int) -> Case:
         return Case(os.path.basename(path), batch, steps, gru.input_size, gru.hidden_size,
                     model_path=os.path.abspath(path), whole_graph=True)
     return Case(os.path.basename(path), batch, steps, model.input_size, model.hidden_size,
-                model.num_layers, model.bidirectional, model_path=os.path.abspath(path))
+                model.num_layers, model.bidirectional, model_path=os.path.abspath(path),
+                load_options=load_options or None)
 
 
 def random_feeds(inputs, batch: int, steps: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -132,7 +134,7 @@ def builtin_model(case: Case):
     import fastgru
 
     if case.model_path:
-        return fastgru.load(case.model_path)
+        return fastgru.load(case.model_path, **(case.load_options or {}))
     return fastgru.GRU.from_torch(_random_state_dict(case))
 
 
@@ -336,11 +338,20 @@ def bench(args) -> int:
     missing = [p for p in peers if not _available(p)]
     if missing:
         raise ImportError(f"{', '.join(missing)} is not installed: pip install {' '.join(missing)}")
-    threads = [int(t) for t in args.threads.split(",")]
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise ValueError(f"--threads takes comma-separated positive integers, got "
+                         f"{args.threads!r}") from None
+    if not threads or min(threads) < 1:
+        raise ValueError(f"--threads takes comma-separated positive integers, got "
+                         f"{args.threads!r}")
     if args.model:
         if args.batch < 1 or args.seq < 1:
             raise ValueError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
-        cases = [case_for_model(args.model, args.batch, args.seq)]
+        from fastgru.cli import _load_options
+
+        cases = [case_for_model(args.model, args.batch, args.seq, _load_options(args))]
     else:
         unknown = [s for s in args.shapes.split(",") if s not in SHAPES]
         if unknown:

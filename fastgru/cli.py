@@ -23,13 +23,24 @@ class UsageError(Exception):
     """A problem with the command line or the user's files: one line, exit status 2."""
 
 
-def _load(path, **options):
+def _load_options(args) -> dict:
+    """fastgru.load's options from --prefix, --node, --layer, --batch-first and --dtype."""
+    options = {name: getattr(args, name) for name in ("prefix", "node", "layer")
+               if getattr(args, name) is not None}
+    if args.batch_first:
+        options["batch_first"] = True
+    if args.dtype != "float32":
+        options["dtype"] = args.dtype
+    return options
+
+
+def _load(path, args):
     import fastgru
 
-    return fastgru.load(path, **options)
+    return fastgru.load(path, **_load_options(args))
 
 
-def _whole_graph(path):
+def _whole_graph(path, args):
     """fastgru.InferenceSession for an ONNX file that is more than a GRU stack, else None (the
     file is a GRU model, and fastgru.load reads it)."""
     import fastgru
@@ -39,7 +50,7 @@ def _whole_graph(path):
     if files.sniff(path) != "onnx":
         return None
     try:
-        fastgru.load(path)
+        _load(path, args)
         return None
     except fastgru.FormatError as error:
         try:
@@ -60,10 +71,10 @@ def _info_whole_graph(path, session) -> int:
 
 
 def cmd_info(args) -> int:
-    session = _whole_graph(args.model)
+    session = _whole_graph(args.model, args)
     if session is not None:
         return _info_whole_graph(args.model, session)
-    model = _load(args.model)
+    model = _load(args.model, args)
     spec = model.spec
     params = sum(layer.w.size + layer.r.size + layer.b.size for layer in spec.layers)
     dirs = spec.num_directions
@@ -84,7 +95,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    model = _load(args.src)
+    model = _load(args.src, args)
     suffix = os.path.splitext(args.dst)[1].lower()
     if suffix == ".onnx":
         model.to_onnx(args.dst)
@@ -106,12 +117,25 @@ def cmd_convert(args) -> int:
 
 
 def _npy(path, what):
+    """A .npy file's array, its header checked against the file's size before reading."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {what} file at {path!r}")
     try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offset = f.tell()
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if offset + needed > os.path.getsize(path):
+            raise ValueError(f"its header claims {shape} {dtype} ({needed} bytes), the file "
+                             f"holds {os.path.getsize(path) - offset}")
         return np.load(path, allow_pickle=False)
-    except ValueError as error:
-        raise UsageError(f"{path!r} is not a NumPy .npy file: {error}") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise UsageError(f"{path!r} is not a readable NumPy .npy file: {error}") from None
 
 
 def _named_files(values, what) -> dict[str, str]:
@@ -128,12 +152,12 @@ def _named_files(values, what) -> dict[str, str]:
 def cmd_run(args) -> int:
     inputs = _named_files(args.input, "--input")
     outputs = _named_files(args.output, "--output")
-    session = _whole_graph(args.model)
+    session = _whole_graph(args.model, args)
     if session is not None:
         return _run_whole_graph(session, inputs, outputs, args)
     if set(inputs) != {""} or set(outputs) != {""}:
         raise UsageError("a GRU model takes one --input FILE.npy and one --output FILE.npy")
-    model = _load(args.model)
+    model = _load(args.model, args)
     x = _npy(inputs[""], "input")
     h0 = _npy(args.h0, "h0") if args.h0 else None
     lengths = _npy(args.lengths, "lengths") if args.lengths else None
@@ -255,10 +279,10 @@ def _check_whole_graph(args, session) -> int:
 def cmd_check(args) -> int:
     if args.batch < 1 or args.seq < 1:
         raise UsageError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
-    session = _whole_graph(args.model)
+    session = _whole_graph(args.model, args)
     if session is not None:
         return _check_whole_graph(args, session)
-    model = _load(args.model)
+    model = _load(args.model, args)
     rng = np.random.default_rng(args.seed)
     shape = (args.batch, args.seq) if model.batch_first else (args.seq, args.batch)
     x = rng.standard_normal((*shape, model.input_size)).astype(np.float32)
@@ -288,18 +312,33 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fastgru.benchmark import add_arguments
 
+    from fastgru import __version__
+
     parser = argparse.ArgumentParser(prog="fastgru",
                                      description="Run trained GRUs fast on the CPU.")
+    parser.add_argument("--version", action="version", version=f"fastgru {__version__}")
+    reading = argparse.ArgumentParser(add_help=False)
+    group = reading.add_argument_group("reading the model (fastgru.load's options)")
+    group.add_argument("--batch-first", action="store_true",
+                       help="the model reads (B, T, D): PyTorch state dicts do not record it")
+    group.add_argument("--prefix", help="the GRU's key prefix in a larger PyTorch state dict")
+    group.add_argument("--node", help="one GRU node of an ONNX graph, by name")
+    group.add_argument("--layer", help="one GRU layer of a Keras file, by name")
+    group.add_argument("--dtype", default="float32", help="float32 (default) or float64")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="describe a model file (for a whole ONNX graph: what runs "
+
+    def add(name, **kwargs):
+        return sub.add_parser(name, parents=[reading], **kwargs)
+
+    p = add("info", help="describe a model file (for a whole ONNX graph: what runs "
                                     "where)")
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("convert", help="convert between PyTorch, ONNX and fastgru files")
+    p = add("convert", help="convert between PyTorch, ONNX and fastgru files")
     p.add_argument("src")
     p.add_argument("dst", help="its suffix picks the format: .onnx, .safetensors, .pt/.pth")
     p.set_defaults(func=cmd_convert)
-    p = sub.add_parser("run", help="inference on NumPy files")
+    p = add("run", help="inference on NumPy files")
     p.add_argument("model")
     p.add_argument("--input", required=True, action="append",
                    help=".npy, (T, B, D) or (B, T, D) if batch_first; for a whole ONNX graph "
@@ -311,13 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", help=".npy of (B,) integers")
     p.add_argument("--h0", help=".npy of (num_layers*dirs, B, H)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("check", help="compare fastgru with onnxruntime and PyTorch on random input")
+    p = add("check", help="compare fastgru with onnxruntime and PyTorch on random input")
     p.add_argument("model")
     p.add_argument("--batch", type=int, default=3)
     p.add_argument("--seq", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("bench", help="time fastgru against onnxruntime (and PyTorch)")
+    p = add("bench", help="time fastgru against onnxruntime (and PyTorch)")
     add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser

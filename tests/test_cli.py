@@ -82,7 +82,15 @@ def test_check_fails_when_the_file_disagrees(rng, tmp_path, capsys, monkeypatch)
     (["info", "missing.pt"], "no file at 'missing.pt'"),
     (["convert", "{pt}", "out.txt"], "the destination must end in .onnx"),
     (["run", "{pt}", "--input", "missing.npy", "--output", "y.npy"], "no input file at"),
-    (["run", "{pt}", "--input", "{bad_npy}", "--output", "y.npy"], "is not a NumPy .npy file"),
+    (["run", "{pt}", "--input", "{bad_npy}", "--output", "y.npy"], "is not a readable NumPy .npy"),
+    (["run", "{pt}", "--input", "{huge_npy}", "--output", "y.npy"],
+     r"its header claims \(30000, 1000000\) float32 \(120000000000 bytes\)"),
+    (["bench", "--threads", "0"], "--threads takes comma-separated positive integers, got '0'"),
+    (["bench", "--threads", "two"], "--threads takes comma-separated positive integers"),
+    (["check", "{pt}", "--batch", "0"], "--batch and --seq must be positive, got 0, 20"),
+    (["check", "{pt}", "--seq", "0"], "--batch and --seq must be positive, got 3, 0"),
+    (["info", "{pt}", "--node", "gru"], r"is a PyTorch file, which takes batch_first=, dtype=, "
+                                        r"prefix=; got node="),
     (["run", "{pt}", "--input", "{wrong_x}", "--output", "y.npy"], "x must have 5 features"),
     (["info", "{bad_npy}"], "cannot tell what kind of model"),
     (["bench", "--shapes", "S9"], r"unknown shape\(s\) \['S9'\]"),
@@ -91,8 +99,11 @@ def test_check_fails_when_the_file_disagrees(rng, tmp_path, capsys, monkeypatch)
 def test_bad_input_is_one_line_and_status_2(pt_file, tmp_path, capsys, argv, message):
     (tmp_path / "bad.txt").write_text("not numpy")
     np.save(tmp_path / "wrong.npy", np.zeros((4, 2, 3), np.float32))
+    with open(tmp_path / "huge.npy", "wb") as f:  # a header claiming 112 GiB, and no data
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (30000, 1000000)})
     names = {"pt": str(pt_file), "bad_npy": str(tmp_path / "bad.txt"),
-             "wrong_x": str(tmp_path / "wrong.npy")}
+             "wrong_x": str(tmp_path / "wrong.npy"), "huge_npy": str(tmp_path / "huge.npy")}
     argv = [a.format(**names) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -172,3 +183,29 @@ def test_whole_graph_info_run_check_bench(whole_graph, tmp_path, rng, capsys):
     assert main(["run", whole_graph, "--input", f"x={tmp_path / 'short.npy'}",
                  "--output", str(tmp_path / "o.npy")]) == 2
     assert "input 'x' must have shape [2, 30, 16], got (2, 20, 16)" in capsys.readouterr().err
+
+
+def test_layout_and_load_options_on_the_command_line(tmp_path, rng, capsys):
+    """A state dict does not record batch_first: --batch-first says it, on every subcommand."""
+    module = torch_gru(5, 7, batch_first=True)
+    path = tmp_path / "bf.pt"
+    torch.save({"encoder.gru." + k: v for k, v in module.state_dict().items()}, path)
+    x = rng.standard_normal((3, 6, 5)).astype(np.float32)  # (B, T, D)
+    np.save(tmp_path / "x.npy", x)
+    argv = ["run", str(path), "--input", str(tmp_path / "x.npy"), "--output",
+            str(tmp_path / "y.npy"), "--batch-first", "--prefix", "encoder.gru."]
+    assert main(argv) == 0
+    with torch.no_grad():
+        expected = module(torch.as_tensor(x))[0].numpy()
+    assert_close(np.load(tmp_path / "y.npy"), expected, "float32", "--batch-first")
+    assert main(["info", str(path), "--batch-first", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert "batch_first:         True" in out and "dtype:               float64" in out
+    assert main(["check", str(path), "--batch-first"]) == 0
+    assert "torch        max abs diff" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == \
+        f"fastgru {fastgru.__version__}"
+    model = fastgru.load(path, batch_first=True, prefix="encoder.gru.")
+    assert model.batch_first and model.hidden_size == 7

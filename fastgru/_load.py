@@ -51,4 +51,6 @@ def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
     try:
         return GRU.from_torch(path if tensors is None else tensors, **given)
     except FormatError as error:
+        if str(error).startswith(repr(path)):
+            raise
         raise FormatError(f"{path!r}: {error}") from None

@@ -195,9 +195,9 @@ def test_malicious_pickles_are_refused_without_running_them(tmp_path):
     legacy = tmp_path / "evil_legacy.pth"
     legacy.write_bytes(pickle.dumps({"weight_hh_l0": _Payload(marker)}, protocol=2))
     for path in (zip_file, legacy):
-        with pytest.raises(FormatError, match="refused by torch's safe loader"):
+        with pytest.raises(FormatError, match="fastgru never unpickles code"):
             fastgru.load(path)
-        with pytest.raises(FormatError, match="refused by torch's safe loader"):
+        with pytest.raises(FormatError, match="fastgru never unpickles code"):
             fastgru.GRU.from_torch(path)
     assert not marker.exists()
 
@@ -351,3 +351,43 @@ def test_native_files_always_load_back(rng, tmp_path):
         assert again.hidden_size == hidden and again.num_layers == layers
         for a, b in zip(again.spec.layers, model.spec.layers, strict=True):
             assert np.array_equal(a.r, b.r) and np.array_equal(a.w, b.w)
+
+
+class WholeNet(torch.nn.Module):
+    """Saved whole with torch.save(net), as users sometimes do."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(3, 4)
+
+
+def test_messages_that_help(tmp_path, rng):
+    """What users hit with real checkpoints: one clear sentence each, a FormatError."""
+    net = WholeNet()
+    torch.save(net, tmp_path / "whole.pt")
+    with pytest.raises(FormatError) as info:
+        fastgru.load(tmp_path / "whole.pt")
+    message = str(info.value)
+    assert "\x1b" not in message and message.count("whole.pt") == 1
+    assert "save model.state_dict() instead, or pass the module" in message
+
+    state = net.state_dict()
+    trainable = {k: v.clone().requires_grad_(True) for k, v in state.items()}
+    assert fastgru.GRU.from_torch(trainable).hidden_size == 4
+    assert fastgru.GRU.from_torch(state, prefix="gru").hidden_size == 4  # the dot is implied
+    with pytest.raises(FormatError, match=r"no GRU keys under prefix 'rnn.'; the state dict has "
+                                          r"GRU keys under \['gru.'\]"):
+        fastgru.GRU.from_torch(state, prefix="rnn.")
+    with pytest.raises(FormatError, match=r"keys are parameter names \(str\), got int 1"):
+        fastgru.GRU.from_torch({1: np.zeros(3), **state})
+    poisoned = {k: v.clone() for k, v in state.items()}
+    poisoned["gru.weight_hh_l0"][0, 0] = float("nan")
+    with pytest.raises(FormatError, match="r contains NaN or inf"):
+        fastgru.GRU.from_torch(poisoned)
+    with pytest.raises(FormatError, match=r"must have shape \(3\*H, H\) for a GRU, got \(0, 0\)"):
+        fastgru.GRU.from_torch({"weight_ih_l0": np.zeros((0, 3)), "weight_hh_l0": np.zeros((0, 0))})
+    huge = {"weight_ih_l0": np.zeros((3, 3)),  # a broadcast view: 8 bytes claiming 24 TB
+            "weight_hh_l0": np.broadcast_to(np.zeros(1), (3 * 10**6, 10**6))}
+    with pytest.raises(FormatError, match=r"claim 3000000000009 values .* more than this "
+                                          r"machine's memory"):
+        fastgru.GRU.from_torch(huge)

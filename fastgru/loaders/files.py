@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Mapping
 
@@ -82,9 +83,15 @@ def read_torch(path: str) -> Mapping:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # UnpicklingError for code, RuntimeError for broken archives
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours its messages
+        if "Weights only load failed" in text:
+            raise FormatError(f"{path!r} holds pickled Python objects, not just tensors (a "
+                              f"whole module saved with torch.save(model)?), and fastgru never "
+                              f"unpickles code: save model.state_dict() instead, or pass the "
+                              f"module itself to fastgru.GRU.from_torch") from None
+        first = text.splitlines()[0] if text.strip() else type(error).__name__
         raise FormatError(f"{path!r} was refused by torch's safe loader (weights_only=True): "
-                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-                          ) from None
+                          f"{first}") from None
     return unwrap_checkpoint(obj, path)
 
 

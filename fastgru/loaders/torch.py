@@ -64,11 +64,53 @@ def _find_prefix(keys) -> str:
     return prefixes[0]
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on this OS: no limit from here
+        return 1 << 62
+
+
+def _check_sizes(own: dict, prefix: str) -> None:
+    """Refuse before converting anything: weights whose float64 copies alone (from their
+    shapes, which a broadcast tensor in a small file can make huge) would not fit in memory."""
+    total = 0
+    for key, value in own.items():
+        shape = getattr(value, "shape", None)
+        if shape is None or _KEY.fullmatch(key) is None:
+            continue
+        try:
+            dims = [int(d) for d in shape]
+        except (TypeError, ValueError):
+            raise FormatError(f"{prefix}{key} has no valid shape: {shape!r}") from None
+        total += int(np.prod(dims, dtype=object)) if dims else 1
+    if 8 * total > _memory_bytes():
+        raise FormatError(f"the GRU's weights under {prefix!r} claim {total} values "
+                          f"({8 * total / 2**30:.1f} GiB as float64), more than this "
+                          f"machine's memory")
+
+
+def _resolve_prefix(keys, prefix: str) -> str:
+    """prefix itself when keys start with it; "gru" finds "gru."; else a FormatError naming
+    the prefixes that hold GRU keys."""
+    if any(k.startswith(prefix) and _KEY.fullmatch(k[len(prefix):]) for k in keys):
+        return prefix
+    if not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in keys):
+        return prefix + "."
+    found = sorted({k[:-len(m.group(0))] for k in keys for m in [_KEY.search(k)] if m})
+    raise FormatError(f"no GRU keys under prefix {prefix!r}; the state dict has GRU keys under "
+                      f"{found or 'no prefix at all'}")
+
+
 def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
     """The canonical spec of a GRU's state dict (keys as nn.GRU or nn.GRUCell name them)."""
-    if prefix is None:
-        prefix = _find_prefix(list(state))
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise FormatError(f"a state dict's keys are parameter names (str), got "
+                          f"{type(odd[0]).__name__} {odd[0]!r}")
+    prefix = _find_prefix(list(state)) if prefix is None else _resolve_prefix(list(state), prefix)
     own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    _check_sizes(own, prefix)
     params: dict[tuple[str, int, bool], np.ndarray] = {}
     cell = "weight_hh" in own
     for key, value in own.items():
@@ -87,7 +129,7 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
     bidirectional = any(reverse for _, _, reverse in params)
     has_bias = any(name.startswith("bias") for name, _, _ in params)
     w_hh = params.get(("weight_hh", 0, False))
-    if w_hh is None or w_hh.ndim != 2 or w_hh.shape[0] != 3 * w_hh.shape[1]:
+    if w_hh is None or w_hh.ndim != 2 or w_hh.shape[0] != 3 * w_hh.shape[1] or not w_hh.size:
         got = None if w_hh is None else w_hh.shape
         raise FormatError(f"{prefix}weight_hh{'' if cell else '_l0'} must have shape (3*H, H) "
                          f"for a GRU, got {got}")
@@ -122,8 +164,11 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
             rs.append(_reorder(w_hh, H))
             bs.append(bias)
         layers.append(LayerWeights(w=np.stack(ws), r=np.stack(rs), b=np.stack(bs)))
-    return GRUSpec(tuple(layers), direction="bidirectional" if bidirectional else "forward",
-                   linear_before_reset=True)
+    try:
+        return GRUSpec(tuple(layers), direction="bidirectional" if bidirectional else "forward",
+                       linear_before_reset=True)
+    except ValueError as error:  # NaN or inf among the weights
+        raise FormatError(f"the GRU under prefix {prefix!r}: {error}") from None
 
 
 def spec_from_torch(src, prefix: str | None = None) -> tuple[GRUSpec, bool]:

@@ -10,6 +10,7 @@ from fastgru.loaders import files, native
 _OPTIONS = {"onnx": {"node", "batch_first", "dtype"},
             "torch": {"prefix", "batch_first", "dtype"},
             "safetensors": {"prefix", "batch_first", "dtype"},
+            "keras": {"layer", "dtype"},
             "native": set()}
 
 
@@ -19,7 +20,7 @@ def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
 
     .onnx: GRU.from_onnx (node=); .pt/.pth/.bin/.ckpt: GRU.from_torch (prefix=), read with
     torch's safe loader; .safetensors: fastgru's own file (GRU.save, which takes no options),
-    or PyTorch-keyed weights (prefix=). batch_first: PyTorch state dicts do not record the
+    or PyTorch-keyed weights (prefix=); .keras/.h5: GRU.from_keras (layer=). batch_first: PyTorch state dicts do not record the
     layout, so a batch_first model needs batch_first=True here; ONNX and fastgru's files record
     it. An option the file's reader does not take is refused (TypeError), never ignored.
     """
@@ -38,6 +39,7 @@ def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
     refused = sorted(set(given) - _OPTIONS[kind])
     if refused:
         what = {"onnx": "an ONNX file", "torch": "a PyTorch file", "native": "a fastgru file",
+                "keras": "a Keras file",
                 "safetensors": "a PyTorch-keyed safetensors file"}[kind]
         takes = sorted(_OPTIONS[kind])
         raise TypeError(f"{path!r} is {what}, which takes "
@@ -45,6 +47,8 @@ def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
                         f"got {', '.join(r + '=' for r in refused)}")
     if kind == "onnx":
         return GRU.from_onnx(path, **given)
+    if kind == "keras":
+        return GRU.from_keras(path, **given)
     if kind == "native":
         spec, batch_first, stored_dtype = native.read(tensors, metadata, repr(path))
         return GRU(spec, batch_first=batch_first, dtype=stored_dtype)

@@ -147,6 +147,22 @@ class GRU:
         first = layout_batch_first if batch_first is None else batch_first
         return cls(spec, batch_first=first, dtype=dtype)
 
+    @classmethod
+    def from_keras(cls, src, *, layer=None, dtype="float32") -> "GRU":
+        """Load the GRU layers of a Keras model: a .keras or .h5 file (read with h5py, without
+        TensorFlow or Keras) or a Keras model object.
+
+        Several GRU layers stacked one after the other (return_sequences=True) become one
+        multi-layer model; layer= reads the GRU (or Bidirectional(GRU)) layer of that name.
+        The model is batch_first, as Keras models are. A go_backwards layer becomes direction
+        "reverse", whose outputs are aligned with the input steps: Keras returns the same
+        outputs in reverse time order.
+        """
+        from fastgru.loaders.keras import spec_from_keras
+
+        spec, batch_first = spec_from_keras(src, layer=layer)
+        return cls(spec, batch_first=batch_first, dtype=dtype)
+
     # ---- files ---------------------------------------------------------------------------------
 
     def save(self, path) -> None:

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from fastgru.errors import FormatError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUFFIXES = (".onnx", *TORCH_SUFFIXES, ".safetensors")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+SUFFIXES = (".onnx", *TORCH_SUFFIXES, ".safetensors", *KERAS_SUFFIXES)
+_HDF5 = b"\x89HDF\r\n\x1a\n"
 # Keys under which training code commonly nests the state dict in a checkpoint.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module")
 
@@ -47,17 +49,27 @@ def _is_safetensors(head: bytes, path: str, size: int) -> bool:
 
 
 def sniff(path: str) -> str:
-    """'onnx', 'torch' or 'safetensors', from the file's signature, else from its suffix.
+    """'onnx', 'torch', 'safetensors' or 'keras', from the file's signature, else its suffix.
 
-    Signatures in full: a zip archive (torch.save), a safetensors header that parses, a pickle
-    protocol 2-5 header (legacy torch.save). A safetensors header length may itself begin with
-    the byte 0x80, so pickles are recognized by their protocol byte too, and after safetensors.
+    Signatures in full: a zip archive (torch.save; a Keras 3 .keras file when it holds
+    config.json), an HDF5 file (Keras 2 / legacy .h5), a safetensors header that parses, a
+    pickle protocol 2-5 header (legacy torch.save). A safetensors header length may itself
+    begin with the byte 0x80, so pickles are recognized by their protocol byte too, and after
+    safetensors.
     """
     with open(path, "rb") as f:
         head = f.read(9)
     size = os.path.getsize(path)
     if head[:4] == b"PK\x03\x04":
-        return "torch"
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return "keras" if "config.json" in archive.namelist() else "torch"
+        except zipfile.BadZipFile:
+            return "torch"  # torch's loader says what is wrong with it
+    if head[:8] == _HDF5:
+        return "keras"
     if _is_safetensors(head, path, size):
         return "safetensors"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -69,6 +81,8 @@ def sniff(path: str) -> str:
         return "torch"
     if suffix == ".safetensors":
         return "safetensors"
+    if suffix in KERAS_SUFFIXES:
+        return "keras"
     raise FormatError(f"cannot tell what kind of model {path!r} holds: expected one of "
                       f"{', '.join(SUFFIXES)} (or their contents)")
 

@@ -9,7 +9,7 @@ DTYPES = ("float32", "float64")
 
 def resolve_dtype(dtype) -> np.dtype:
     try:
-        resolved = np.dtype(dtype)
+        resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) is float64
     except TypeError:
         resolved = None
     if resolved is None or resolved.name not in DTYPES:
@@ -31,11 +31,15 @@ def check_shape(array: np.ndarray, expected: tuple, name: str, hint: str = "") -
 
 
 def as_lengths(lengths, batch: int, steps: int) -> np.ndarray:
-    """(B,) int64 array of sequence lengths, each in [0, steps]."""
+    """(B,) int64 array of sequence lengths, each in [0, steps]: always a private copy, which
+    the kernels index by and another thread cannot change during the call."""
     array = np.asarray(lengths)
+    if array.size == 0:  # lengths=[] for an empty batch: NumPy makes it float64
+        array = array.astype(np.int64)
     if array.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got an array of dtype {array.dtype}")
-    array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array, dtype=np.int64)
+    array = np.array(array.reshape(-1) if array.ndim == 0 else array, dtype=np.int64,
+                     order="C", copy=True)
     check_shape(array, (batch,), "lengths", " (one length per batch row)")
     if batch and (array.min() < 0 or array.max() > steps):
         raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import replace
 
@@ -41,8 +42,15 @@ class _RunningCalls:
         with self._lock:
             self._count -= 1
 
+    def after_fork_in_child(self) -> None:
+        """The calls counted in the parent do not run in a forked child."""
+        self._count = 0
+        self._lock = threading.Lock()
+
 
 _RUNNING = _RunningCalls()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUNNING.after_fork_in_child)
 
 
 def _project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int) -> None:
@@ -51,6 +59,11 @@ def _project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int) -> Non
         kernels.project(x, w, out)
     else:
         kernels.matvec(x, w, out, 0, x.shape[0], 0, w.shape[0])
+
+
+def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str) -> "GRU":
+    """Unpickling: the model from its weights and options."""
+    return GRU(spec, batch_first=batch_first, dtype=dtype)
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -82,6 +95,9 @@ class GRU:
             LayerWeights(*(own(a) for a in (layer.w, layer.r, layer.b)))
             for layer in spec.layers),
             initial_state=None if spec.initial_state is None else own(spec.initial_state))
+        for array in (*(a for layer in spec.layers for a in (layer.w, layer.r, layer.b)),
+                      *([] if spec.initial_state is None else [spec.initial_state])):
+            array.setflags(write=False)  # what save() and to_onnx() write is what runs
         self._spec = spec
         self._initial_state = None if spec.initial_state is None else \
             _frozen(spec.initial_state.astype(self._dtype))
@@ -114,6 +130,11 @@ class GRU:
         self._reverse = _frozen(np.array(reverse[spec.direction], dtype=np.bool_))
         self._clip = dt.type(math.inf if spec.clip is None else spec.clip)
         self._pool = WorkspacePool(dt)
+
+    def __reduce__(self):
+        """Pickles as weights and options (not workspaces or locks): for multiprocessing's
+        spawn, distributed workers and copy.deepcopy. Unpickling rebuilds an equal model."""
+        return (_rebuild, (self._spec, self._batch_first, self._dtype.name))
 
     # ---- construction from other tools -------------------------------------------------------
 

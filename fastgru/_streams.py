@@ -4,6 +4,7 @@ and go). Both belong to one caller at a time; the model they step is shared and 
 from __future__ import annotations
 
 import itertools
+import threading
 
 import numpy as np
 
@@ -34,6 +35,13 @@ def _kernel_args(model, h, ws: Workspace) -> tuple:
     return (model._w0, model._wrest, model._bx, model._r, model._rbn, h,
             ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)), ws.get("hr", (n, H)),
             ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)))
+
+
+def _busy(what: str) -> RuntimeError:
+    """A second thread stepping the same stream at once would corrupt its state silently: it is
+    refused (a stream belongs to one caller at a time)."""
+    return RuntimeError(f"this {what} is being stepped by another thread; a {what} belongs to "
+                        f"one caller at a time: give each thread its own, or lock around it")
 
 
 def _start(model) -> np.ndarray:
@@ -80,6 +88,7 @@ class Stream:
         self._args = _kernel_args(model, self._h, Workspace(model.dtype))
         self._x_shape = (B, model.input_size)
         self._out_shape = (B, model.hidden_size)
+        self._stepping = threading.Lock()
 
     @property
     def batch_size(self) -> int:
@@ -118,7 +127,12 @@ class Stream:
             x_t = as_float_array(x_t, dtype, "x_t")
             check_shape(x_t, self._x_shape, "x_t", " (batch_size, input_size)")
         out = _check_out(out, self._out_shape, dtype)
-        kernels.gru_stream_step(x_t, *self._args, out)
+        if not self._stepping.acquire(blocking=False):  # cheaper than a context manager
+            raise _busy("Stream")
+        try:
+            kernels.gru_stream_step(x_t, *self._args, out)
+        finally:
+            self._stepping.release()
         return out
 
 
@@ -139,6 +153,7 @@ class StreamBatch:
         self._free = list(range(capacity - 1, -1, -1))
         self._ids = itertools.count()
         self._workspace = Workspace(model.dtype)
+        self._stepping = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -198,10 +213,15 @@ class StreamBatch:
         out = _check_out(out, (n, H), m.dtype)
         if n == 0:
             return out
-        h = self._workspace.get("h", (L, n, H))
-        np.take(self._states, slots, axis=1, out=h)
-        kernels.gru_stream_step(x, *_kernel_args(m, h, self._workspace), out)
-        self._states[:, slots] = h
+        if not self._stepping.acquire(blocking=False):
+            raise _busy("StreamBatch")
+        try:
+            h = self._workspace.get("h", (L, n, H))
+            np.take(self._states, slots, axis=1, out=h)
+            kernels.gru_stream_step(x, *_kernel_args(m, h, self._workspace), out)
+            self._states[:, slots] = h
+        finally:
+            self._stepping.release()
         return out
 
     def _slot_of(self, client) -> int:

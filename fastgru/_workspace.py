@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
+import weakref
 
 import numpy as np
+
+# A workspace that grew beyond this (a very long or very wide call) is freed after the call
+# rather than kept for the next one: one T=200,000 call would otherwise pin hundreds of MB to
+# the model for its lifetime.
+KEEP_BYTES = 64 << 20
 
 
 class Workspace:
@@ -27,6 +34,10 @@ class Workspace:
             self._buffers[name] = buffer
         return buffer[:size].reshape(shape)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
 
 class WorkspacePool:
     """Hands each concurrent caller its own Workspace and keeps a few idle ones for reuse."""
@@ -36,6 +47,7 @@ class WorkspacePool:
         self._keep = keep
         self._idle: list[Workspace] = []
         self._lock = threading.Lock()
+        _POOLS.add(self)
 
     def take(self) -> Workspace:
         """A workspace for this caller alone; hand it back with `give` when done."""
@@ -45,6 +57,28 @@ class WorkspacePool:
         return Workspace(self._dtype)
 
     def give(self, workspace: Workspace) -> None:
+        if workspace.nbytes > KEEP_BYTES:
+            return
         with self._lock:
             if len(self._idle) < self._keep:
                 self._idle.append(workspace)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes held by the idle workspaces."""
+        with self._lock:
+            return sum(w.nbytes for w in self._idle)
+
+
+_POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a pool's lock at the fork: in the child that thread
+    # does not exist, and the lock would stay held forever.
+    for pool in list(_POOLS):
+        pool._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

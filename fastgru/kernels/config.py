@@ -63,3 +63,16 @@ def parallel_guard() -> contextlib.AbstractContextManager:
                 layer = numba.threading_layer()
                 _guard = threading.Lock() if layer == "workqueue" else contextlib.nullcontext()
     return _guard
+
+
+def _after_fork_in_child() -> None:
+    # The workqueue guard may have been held by a parent thread inside a call at the fork: the
+    # child's first call would wait for it forever. Children start with a fresh one.
+    global _guard, _guard_lock
+    _guard_lock = threading.Lock()
+    if isinstance(_guard, type(threading.Lock())):
+        _guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -66,7 +66,7 @@ def sniff(path: str) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 return "keras" if "config.json" in archive.namelist() else "torch"
-        except zipfile.BadZipFile:
+        except Exception:  # BadZipFile, NotImplementedError for odd versions, ...
             return "torch"  # torch's loader says what is wrong with it
     if head[:8] == _HDF5:
         return "keras"

@@ -180,7 +180,13 @@ def spec_from_keras(src, layer: str | None = None) -> tuple[GRUSpec, bool]:
         path = os.fspath(src)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no Keras file at {path!r}")
-        config, weights = _read_file(path)
+        try:
+            config, weights = _read_file(path)
+        except (FormatError, ImportError):
+            raise
+        except Exception as error:  # zipfile, json, h5py: a damaged or foreign file
+            raise FormatError(f"{path!r} is not a readable Keras file: "
+                              f"{type(error).__name__}: {error}") from None
     elif hasattr(src, "get_config") and hasattr(src, "layers"):
         config, weights = _read_model(src)
     else:

@@ -11,6 +11,10 @@ import numpy as np
 from fastgru._weights import GRUSpec
 
 OPSET = 14
+# The IR version opset 14 needs, not the onnx package's newest: an older onnxruntime refuses a
+# model whose IR version is newer than it knows (onnxruntime 1.30 reads up to 13; onnx 1.23
+# writes 14 by default), whatever the model uses.
+IR_VERSION = 7
 
 
 def spec_to_onnx(spec: GRUSpec, *, batch_first: bool, dtype: np.dtype, state_inputs: bool):
@@ -80,5 +84,5 @@ def spec_to_onnx(spec: GRUSpec, *, batch_first: bool, dtype: np.dtype, state_inp
          helper.make_tensor_value_info("Y_h", elem, [L * dirs, "B", H])],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="fastgru")
+                              producer_name="fastgru", ir_version=IR_VERSION)
     return model

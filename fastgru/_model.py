@@ -108,6 +108,7 @@ class GRU:
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
         # all directions are stacked so one product projects the whole sequence for a layer.
         self._padded_units = kernels.padded_units(H, dt)
+        self._row_group = kernels.row_group(H, dt)
         self._unit_panels = self._padded_units // kernels.panel_width(dt)  # per gate
         ws = [kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H)
               for layer in spec.layers]
@@ -342,7 +343,7 @@ class GRU:
                         progress[:] = 0
                         kernel(*args, ws.get("h_spare", (dirs, B, H)), *scratch, *tail, progress)
                     else:
-                        kernel(*args, *scratch, *tail)
+                        kernel(*args, *scratch, *tail, self._row_group)
                     layer_in = layer_out
         finally:
             self._pool.give(ws)
@@ -387,8 +388,8 @@ class GRU:
             kernels.project(x0, self._w0, out)  # both ways _project may go
             kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0])
             layer = (xproj, self._bx[0], self._r[0], self._rbn[0], h)
-            kernels.gru_layer_serial(*layer, *scratch, *tail)
-            kernels.gru_layer(*layer, *scratch, *tail)
+            kernels.gru_layer_serial(*layer, *scratch, *tail, self._row_group)
+            kernels.gru_layer(*layer, *scratch, *tail, self._row_group)
             progress = np.zeros(kernels.progress_size(1, dirs, self.linear_before_reset), np.int64)
             kernels.gru_layer_columns(*layer, h.copy(), *scratch, *tail, progress)
         if self.direction == "forward":

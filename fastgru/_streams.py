@@ -34,7 +34,8 @@ def _kernel_args(model, h, ws: Workspace) -> tuple:
     ones[:] = 1  # every row takes its one step
     return (model._w0, model._wrest, model._bx, model._r, model._rbn, h,
             ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)), ws.get("hr", (n, H)),
-            ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)))
+            ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)),
+            model._row_group)
 
 
 def _busy(what: str) -> RuntimeError:

@@ -152,7 +152,7 @@ def test_one_thread_does_every_unit_slice_when_alone(rng, lbr):
                lengths, model._reverse, lbr, model._clip, y, *tail)
         return y, h
 
-    y_serial, h_serial = run(kernels.gru_layer_serial, (), (1,))
+    y_serial, h_serial = run(kernels.gru_layer_serial, (), (1, 4))
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:

@@ -177,3 +177,128 @@ def test_small_refusals(rng):
     assert y.shape == (5, 0, 4) and h_n.shape == (1, 0, 4)
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got None"):
         fastgru.GRU(random_spec(rng, 3, 4), dtype=None)
+
+
+def _package_copy(tmp_path):
+    """fastgru's package copied without caches, and a script that imports that copy, calls a
+    model and prints the call's cache hits and misses."""
+    import shutil
+
+    root = tmp_path / "site"
+    shutil.copytree(os.path.dirname(fastgru.__file__), root / "fastgru",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = tmp_path / "call.py"
+    script.write_text(f"""if True:
+        import sys, warnings
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+        sys.path.insert(0, {str(root)!r})
+        warnings.simplefilter("always")
+        import numpy as np, fastgru
+        from fastgru.kernels import gru
+        assert fastgru.__file__.startswith({str(root)!r}), fastgru.__file__
+        m = fastgru.GRU.from_torch({{"weight_ih_l0": np.zeros((12, 3)),
+                                     "weight_hh_l0": np.zeros((12, 4))}})
+        m(np.zeros((2, 1, 3)))
+        stats = gru.gru_layer_serial.stats
+        print("hits", sum(stats.cache_hits.values()), "misses", sum(stats.cache_misses.values()))
+    """)
+    return root, script
+
+
+def _run_as_another_user(script, **env):
+    """Run as 'nobody' when we are root (root writes anywhere), else as ourselves."""
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] \
+        if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+
+
+def _read_only(path):
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chmod(os.path.join(folder, name), 0o555 if name in dirs else 0o444)
+    os.chmod(path, 0o555)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder another user can enter (pytest's tmp_path sits in a root-only folder)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="fastgru-")
+    os.chmod(path, 0o755)
+    yield __import__("pathlib").Path(path)
+    for folder, dirs, _ in os.walk(path):
+        os.chmod(folder, 0o755)
+    shutil.rmtree(path)
+
+
+@pytest.mark.slow
+def test_read_only_package_without_a_writable_cache(shared_tmp):
+    """A read-only image (package folder and HOME read-only, no NUMBA_CACHE_DIR): import once
+    raised RuntimeError. Now it runs, from a prebuilt cache when one sits beside the package,
+    else compiling in memory, and says so once."""
+    tmp_path = shared_tmp
+    root, script = _package_copy(tmp_path)
+    no_home = {"HOME": str(tmp_path / "no-home"), "NUMBA_CACHE_DIR": ""}
+    _read_only(root)
+    bare = _run_as_another_user(script, **no_home)
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert bare.stderr.count("kernels are compiled in memory") == 1
+    assert "hits 0" in bare.stdout
+
+    (tmp_path / "prebuilt").mkdir(mode=0o755)
+    prebuilt_root, prebuilt_script = _package_copy(tmp_path / "prebuilt")
+    built = subprocess.run([sys.executable, str(prebuilt_script)], capture_output=True,
+                           text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    _read_only(prebuilt_root)
+    cached = _run_as_another_user(prebuilt_script, **no_home)
+    assert cached.returncode == 0, cached.stderr[-2000:]
+    assert "compiled in memory" not in cached.stderr
+    assert "misses 0" in cached.stdout and "hits 0" not in cached.stdout
+
+
+@pytest.mark.slow
+def test_damaged_cache_is_recompiled(tmp_path):
+    """7 garbage bytes in a cache index once made every process fail with UnpicklingError."""
+    root, script = _package_copy(tmp_path)
+    first = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    indexes = [os.path.join(root, "fastgru", "kernels", "__pycache__", name)
+               for name in os.listdir(root / "fastgru" / "kernels" / "__pycache__")
+               if name.endswith(".nbi")]
+    assert indexes
+    for index in indexes:
+        with open(index, "wb") as f:
+            f.write(b"garbage")
+    damaged = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=300)
+    assert damaged.returncode == 0, damaged.stderr[-2000:]
+    assert damaged.stderr.count("could not be read") == 1
+    again = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "could not be read" not in again.stderr
+    assert "misses 0" in again.stdout  # the next process loads the rewritten cache
+
+
+def test_small_files_that_claim_huge_weights(tmp_path):
+    """A ~4 KB .pt of broadcast (stride-0) weights once reached 5.5 GB; a sparse 3 GB .onnx was
+    read whole before its error. Both are refused before anything large is allocated."""
+    import torch
+
+    state = {"weight_ih_l0": torch.zeros(1).expand(3 * 64, 1_000_000),
+             "weight_hh_l0": torch.zeros(3 * 64, 64)}
+    torch.save(state, tmp_path / "broadcast.pt")
+    assert os.path.getsize(tmp_path / "broadcast.pt") < 100_000  # weight_hh: 49 KB
+    with pytest.raises(fastgru.FormatError, match=r"weight_ih_l0 is a broadcast view"):
+        fastgru.load(tmp_path / "broadcast.pt")
+    with pytest.raises(fastgru.FormatError, match=r"weight_ih_l0 is a broadcast view"):
+        fastgru.GRU.from_torch({k: v.numpy() for k, v in state.items()})
+    sparse = tmp_path / "huge.onnx"
+    with open(sparse, "wb") as f:
+        f.truncate(3 * 2**30)  # a sparse file: 3 GiB claimed, nothing on disk
+    with pytest.raises(fastgru.FormatError, match=r"is 3.0 GiB; an ONNX file holds at most 2 GiB"):
+        fastgru.load(sparse)

@@ -11,11 +11,84 @@ import ctypes
 import os
 import sys
 import threading
+import warnings
 
 import numba
+from numba.core import caching
 
 FASTMATH = {"contract", "nsz", "arcp", "afn"}
-JIT_OPTIONS = dict(cache=True, nogil=True, error_model="numpy", fastmath=FASTMATH)
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_warned: set[str] = set()
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"fastgru: {message}", RuntimeWarning, stacklevel=3)
+
+
+class _ReadOnlyPackageCache(caching.InTreeCacheLocator):
+    """A prebuilt cache in the package's own __pycache__ where that folder is read-only (a
+    read-only container image): Numba's locators all want to write, so without this one such a
+    cache could not even be read. Tried last, for fastgru's files only."""
+
+    def ensure_cache_path(self):
+        if not os.path.isdir(self.get_cache_path()):
+            raise OSError(f"no cache folder at {self.get_cache_path()}")
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not os.path.abspath(py_file).startswith(_PACKAGE + os.sep):
+            return None
+        return super().from_function(py_func, py_file)
+
+
+caching.CacheImpl._locator_classes.append(_ReadOnlyPackageCache)
+
+
+def _probe():
+    """A function beside the kernels: where Numba would cache them, it could cache this."""
+
+
+def _can_cache() -> bool:
+    try:
+        caching.FunctionCache(_probe)
+        return True
+    except RuntimeError:
+        _say_once("no-cache", "no writable or prebuilt cache folder for Numba (the package's "
+                              "__pycache__, NUMBA_CACHE_DIR, ~/.cache); kernels are compiled in "
+                              "memory in each process, seconds at the first call. Set "
+                              "NUMBA_CACHE_DIR to a writable folder to keep them.")
+        return False
+
+
+class RecoveringCache(caching.FunctionCache):
+    """Numba's function cache, except that a cache it cannot read (a damaged index) or write
+    (a read-only folder) costs a compilation, never an error: the kernel compiles in memory, a
+    damaged index is removed so the next save writes a good one, and the process says so once."""
+
+    @contextlib.contextmanager
+    def _guard_against_spurious_io_errors(self):
+        try:
+            yield
+        except OSError as error:  # a read-only cache folder: keep what compiled in memory
+            _say_once("read-only", f"cannot write Numba's cache ({error}); newly compiled "
+                                   f"kernels stay in memory")
+        except Exception as error:  # unreadable content: recompile, and drop the bad index
+            _say_once("damaged", f"Numba's cache for {self._name} could not be read "
+                                 f"({type(error).__name__}: {error}); recompiling")
+            with contextlib.suppress(OSError):
+                os.remove(self._cache_file._index_path)
+
+
+def recover_caches(namespace: dict) -> None:
+    """Give every cached kernel in `namespace` (a module's globals) a RecoveringCache."""
+    for value in list(namespace.values()):
+        if isinstance(getattr(value, "_cache", None), caching.FunctionCache):
+            value._cache.__class__ = RecoveringCache
+
+
+JIT_OPTIONS = dict(cache=_can_cache(), nogil=True, error_model="numpy", fastmath=FASTMATH)
 
 
 

@@ -23,7 +23,7 @@ from numba import njit, prange
 
 from fastgru.kernels import atomics, cpu
 from fastgru.kernels.activations import sigmoid, tanh
-from fastgru.kernels.config import JIT_OPTIONS
+from fastgru.kernels.config import JIT_OPTIONS, recover_caches
 from fastgru.kernels.simd import VECTOR_BYTES, fma, lanes, load, splat, store
 
 def row_group(hidden_size: int, dtype) -> int:
@@ -421,3 +421,6 @@ def gru_stream_step(x, w0, wrest, bx, r, rbn, h, xproj, acc, hr, ones, lbr, clip
         step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
                   0, B, 0, ones, False, lbr, clip, ys[k], group)
     out[:, :] = ys[L - 1, 0]
+
+
+recover_caches(globals())  # a damaged or read-only cache costs a compilation, not an error

@@ -26,6 +26,7 @@ import numpy as np
 from fastgru._weights import DIRECTIONS, GRUSpec, LayerWeights
 from fastgru.errors import FormatError
 
+PROTOBUF_LIMIT = 2**31 - 1  # bytes a protobuf message (an ONNX file) can hold
 MIN_OPSET = 7  # GRU-7 dropped GRU-3's output_sequence attribute; the semantics since are stable
 DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh")
 # Ops that only move data between stacked layers; reading follows their first input.
@@ -44,6 +45,10 @@ def load_model(src):
         path = os.fspath(src)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no ONNX file at {path!r}")
+        if os.path.getsize(path) > PROTOBUF_LIMIT:  # refused before reading gigabytes
+            raise FormatError(f"{path!r} is {os.path.getsize(path) / 2**30:.1f} GiB; an ONNX "
+                              f"file holds at most 2 GiB (protobuf's limit): larger models keep "
+                              f"their weights as external data")
         with open(path, "rb") as f:
             data = f.read()
         return _parse(data, repr(path)), os.path.dirname(os.path.abspath(path))

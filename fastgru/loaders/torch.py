@@ -83,6 +83,12 @@ def _check_sizes(own: dict, prefix: str) -> None:
             dims = [int(d) for d in shape]
         except (TypeError, ValueError):
             raise FormatError(f"{prefix}{key} has no valid shape: {shape!r}") from None
+        strides = value.stride() if callable(getattr(value, "stride", None)) else \
+            getattr(value, "strides", ())
+        if any(stride == 0 and dim > 1 for stride, dim in zip(strides, dims)):
+            raise FormatError(f"{prefix}{key} is a broadcast view (a stride of 0) claiming "
+                              f"shape {tuple(dims)} from a few stored values; trained weights "
+                              f"are never stored so")
         total += int(np.prod(dims, dtype=object)) if dims else 1
     if 8 * total > _memory_bytes():
         raise FormatError(f"the GRU's weights under {prefix!r} claim {total} values "

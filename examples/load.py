@@ -32,8 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(backend: str, port: int, model: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "FASTGRU_BACKEND": backend}
+def start_service(backend: str, port: int, model: str | None = None,
+                  env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "FASTGRU_BACKEND": backend, **(env or {})}
     if model:
         env["FASTGRU_MODEL"] = model
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory",

@@ -15,11 +15,20 @@ Endpoints, JSON in and out:
 
 Requests that arrive while a batch is computing form the next batch: one model call serves
 every waiting sequence (padded, with lengths), one StreamBatch step every waiting frame.
+Waiting sequences are sorted by length and cut into batches whose padded size stays within
+FASTGRU_BATCH_FRAMES, shortest first, so one long request neither pads nor delays short ones.
+
+Limits (environment, defaults): FASTGRU_MAX_BODY request bytes (4,000,000: 413 beyond),
+FASTGRU_MAX_STEPS steps in one sequence (10,000: 413 beyond), FASTGRU_BATCH_FRAMES padded
+frames in one model call (65,536). Client mistakes get a 4xx with a short message (at most 300
+characters, never the whole bad input): malformed or deeply nested JSON, NaN, Infinity or
+numbers beyond float32, wrong shapes. Nothing a client sends can leave NaN in a stream's state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import numpy as np
@@ -31,6 +40,18 @@ import fastgru
 from fastgru.benchmark import SHAPES, builtin_model
 
 MAX_BATCH = 64
+
+
+def _limit(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class ClientError(Exception):
+    """A request the client must fix: answered with `status` and a short message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message if len(message) <= 300 else message[:297] + "...")
+        self.status = status
 
 
 def load_model() -> fastgru.GRU:
@@ -119,6 +140,25 @@ class OnnxruntimeBackend:
         return h[-1]
 
 
+def by_length(run, budget: int):
+    """run(xs) for sequences sorted by length, in batches of at most `budget` padded frames,
+    shortest first; results in the callers' order."""
+    def run_grouped(xs):
+        order = sorted(range(len(xs)), key=lambda i: len(xs[i]))
+        results = [None] * len(xs)
+        start = 0
+        while start < len(order):
+            end = start + 1  # sorted: the batch's padded size is its last length * its count
+            while end < len(order) and len(xs[order[end]]) * (end + 1 - start) <= budget:
+                end += 1
+            members = order[start:end]
+            for i, result in zip(members, run([xs[i] for i in members]), strict=True):
+                results[i] = result
+            start = end
+        return results
+    return run_grouped
+
+
 class Batcher:
     """Collects requests; a single worker runs each batch in a thread (the kernels release the
     GIL) while the next batch gathers. Only the worker touches the backend's stream state."""
@@ -179,24 +219,58 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
                 results[i] = item[1]
         return results
 
-    sequences = Batcher(engine.sequences)
+    max_body = _limit("FASTGRU_MAX_BODY", 4_000_000)
+    max_steps = _limit("FASTGRU_MAX_STEPS", 10_000)
+    sequences = Batcher(by_length(engine.sequences, _limit("FASTGRU_BATCH_FRAMES", 65_536)))
     streams = Batcher(run_streams)
 
     def error(message, status=400):
-        return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": str(ClientError(message))}, status_code=status)
+
+    def refuse_constant(token):
+        raise ClientError(f"{token} is not a number this service takes")
+
+    async def body_x(request):
+        """The request's JSON "x", read within the size limit and parsed strictly."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            raise ClientError(f"request body over {max_body} bytes", 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body:
+                raise ClientError(f"request body over {max_body} bytes", 413)
+        try:
+            data = json.loads(body, parse_constant=refuse_constant)
+        except RecursionError:
+            raise ClientError("JSON nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ClientError(f"not JSON: {e}") from None
+        if not isinstance(data, dict) or "x" not in data:
+            raise ClientError('the body must be a JSON object with "x"')
+        return data["x"]
 
     def frames(value, rank):
-        x = np.asarray(value, np.float32)
+        try:
+            with np.errstate(over="ignore"):
+                x = np.asarray(value, np.float32)
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
+            raise ClientError(f"x must hold numbers: {e}") from None
         if x.ndim != rank or x.shape[-1] != D or x.size == 0:
-            raise ValueError(f"x must be {'T x ' if rank == 2 else ''}{D} numbers, "
-                             f"got shape {x.shape}")
+            raise ClientError(f"x must be {'T x ' if rank == 2 else ''}{D} numbers, "
+                              f"got shape {x.shape}")
+        if rank == 2 and len(x) > max_steps:
+            raise ClientError(f"x has {len(x)} steps; this service takes at most {max_steps}",
+                              413)
+        if not np.isfinite(x).all():
+            raise ClientError("x must hold finite numbers within float32's range")
         return x
 
     async def sequence(request):
         try:
-            x = frames((await request.json())["x"], 2)
-        except (ValueError, KeyError, TypeError) as e:
-            return error(str(e))
+            x = frames(await body_x(request), 2)
+        except ClientError as e:
+            return error(str(e), e.status)
         y, h = await sequences.submit(x)
         return JSONResponse({"y": y.tolist(), "h": h.tolist()})
 
@@ -210,9 +284,9 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
         if not engine.has_stream(client):
             return error(f"no stream {client}", 404)
         try:
-            x = frames((await request.json())["x"], 1)
-        except (ValueError, KeyError, TypeError) as e:
-            return error(str(e))
+            x = frames(await body_x(request), 1)
+        except ClientError as e:
+            return error(str(e), e.status)
         y = await streams.submit(("step", client, x))
         return JSONResponse({"y": y}) if y is not None else error(f"no stream {client}", 404)
 

@@ -76,3 +76,88 @@ def test_service_answers_concurrent_clients_like_a_direct_call(model_file, backe
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _raw(port, method, path, body: bytes):
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, {"raw": data[:200]}
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_service_refuses_careless_and_hostile_clients(model_file):
+    """Client mistakes get a 4xx with a short message, never a 500; a long request waits alone
+    and a NaN never reaches a stream's state (issue 12, items 13-14)."""
+    port = free_port()
+    limits = {"FASTGRU_MAX_BODY": "200000", "FASTGRU_MAX_STEPS": "300",
+              "FASTGRU_BATCH_FRAMES": "600"}
+    proc = start_service("fastgru", port, str(model_file), env=limits)
+    try:
+        row = "[" + ",".join(["0.5"] * 6) + "]"
+        cases = [
+            (b'{"x": [[1e300, 0, 0, 0, 0, 0]]}', 400, "finite numbers"),
+            (b'{"x": [[NaN, 0, 0, 0, 0, 0]]}', 400, "NaN is not a number"),
+            (b'{"x": [[Infinity, 0, 0, 0, 0, 0]]}', 400, "Infinity is not a number"),
+            (b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "nested too deeply"),
+            (b'{"x": "' + b"a" * 150_000 + b'"}', 400, "x must"),
+            (b'{"x": [' + b",".join([row.encode()] * 301) + b"]}", 413, "at most 300"),
+            (b"x" * 300_000, 413, "over 200000 bytes"),
+            (b"{not json", 400, "not JSON"),
+        ]
+        for body, status, message in cases:
+            got, answer = _raw(port, "POST", "/sequence", body)
+            assert got == status and message in answer.get("error", ""), (body[:40], answer)
+            assert len(answer["error"]) <= 300  # the bad input is never echoed back whole
+
+        client = request(port, "POST", "/streams")[1]["id"]
+        nan = _raw(port, "POST", f"/streams/{client}/step", b'{"x": [NaN, 0, 0, 0, 0, 0]}')
+        assert nan[0] == 400
+        status, body = request(port, "POST", f"/streams/{client}/step", {"x": [0.1] * 6})
+        assert status == 200 and np.isfinite(body["y"]).all()
+
+        # one long request among short ones: grouped apart, everyone answered correctly
+        model = fastgru.load(model_file)
+        rng = np.random.default_rng(9)
+        xs = [rng.standard_normal((300 if i == 0 else 5, 6)).astype(np.float32)
+              for i in range(12)]
+        results = [None] * len(xs)
+
+        def send(i):
+            results[i] = request(port, "POST", "/sequence", {"x": xs[i].tolist()})
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for x, (status, body) in zip(xs, results, strict=True):
+            assert status == 200
+            assert_close(body["y"], model(x)[0], "float32", "y")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_batches_grouped_by_length_within_the_padding_budget():
+    from examples.service import by_length
+
+    calls = []
+
+    def run(xs):
+        calls.append([len(x) for x in xs])
+        return [len(x) for x in xs]
+
+    xs = [np.zeros((n, 1)) for n in (400, 3, 5, 4, 100, 3)]
+    assert by_length(run, 300)(xs) == [400, 3, 5, 4, 100, 3]  # the callers' order
+    assert calls == [[3, 3, 4, 5], [100], [400]]  # shortest first; the long ones alone

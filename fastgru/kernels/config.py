@@ -114,6 +114,35 @@ def _make_tbb_loadable() -> None:
 
 _make_tbb_loadable()
 
+
+def _import_numpy_support_without_scipy() -> None:
+    """Import numba.np.arraymath (which Numba imports at its first compile or cache load)
+    without the SciPy import its module code does to check for BLAS: ~0.27 s of a cold start
+    where SciPy is installed, spent for np.dot, which fastgru's kernels never call. Whether
+    SciPy is there is found without importing it; its BLAS is imported when a function that
+    uses np.dot is compiled, as before."""
+    import importlib.util
+
+    if "numba.np.arraymath" in sys.modules:
+        return
+    from numba.np import linalg
+
+    real = linalg.ensure_blas
+    have_scipy = importlib.util.find_spec("scipy") is not None
+
+    def check_only():
+        if not have_scipy:
+            raise ImportError("scipy 0.16+ is required for linear algebra")
+
+    linalg.ensure_blas = check_only
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        linalg.ensure_blas = real
+
+
+_import_numpy_support_without_scipy()
+
 _guard_lock = threading.Lock()
 _guard: contextlib.AbstractContextManager | None = None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 DTYPES = ("float32", "float64")
@@ -46,3 +48,11 @@ def as_lengths(lengths, batch: int, steps: int) -> np.ndarray:
             f"lengths must lie in [0, {steps}] (the number of steps in x), "
             f"got values from {array.min()} to {array.max()}")
     return array
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (a bound for what loading may allocate)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on this OS: no bound from here
+        return 1 << 62

@@ -10,7 +10,8 @@ from dataclasses import replace
 import numba
 import numpy as np
 
-from fastgru._boundary import as_float_array, as_lengths, check_shape, resolve_dtype
+from fastgru._boundary import (as_float_array, as_lengths, check_shape, memory_bytes,
+                               resolve_dtype)
 from fastgru._weights import GRUSpec, LayerWeights
 from fastgru._workspace import WorkspacePool
 from fastgru.kernels import gru as kernels
@@ -108,6 +109,12 @@ class GRU:
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
         # all directions are stacked so one product projects the whole sequence for a layer.
         self._padded_units = kernels.padded_units(H, dt)
+        packed = sum(dirs * 3 * self._padded_units * (layer.w.shape[-1] + H)
+                     for layer in spec.layers) * dt.itemsize
+        if packed > memory_bytes() // 2:  # checked before the packed copies are made
+            raise ValueError(
+                f"this model's kernel weights would take {packed / 2**30:.1f} GiB (each gate "
+                f"padded to {self._padded_units} units), more than half this machine's memory")
         self._row_group = kernels.row_group(H, dt)
         self._unit_panels = self._padded_units // kernels.panel_width(dt)  # per gate
         ws = [kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fastgru._boundary import memory_bytes
 from fastgru._weights import GRUSpec, LayerWeights
 from fastgru.errors import FormatError
 from fastgru.loaders import files, native
@@ -64,13 +65,6 @@ def _find_prefix(keys) -> str:
     return prefixes[0]
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not on this OS: no limit from here
-        return 1 << 62
-
-
 def _check_sizes(own: dict, prefix: str) -> None:
     """Refuse before converting anything: weights whose float64 copies alone (from their
     shapes, which a broadcast tensor in a small file can make huge) would not fit in memory."""
@@ -85,12 +79,12 @@ def _check_sizes(own: dict, prefix: str) -> None:
             raise FormatError(f"{prefix}{key} has no valid shape: {shape!r}") from None
         strides = value.stride() if callable(getattr(value, "stride", None)) else \
             getattr(value, "strides", ())
-        if any(stride == 0 and dim > 1 for stride, dim in zip(strides, dims)):
+        if all(dims) and any(stride == 0 and dim > 1 for stride, dim in zip(strides, dims)):
             raise FormatError(f"{prefix}{key} is a broadcast view (a stride of 0) claiming "
                               f"shape {tuple(dims)} from a few stored values; trained weights "
                               f"are never stored so")
         total += int(np.prod(dims, dtype=object)) if dims else 1
-    if 8 * total > _memory_bytes():
+    if 8 * total > memory_bytes():
         raise FormatError(f"the GRU's weights under {prefix!r} claim {total} values "
                           f"({8 * total / 2**30:.1f} GiB as float64), more than this "
                           f"machine's memory")

@@ -109,10 +109,12 @@ class _GRUStep:
                     if self.layout else layer
 
 
-def _chains(graph, nodes: list, grus: list, values: dict, reads) -> list[list]:
+def _chains(graph, nodes: list, grus: list, values: dict, reads, folder, opset,
+            types: dict) -> list[list]:
     """The GRU nodes grouped into stacks: node b joins a's chain when b reads a's Y through
-    the plumbing a stacked export writes, and no other node of `nodes` (those that run) reads
-    a's Y or that plumbing."""
+    plumbing that does what a stacked export's does (checked on a probe), and no other node of
+    `nodes` (those that run) reads a's Y or that plumbing. types: the graph's value infos, for
+    the sizes it fixes."""
     producers = onnx_loader._producers(graph)
     readers: dict[str, int] = {}
     for node in nodes:
@@ -132,10 +134,13 @@ def _chains(graph, nodes: list, grus: list, values: dict, reads) -> list[list]:
         try:
             low, low_options, low_layout = onnx_loader.read_gru_node(lower, values)
             up, options, layout = onnx_loader.read_gru_node(upper, values)
-            dirs = 2 if options["direction"] == "bidirectional" else 1
-            onnx_loader._check_between_layers(ops, dirs, "")
         except FormatError:
             continue
+        dirs = 2 if options["direction"] == "bidirectional" else 1
+        steps, batch = onnx_loader.fixed_sizes(types, lower.output[0])
+        if not onnx_loader.moves_layer_output(graph, ops, dirs, low.r.shape[-1], folder, opset,
+                                              steps, batch):
+            continue  # run apart, the plumbing by onnxruntime: slower, never wrong
         passed = [lower.output[0], *(o for op in ops for o in op.output if o)]
         same_lengths = (list(lower.input) + [""] * 6)[4] == (list(upper.input) + [""] * 6)[4]
         if options == low_options and not layout and not low_layout and same_lengths and \
@@ -219,7 +224,8 @@ class InferenceSession:
                 array = onnx_loader._decode(tensor, folder, f"initializer {tensor.name!r}")
                 graph.initializer[k].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
         self._model = model
-        opset = onnx_loader._opset(model)
+        self._folder = folder
+        self._opset = opset = onnx_loader._opset(model)
         initializers = {t.name for t in graph.initializer}
         self._inputs = [_node_arg(i) for i in graph.input if i.name not in initializers]
         self._outputs = [_node_arg(o) for o in graph.output]
@@ -229,11 +235,7 @@ class InferenceSession:
             if len(gru.input) > 5 and gru.input[5] and \
                     isinstance(onnx_loader.stored_state(graph, gru.input[5], folder, opset), float):
                 gru.input[5] = ""
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph
-        except Exception:  # shape inference is a help for declaring stage inputs, not a must
-            inferred = graph
-        self._types = {v.name: v for v in (*inferred.value_info, *graph.input, *graph.output)}
+        self._types = onnx_loader.value_infos(model)
         self._elem = {v.name: v.type.tensor_type.elem_type for v in self._types.values()}
         for t in graph.initializer:
             self._elem[t.name] = t.data_type
@@ -263,7 +265,8 @@ class InferenceSession:
                                   f"{lacking}, which no graph input, initializer or node "
                                   f"provides")
         live_grus = [n for n in nodes if id(n) in gru_ids]
-        chains = _chains(graph, nodes, live_grus, values, reads)
+        chains = _chains(graph, nodes, live_grus, values, reads, self._folder, self._opset,
+                         self._types)
         steps = [_GRUStep(chain, values) for chain in chains]
         # the plumbing inside a chain is read by no one now: _live drops it
         order = self._live(graph, [n for n in nodes if id(n) not in gru_ids] + steps, _reads)

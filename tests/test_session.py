@@ -276,3 +276,31 @@ def test_default_exporter_at_realistic_sizes(rng, tmp_path, hidden_size):
     assert_close(y, y_t.numpy(), "float32", "y")
     assert_close(h_n, h_t.numpy(), "float32", "h_n")
     compare(path, {"x": x})
+
+
+def test_plumbing_that_is_not_a_stack_is_never_fused(rng):
+    """Between two GRUs, a Reshape that reinterprets (T, 1, B, H) as (B, T, H) looks like the
+    exporters' plumbing; running it as one stack would be silently wrong. from_onnx refuses
+    it, and the session runs the layers apart, matching onnxruntime."""
+    first, second = random_spec(rng, 3, 4), random_spec(rng, 4, 4)
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), f"{n}{k}")
+             for k, spec in enumerate((first, second)) for n, a in
+             (("W", spec.layers[0].w), ("R", spec.layers[0].r), ("B", spec.layers[0].b))]
+    inits.append(numpy_helper.from_array(np.array([2, 4, 4], np.int64), "shape"))
+    graph = helper.make_graph(
+        [helper.make_node("GRU", ["X", "W0", "R0", "B0"], ["Y0"], hidden_size=4,
+                          linear_before_reset=1),
+         helper.make_node("Reshape", ["Y0", "shape"], ["swapped"]),
+         helper.make_node("GRU", ["swapped", "W1", "R1", "B1"], ["Y1"], hidden_size=4,
+                          linear_before_reset=1)],
+        "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 2, 3])],
+        [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(FormatError, match="do not pass the sequence on as a stacked GRU reads it"):
+        fastgru.GRU.from_onnx(model)
+    session = fastgru.InferenceSession(model)
+    assert sum(stage[0] == "gru" for stage in session._stages) == 2  # not fused
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
+    assert_close(session.run(None, {"X": x})[0], expected, "float32", "Y1")

@@ -336,6 +336,51 @@ def _check_between_layers(ops, dirs: int, stop: str) -> None:
                           f"(T, B, 2, H) before the next layer reads it")
 
 
+def value_infos(model) -> dict:
+    """{name: ValueInfoProto} of the graph's inputs, outputs and inferred intermediates."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    except Exception:  # shape inference is a help, not a must
+        inferred = []
+    return {v.name: v for v in (*inferred, *model.graph.input, *model.graph.output)}
+
+
+def fixed_sizes(infos: dict, name: str) -> tuple[int, int]:
+    """(T, B) of a GRU's Y (T, dirs, B, H) where the graph fixes them, else (3, 2)."""
+    info = infos.get(name)
+    if info is not None and info.type.tensor_type.HasField("shape"):
+        dims = [d.dim_value for d in info.type.tensor_type.shape.dim]
+        if len(dims) == 4:
+            return dims[0] or 3, dims[2] or 2
+    return 3, 2
+
+
+def moves_layer_output(graph, ops, dirs: int, hidden: int, folder, opset: int,
+                       steps: int = 3, batch: int = 2) -> bool:
+    """Whether the plumbing `ops` (from one GRU's Y to the next one's X, as _trace_back lists
+    them) turn Y (T, dirs, B, H) into (T, B, dirs*H): checked by running them on a probe of
+    `steps` x `batch` (the sizes a graph fixes, if it does), so a Reshape to another layout is
+    never taken for a stack."""
+    if not ops:
+        return False  # Y is 4-D: a GRU cannot read it without plumbing
+    T, B = steps, batch
+    probe = np.arange(T * dirs * B * hidden, dtype=np.float32).reshape(T, dirs, B, hidden)
+    nodes = list(reversed(ops))
+    extra = {i: i for node in nodes for i in node.input[1:] if i}
+    known = fold_constants(graph, folder, extra, opset)
+    if set(extra) - set(known):
+        return False  # shapes computed at run time: not provably a stack
+    try:
+        moved = _evaluate(nodes, {nodes[0].input[0]: probe, **known}, [nodes[-1].output[0]],
+                          opset)[nodes[-1].output[0]]
+    except FormatError:
+        return False
+    expected = probe.transpose(0, 2, 1, 3).reshape(T, B, dirs * hidden)
+    return moved.shape == expected.shape and np.array_equal(moved, expected)
+
+
 def gru_nodes(graph) -> list:
     return [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
 
@@ -519,6 +564,7 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
             raise FormatError("the ONNX graph's GRU nodes feed each other in a cycle")
 
     layers, options, batch_first = [], None, False
+    infos = value_infos(model) if len(chain) > 1 else {}
     for k, (gru, ops) in enumerate(chain):
         layer, opts, layout = read_gru_node(gru, values)
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
@@ -536,7 +582,14 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
                 raise FormatError(f"{stop}: layer {k} has options {opts}, layer 0 has {options}")
             if layout:
                 raise FormatError(f"{stop}: layout=1 on a layer above the first is not supported")
-            _check_between_layers(ops, 2 if opts["direction"] == "bidirectional" else 1, stop)
+            dirs = 2 if opts["direction"] == "bidirectional" else 1
+            _check_between_layers(ops, dirs, stop)
+            steps, batch = fixed_sizes(infos, chain[k - 1][0].output[0])
+            if not moves_layer_output(graph, ops, dirs, layer.r.shape[-1], folder, opset,
+                                      steps, batch):
+                raise FormatError(f"{stop}: the nodes {[op.name or op.op_type for op in ops]} "
+                                  f"between it and the layer below do not pass the sequence "
+                                  f"on as a stacked GRU reads it; {_WHOLE_GRAPHS}")
         options = opts
         layers.append(layer)
     _check_nothing_else(graph, chain, graph_inputs)

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import fastgru
+from fastgru.batching import by_length, pad
 from fastgru.benchmark import SHAPES, builtin_model
 
 MAX_BATCH = 64
@@ -58,14 +59,6 @@ def load_model() -> fastgru.GRU:
     """FASTGRU_MODEL's file, else the benchmark's built-in S2 model (random, D=64, H=256)."""
     path = os.environ.get("FASTGRU_MODEL")
     return fastgru.load(path) if path else builtin_model(SHAPES["S2"])
-
-
-def pad(xs, input_size):
-    """Sequences of different lengths as one (T, B, D) batch (zeros past each length)."""
-    batch = np.zeros((max(len(x) for x in xs), len(xs), input_size), np.float32)
-    for b, x in enumerate(xs):
-        batch[:len(x), b] = x
-    return batch
 
 
 class FastgruBackend:
@@ -140,21 +133,14 @@ class OnnxruntimeBackend:
         return h[-1]
 
 
-def by_length(run, budget: int):
+def grouped_by_length(run, budget: int):
     """run(xs) for sequences sorted by length, in batches of at most `budget` padded frames,
     shortest first; results in the callers' order."""
     def run_grouped(xs):
-        order = sorted(range(len(xs)), key=lambda i: len(xs[i]))
         results = [None] * len(xs)
-        start = 0
-        while start < len(order):
-            end = start + 1  # sorted: the batch's padded size is its last length * its count
-            while end < len(order) and len(xs[order[end]]) * (end + 1 - start) <= budget:
-                end += 1
-            members = order[start:end]
+        for members in by_length([len(x) for x in xs], budget):
             for i, result in zip(members, run([xs[i] for i in members]), strict=True):
                 results[i] = result
-            start = end
         return results
     return run_grouped
 
@@ -221,7 +207,8 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
 
     max_body = _limit("FASTGRU_MAX_BODY", 4_000_000)
     max_steps = _limit("FASTGRU_MAX_STEPS", 10_000)
-    sequences = Batcher(by_length(engine.sequences, _limit("FASTGRU_BATCH_FRAMES", 65_536)))
+    batch_frames = _limit("FASTGRU_BATCH_FRAMES", 65_536)
+    sequences = Batcher(grouped_by_length(engine.sequences, batch_frames))
     streams = Batcher(run_streams)
 
     def error(message, status=400):

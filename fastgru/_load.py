@@ -20,9 +20,10 @@ def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
 
     .onnx: GRU.from_onnx (node=); .pt/.pth/.bin/.ckpt: GRU.from_torch (prefix=), read with
     torch's safe loader; .safetensors: fastgru's own file (GRU.save, which takes no options),
-    or PyTorch-keyed weights (prefix=); .keras/.h5: GRU.from_keras (layer=). batch_first: PyTorch state dicts do not record the
-    layout, so a batch_first model needs batch_first=True here; ONNX and fastgru's files record
-    it. An option the file's reader does not take is refused (TypeError), never ignored.
+    or PyTorch-keyed weights (prefix=); .keras/.h5: GRU.from_keras (layer=). batch_first:
+    PyTorch state dicts do not record the layout, so a batch_first model needs
+    batch_first=True here; ONNX and fastgru's files record it. An option the file's reader
+    does not take is refused (TypeError), never ignored.
     """
     path = files.check_file(path)
     kind = files.sniff(path)

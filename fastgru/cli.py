@@ -116,8 +116,8 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _npy(path, what):
-    """A .npy file's array, its header checked against the file's size before reading."""
+def _npy_header(path, what="input"):
+    """(shape, dtype) of a .npy file, its header checked against the file's size."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {what} file at {path!r}")
     try:
@@ -133,9 +133,20 @@ def _npy(path, what):
         if offset + needed > os.path.getsize(path):
             raise ValueError(f"its header claims {shape} {dtype} ({needed} bytes), the file "
                              f"holds {os.path.getsize(path) - offset}")
-        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise UsageError(f"{path!r} is not a readable NumPy .npy file: {error}") from None
+    return shape, dtype
+
+
+def _npy(path, what):
+    """A .npy file's array, its header checked against the file's size before reading."""
+    _npy_header(path, what)
+    return np.load(path, allow_pickle=False)
+
+
+def _npy_rows(path, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of a .npy file (a task of fastgru score, run where the file is)."""
+    return np.array(np.load(path, mmap_mode="r", allow_pickle=False)[start:stop])
 
 
 def _named_files(values, what) -> dict[str, str]:
@@ -303,6 +314,93 @@ def cmd_check(args) -> int:
     return 0 if worst <= 0 else 1
 
 
+def _open_array(path: str, chunk: int):
+    """A dask array (N, T, D) from a .npy (memory-mapped) or .zarr input."""
+    import dask.array as da
+
+    if path.rstrip("/").endswith(".zarr"):
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no Zarr store at {path!r}")
+        x = da.from_zarr(path)
+    else:  # each task reads its own rows from the file, which the workers must see
+        import dask
+
+        shape = _npy_header(path)
+        if len(shape[0]) != 3:
+            raise UsageError(f"{path!r} holds shape {shape[0]}; fastgru score reads (N, T, D) "
+                             f"sequences, batch-major")
+        (N, T, D), dtype = shape
+        x = da.concatenate([
+            da.from_delayed(dask.delayed(_npy_rows)(path, start, min(N, start + chunk)),
+                            shape=(min(N, start + chunk) - start, T, D), dtype=dtype)
+            for start in range(0, N, chunk)]) if N else da.zeros((0, T, D), dtype)
+    if x.ndim != 3:
+        raise UsageError(f"{path!r} holds shape {x.shape}; fastgru score reads (N, T, D) "
+                         f"sequences, batch-major")
+    return x.rechunk((chunk, -1, -1))
+
+
+def _cluster(args):
+    """A client of the scheduler at --scheduler, else of a local cluster sized to this machine
+    (--workers processes, one Dask thread each, Numba threads sharing the cores out)."""
+    from distributed import Client, LocalCluster
+
+    if args.scheduler:
+        return Client(args.scheduler), None
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", env={"NUMBA_NUM_THREADS": share})
+    return Client(cluster), cluster
+
+
+def cmd_score(args) -> int:
+    import contextlib
+    import time
+
+    try:
+        import fastgru.dask as fastgru_dask
+        from distributed import progress
+    except ImportError:
+        raise ImportError("fastgru score needs dask: pip install 'fastgru[dask]'") from None
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be positive, got {args.workers}")
+    if args.chunk < 1:
+        raise UsageError(f"--chunk must be positive, got {args.chunk}")
+    model = _load(args.model, args)
+    parquet = os.path.isdir(args.input) and not args.input.rstrip("/").endswith(".zarr")
+    if not parquet:
+        x = _open_array(args.input, args.chunk)
+        lengths = _npy(args.lengths, "lengths") if args.lengths else None
+        result = fastgru_dask.predict(model, x, lengths=lengths, output=args.output)
+    client, cluster = _cluster(args)
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the progress bar goes to stderr
+            if parquet:
+                count = fastgru_dask.score_parquet(model, args.input, args.output_path,
+                                                   output=args.output)
+            else:
+                count = x.shape[0]
+                if args.output_path.rstrip("/").endswith(".zarr"):
+                    stored = result.to_zarr(args.output_path, overwrite=True, compute=False)
+                    future = client.compute(stored)
+                    progress(future, scheduler=client.scheduler.address, multi=False)
+                    future.result()
+                else:
+                    future = client.compute(result)
+                    progress(future, scheduler=client.scheduler.address, multi=False)
+                    np.save(args.output_path, future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    seconds = time.perf_counter() - start
+    print(f"scored {count} sequences into {args.output_path} in {seconds:.1f} s: "
+          f"{count / seconds:.0f} sequences/s")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from fastgru.benchmark import bench
 
@@ -356,6 +454,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_check)
+    p = add("score", help="score a dataset on Dask: .npy, .zarr or a Parquet folder")
+    p.add_argument("model")
+    p.add_argument("input", help=".npy or .zarr of (N, T, D) sequences, or a Parquet folder "
+                                 "(one row per sequence: id, x)")
+    p.add_argument("output_path", metavar="output",
+                   help=".npy or .zarr (array input), or a Parquet folder (Parquet input)")
+    p.add_argument("--scheduler", help="a Dask scheduler's address; default: a local cluster")
+    p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--output", default="y", choices=["y", "h_n", "last"],
+                   help="y (N, T, dirs*H), h_n (N, layers*dirs, H) or last (N, dirs*H)")
+    p.add_argument("--lengths", help=".npy of (N,) valid lengths (array input)")
+    p.add_argument("--chunk", type=int, default=256, help="sequences per task (array input)")
+    p.set_defaults(func=cmd_score)
     p = add("bench", help="time fastgru against onnxruntime (and PyTorch)")
     add_arguments(p)
     p.set_defaults(func=cmd_bench)

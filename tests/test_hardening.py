@@ -229,7 +229,7 @@ def shared_tmp():
     path = tempfile.mkdtemp(prefix="fastgru-")
     os.chmod(path, 0o755)
     yield __import__("pathlib").Path(path)
-    for folder, dirs, _ in os.walk(path):
+    for folder, _, _ in os.walk(path):
         os.chmod(folder, 0o755)
     shutil.rmtree(path)
 

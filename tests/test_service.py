@@ -150,7 +150,7 @@ def test_service_refuses_careless_and_hostile_clients(model_file):
 
 
 def test_batches_grouped_by_length_within_the_padding_budget():
-    from examples.service import by_length
+    from examples.service import grouped_by_length
 
     calls = []
 
@@ -159,5 +159,5 @@ def test_batches_grouped_by_length_within_the_padding_budget():
         return [len(x) for x in xs]
 
     xs = [np.zeros((n, 1)) for n in (400, 3, 5, 4, 100, 3)]
-    assert by_length(run, 300)(xs) == [400, 3, 5, 4, 100, 3]  # the callers' order
+    assert grouped_by_length(run, 300)(xs) == [400, 3, 5, 4, 100, 3]  # the callers' order
     assert calls == [[3, 3, 4, 5], [100], [400]]  # shortest first; the long ones alone

@@ -206,7 +206,7 @@ def spec_from_keras(src, layer: str | None = None) -> tuple[GRUSpec, bool]:
             raise ValueError(f"no GRU layer named {layer!r}; the GRU layers are {names}")
     stack_error = (f"the Keras model's GRU layers {names} do not form one stack; pick one "
                    f"with layer=")
-    for (k0, name0, (cfg0, bi0)), (k1, _, (cfg1, bi1)) in zip(grus, grus[1:]):
+    for (k0, _, (cfg0, bi0)), (k1, _, (_, bi1)) in zip(grus, grus[1:], strict=False):
         between = {layers[k].get("class_name") for k in range(k0 + 1, k1)}
         if between - _BETWEEN or bi0 != bi1 or not cfg0.get("return_sequences"):
             raise FormatError(stack_error)

@@ -395,7 +395,8 @@ def constant_inputs(graph, folder, grus, opset: int) -> dict[str, np.ndarray]:
                               f"{len(gru.output)}")
     roles = {}
     for gru in grus:
-        for name, role in zip(gru.input[1:], ("W", "R", "B", "sequence_lens", "initial_h")):
+        for name, role in zip(gru.input[1:], ("W", "R", "B", "sequence_lens", "initial_h"),
+                              strict=False):
             roles.setdefault(name, f"GRU node {gru.name or '<unnamed>'!r}: {role} ({name!r})")
     return fold_constants(graph, folder, roles, opset)
 
@@ -483,7 +484,7 @@ def _check_nothing_else(graph, chain, graph_inputs) -> None:
     folded = constant_names(graph)
     layers = {id(gru) for gru, _ in chain}
     accounted = layers | {id(op) for _, ops in chain for op in ops}
-    for k, (gru, _) in enumerate(chain):
+    for gru, _ in chain:
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
         lengths = gru.input[4] if len(gru.input) > 4 else ""
         if lengths and lengths in folded:

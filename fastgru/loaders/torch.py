@@ -79,7 +79,8 @@ def _check_sizes(own: dict, prefix: str) -> None:
             raise FormatError(f"{prefix}{key} has no valid shape: {shape!r}") from None
         strides = value.stride() if callable(getattr(value, "stride", None)) else \
             getattr(value, "strides", ())
-        if all(dims) and any(stride == 0 and dim > 1 for stride, dim in zip(strides, dims)):
+        pairs = zip(strides, dims, strict=False)
+        if all(dims) and any(stride == 0 and dim > 1 for stride, dim in pairs):
             raise FormatError(f"{prefix}{key} is a broadcast view (a stride of 0) claiming "
                               f"shape {tuple(dims)} from a few stored values; trained weights "
                               f"are never stored so")

@@ -27,7 +27,12 @@ def _say_once(key: str, message: str) -> None:
         warnings.warn(f"fastgru: {message}", RuntimeWarning, stacklevel=3)
 
 
-class _ReadOnlyPackageCache(caching.InTreeCacheLocator):
+# Public names in recent Numba releases, underscored in older ones
+_InTreeLocator = getattr(caching, "InTreeCacheLocator", None) or caching._InTreeCacheLocator
+_CacheImpl = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+
+
+class _ReadOnlyPackageCache(_InTreeLocator):
     """A prebuilt cache in the package's own __pycache__ where that folder is read-only (a
     read-only container image): Numba's locators all want to write, so without this one such a
     cache could not even be read. Tried last, for fastgru's files only."""
@@ -43,7 +48,7 @@ class _ReadOnlyPackageCache(caching.InTreeCacheLocator):
         return super().from_function(py_func, py_file)
 
 
-caching.CacheImpl._locator_classes.append(_ReadOnlyPackageCache)
+_CacheImpl._locator_classes.append(_ReadOnlyPackageCache)
 
 
 def _probe():

@@ -76,12 +76,12 @@ def main() -> int:
             blocks = blocks.persist()
             ours = fastgru_dask.predict(model, blocks)
             rows.append((f"fastgru.dask, {workers} worker(s) x {share} thread(s)",
-                         best_rate(lambda: ours.sum().compute(), len(x))))
+                         best_rate(ours.sum().compute, len(x))))
             theirs = blocks.map_blocks(_onnxruntime_block, dask.delayed(proto), share,
                                        chunks=(blocks.chunks[0], (100,), (256,)),
                                        dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
             rows.append((f"Dask + onnxruntime, {workers} worker(s) x {share} thread(s)",
-                         best_rate(lambda: theirs.sum().compute(), len(x))))
+                         best_rate(theirs.sum().compute, len(x))))
     print(f"{args.sequences} sequences, T=100, D=64, H=256, blocks of {args.chunk}, "
           f"{cores} cores\n")
     print("| pipeline | sequences/s |\n|---|---|")

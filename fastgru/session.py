@@ -68,7 +68,7 @@ class _GRUStep:
         self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),
                          dtype=dtype)
         self.layout = read[0][2]
-        padded = [list(n.input) + [""] * (6 - len(n.input)) for n in nodes]
+        padded = [onnx_loader.gru_inputs(n) for n in nodes]
         self.x, self.lengths = padded[0][0], padded[0][4]
         self.h0 = [p[5] for p in padded]
         outs = [list(n.output) + [""] * (2 - len(n.output)) for n in nodes]
@@ -142,7 +142,7 @@ def _chains(graph, nodes: list, grus: list, values: dict, reads, folder, opset,
                                               steps, batch):
             continue  # run apart, the plumbing by onnxruntime: slower, never wrong
         passed = [lower.output[0], *(o for op in ops for o in op.output if o)]
-        same_lengths = (list(lower.input) + [""] * 6)[4] == (list(upper.input) + [""] * 6)[4]
+        same_lengths = onnx_loader.gru_inputs(lower)[4] == onnx_loader.gru_inputs(upper)[4]
         if options == low_options and not layout and not low_layout and same_lengths and \
                 all(readers.get(n, 0) == 1 for n in passed) and \
                 low.w.dtype == up.w.dtype:
@@ -232,8 +232,8 @@ class InferenceSession:
         grus = onnx_loader.gru_nodes(graph)
         values = onnx_loader.constant_inputs(graph, folder, grus, opset)
         for gru in grus:  # zeros are the state a GRU starts from anyway: drop such initial_h
-            if len(gru.input) > 5 and gru.input[5] and \
-                    isinstance(onnx_loader.stored_state(graph, gru.input[5], folder, opset), float):
+            h0 = onnx_loader.gru_inputs(gru)[5]
+            if h0 and isinstance(onnx_loader.stored_state(graph, h0, folder, opset), float):
                 gru.input[5] = ""
         self._types = onnx_loader.value_infos(model)
         self._elem = {v.name: v.type.tensor_type.elem_type for v in self._types.values()}
@@ -251,8 +251,8 @@ class InferenceSession:
 
         def reads(node) -> list[str]:  # a GRU's weights are folded: it reads only the rest
             if id(node) in gru_ids:
-                padded = list(node.input) + [""] * 6
-                return [n for n in (padded[0], padded[4], padded[5]) if n and n not in values]
+                x, _, _, _, lengths, h0 = onnx_loader.gru_inputs(node)
+                return [n for n in (x, lengths, h0) if n and n not in values]
             return _reads(node)
 
         nodes = self._live(graph, list(graph.node), reads)

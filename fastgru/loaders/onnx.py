@@ -235,6 +235,11 @@ def _text(value) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def gru_inputs(node) -> list[str]:
+    """A GRU node's six inputs X, W, R, B, sequence_lens, initial_h ("" where absent)."""
+    return (list(node.input) + [""] * 6)[:6]
+
+
 def read_gru_node(node, values: dict):
     """(LayerWeights, options dict, layout == 1) of one GRU node; values: its folded constant
     inputs (fold_constants)."""
@@ -260,7 +265,7 @@ def read_gru_node(node, values: dict):
     if clip is not None and not (isinstance(clip, float) and clip > 0):
         raise FormatError(f"GRU node {name!r}: clip must be a positive number, got {clip!r}")
 
-    inputs = list(node.input) + [""] * (6 - len(node.input))
+    inputs = gru_inputs(node)
     if not inputs[1] or not inputs[2]:
         raise FormatError(f"GRU node {name!r} lacks its W or R input")
     r = _weight(values, inputs[2], "R", name)
@@ -486,7 +491,7 @@ def _check_nothing_else(graph, chain, graph_inputs) -> None:
     accounted = layers | {id(op) for _, ops in chain for op in ops}
     for gru, _ in chain:
         stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        lengths = gru.input[4] if len(gru.input) > 4 else ""
+        lengths = gru_inputs(gru)[4]
         if lengths and lengths in folded:
             raise FormatError(f"{stop}: its sequence_lens is a constant, which a GRU stack read "
                               f"alone cannot keep; {_WHOLE_GRAPHS}")
@@ -610,7 +615,7 @@ def _stored_states(graph, chain, folder, opset, layers, options):
     hidden = layers[0].r.shape[-1]
     states, fed = [], []
     for gru, _ in chain:
-        name = gru.input[5] if len(gru.input) > 5 else ""
+        name = gru_inputs(gru)[5]
         where = f"GRU node {gru.name or '<unnamed>'!r}"
         value = stored_state(graph, name, folder, opset) if name else 0.0
         fed.append(value is None)

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from fastgru._model import GRU
+
 # |fastgru - reference| <= ATOL + RTOL * |reference| for `fastgru check` (float32 models).
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -40,19 +42,17 @@ def _load(path, args):
     return fastgru.load(path, **_load_options(args))
 
 
-def _whole_graph(path, args):
-    """fastgru.InferenceSession for an ONNX file that is more than a GRU stack, else None (the
-    file is a GRU model, and fastgru.load reads it)."""
+def _open(path, args):
+    """The model file read once: a fastgru.GRU, or, for an ONNX file that is more than a GRU
+    stack, a fastgru.InferenceSession over the whole graph."""
     import fastgru
     from fastgru.loaders import files
 
-    path = files.check_file(path)
-    if files.sniff(path) != "onnx":
-        return None
     try:
-        _load(path, args)
-        return None
+        return _load(path, args)
     except fastgru.FormatError as error:
+        if files.sniff(files.check_file(path)) != "onnx":
+            raise
         try:
             return fastgru.InferenceSession(path)
         except fastgru.FormatError:
@@ -71,10 +71,9 @@ def _info_whole_graph(path, session) -> int:
 
 
 def cmd_info(args) -> int:
-    session = _whole_graph(args.model, args)
-    if session is not None:
-        return _info_whole_graph(args.model, session)
-    model = _load(args.model, args)
+    model = _open(args.model, args)
+    if not isinstance(model, GRU):
+        return _info_whole_graph(args.model, model)
     spec = model.spec
     params = sum(layer.w.size + layer.r.size + layer.b.size for layer in spec.layers)
     dirs = spec.num_directions
@@ -163,12 +162,11 @@ def _named_files(values, what) -> dict[str, str]:
 def cmd_run(args) -> int:
     inputs = _named_files(args.input, "--input")
     outputs = _named_files(args.output, "--output")
-    session = _whole_graph(args.model, args)
-    if session is not None:
-        return _run_whole_graph(session, inputs, outputs, args)
+    model = _open(args.model, args)
+    if not isinstance(model, GRU):
+        return _run_whole_graph(model, inputs, outputs, args)
     if set(inputs) != {""} or set(outputs) != {""}:
         raise UsageError("a GRU model takes one --input FILE.npy and one --output FILE.npy")
-    model = _load(args.model, args)
     x = _npy(inputs[""], "input")
     h0 = _npy(args.h0, "h0") if args.h0 else None
     lengths = _npy(args.lengths, "lengths") if args.lengths else None
@@ -213,8 +211,6 @@ def _onnxruntime_outputs(model, path, x):
     if path.lower().endswith(".onnx"):
         proto = onnx.load(path)
     else:  # onnxruntime's GRU is float32 only: a float64 model is checked through its twin
-        from fastgru import GRU
-
         proto = GRU(model.spec, batch_first=model.batch_first).to_onnx(state_inputs=True)
     try:
         session = ort.InferenceSession(proto.SerializeToString(),
@@ -290,10 +286,9 @@ def _check_whole_graph(args, session) -> int:
 def cmd_check(args) -> int:
     if args.batch < 1 or args.seq < 1:
         raise UsageError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
-    session = _whole_graph(args.model, args)
-    if session is not None:
-        return _check_whole_graph(args, session)
-    model = _load(args.model, args)
+    model = _open(args.model, args)
+    if not isinstance(model, GRU):
+        return _check_whole_graph(args, model)
     rng = np.random.default_rng(args.seed)
     shape = (args.batch, args.seq) if model.batch_first else (args.seq, args.batch)
     x = rng.standard_normal((*shape, model.input_size)).astype(np.float32)

@@ -55,15 +55,16 @@ class _GRUStep:
     op_type = "GRU"
     attribute = ()
 
-    def __init__(self, nodes: list, values: dict) -> None:
+    def __init__(self, nodes: list, read: dict, values: dict) -> None:
+        """nodes: the chain's GRU nodes; read: id(node) -> read_gru_node's result."""
         from fastgru._weights import GRUSpec
 
-        read = [onnx_loader.read_gru_node(node, values) for node in nodes]
-        w = values[nodes[0].input[1]]
-        if w.dtype not in (np.float32, np.float64):
+        read = [read[id(node)] for node in nodes]
+        dtype = _weight_dtype(nodes[0], values)
+        if dtype not in (np.float32, np.float64):
             raise FormatError(f"GRU node {nodes[0].name!r}: fastgru runs float and double "
-                              f"GRUs, this one is {w.dtype.name}")
-        dtype = w.dtype.name
+                              f"GRUs, this one is {dtype.name}")
+        dtype = dtype.name
         layers = tuple(layer for layer, _, _ in read)
         self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),
                          dtype=dtype)
@@ -109,12 +110,17 @@ class _GRUStep:
                     if self.layout else layer
 
 
-def _chains(graph, nodes: list, grus: list, values: dict, reads, folder, opset,
+def _weight_dtype(node, values: dict) -> np.dtype:
+    """The dtype W is stored in (read_gru_node gives float64 copies)."""
+    return values[node.input[1]].dtype
+
+
+def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, folder, opset,
             types: dict) -> list[list]:
     """The GRU nodes grouped into stacks: node b joins a's chain when b reads a's Y through
     plumbing that does what a stacked export's does (checked on a probe), and no other node of
-    `nodes` (those that run) reads a's Y or that plumbing. types: the graph's value infos, for
-    the sizes it fixes."""
+    `nodes` (those that run) reads a's Y or that plumbing. read: id(node) -> read_gru_node's
+    result; types: the graph's value infos, for the sizes it fixes."""
     producers = onnx_loader._producers(graph)
     readers: dict[str, int] = {}
     for node in nodes:
@@ -131,11 +137,8 @@ def _chains(graph, nodes: list, grus: list, values: dict, reads, folder, opset,
             continue
         if kind != "gru" or id(lower) in follows:
             continue
-        try:
-            low, low_options, low_layout = onnx_loader.read_gru_node(lower, values)
-            up, options, layout = onnx_loader.read_gru_node(upper, values)
-        except FormatError:
-            continue
+        low, low_options, low_layout = read[id(lower)]
+        _, options, layout = read[id(upper)]
         dirs = 2 if options["direction"] == "bidirectional" else 1
         steps, batch = onnx_loader.fixed_sizes(types, lower.output[0])
         if not onnx_loader.moves_layer_output(graph, ops, dirs, low.r.shape[-1], folder, opset,
@@ -145,7 +148,7 @@ def _chains(graph, nodes: list, grus: list, values: dict, reads, folder, opset,
         same_lengths = onnx_loader.gru_inputs(lower)[4] == onnx_loader.gru_inputs(upper)[4]
         if options == low_options and not layout and not low_layout and same_lengths and \
                 all(readers.get(n, 0) == 1 for n in passed) and \
-                low.w.dtype == up.w.dtype:
+                _weight_dtype(lower, values) == _weight_dtype(upper, values):
             follows[id(lower)] = upper
     uppers = {id(u) for u in follows.values()}
     chains = []
@@ -265,9 +268,10 @@ class InferenceSession:
                                   f"{lacking}, which no graph input, initializer or node "
                                   f"provides")
         live_grus = [n for n in nodes if id(n) in gru_ids]
-        chains = _chains(graph, nodes, live_grus, values, reads, self._folder, self._opset,
-                         self._types)
-        steps = [_GRUStep(chain, values) for chain in chains]
+        read = {id(g): onnx_loader.read_gru_node(g, values) for g in live_grus}  # once each
+        chains = _chains(graph, nodes, live_grus, read, values, reads, self._folder,
+                         self._opset, self._types)
+        steps = [_GRUStep(chain, read, values) for chain in chains]
         # the plumbing inside a chain is read by no one now: _live drops it
         order = self._live(graph, [n for n in nodes if id(n) not in gru_ids] + steps, _reads)
         # stage 2k: run by onnxruntime session k; stage 2k + 1: GRU nodes run by fastgru.

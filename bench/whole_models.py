@@ -15,13 +15,10 @@ GRU node alone against the same node followed by one Identity run by onnxruntime
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -31,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import fastgru  # noqa: E402
 from fastgru.benchmark import Case, run, table  # noqa: E402
 from test_session import (BidirectionalBatchFirst, EncoderDecoder, MaskNet,  # noqa: E402
-                          StreamingNet)
+                          StreamingNet, export)
 
 H, T = 256, 100
 
@@ -48,15 +45,6 @@ def networks():
         ("streaming step", StreamingNet(64, H), (torch.zeros(1, 1, 64), torch.zeros(2, 1, H)),
          ["frame", "state_in"], ["out", "state_out"], 1, 1),
     ]
-
-
-def export(module, args, path, inputs, outputs) -> str:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, path, input_names=inputs, output_names=outputs,
-                          dynamo=False, opset_version=14)
-    return path
 
 
 def boundary_cost(folder: str, threads: int, seconds: float) -> tuple[float, float]:
@@ -95,7 +83,7 @@ def main() -> int:
         cases = []
         for name, module, example, inputs, outputs, batch, steps in networks():
             path = export(module, example, os.path.join(folder, f"{name.replace(' ', '_')}.onnx"),
-                          inputs, outputs)
+                          (inputs, outputs), dynamo=False)
             cases.append(Case(name, batch, steps, 64, H, model_path=path, whole_graph=True))
         records = run(cases, ["fastgru", "onnxruntime"], threads, args.seconds, args.rounds)
         print(table(records, cases))

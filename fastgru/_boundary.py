@@ -6,17 +6,21 @@ import os
 
 import numpy as np
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "bfloat16")
 
 
-def resolve_dtype(dtype) -> np.dtype:
+def resolve_dtype(dtype) -> str:
+    """The name of a model's dtype: float32, float64, or bfloat16 (weights stored in bfloat16,
+    everything else in float32)."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return dtype
     try:
         resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) is float64
     except TypeError:
         resolved = None
     if resolved is None or resolved.name not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    return resolved
+    return resolved.name
 
 
 def as_float_array(value, dtype: np.dtype, name: str) -> np.ndarray:

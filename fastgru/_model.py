@@ -12,9 +12,11 @@ import numpy as np
 
 from fastgru._boundary import (as_float_array, as_lengths, check_shape, memory_bytes,
                                resolve_dtype)
-from fastgru._weights import GRUSpec, LayerWeights
-from fastgru._workspace import WorkspacePool
+from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_values
+from fastgru._workspace import Workspace, WorkspacePool
 from fastgru.kernels import gru as kernels
+from fastgru.kernels.bfloat16 import pair_inputs, round_to_pairs
+from fastgru.kernels.simd import BF16_DOT_PRODUCTS
 from fastgru.kernels.config import parallel_guard
 
 # Below this many multiply-adds the input projection runs on the calling thread: sharing it out
@@ -50,12 +52,28 @@ class _RunningCalls:
 
 
 _RUNNING = _RunningCalls()
+
+# Whether bfloat16 models pair their weights for the CPU's dot products (kernels/bfloat16.py) or
+# widen them to float32 as they are read; read when a model is built, so that tests can build
+# models of the widening path on a CPU that has both.
+BF16_PAIRS = BF16_DOT_PRODUCTS
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_RUNNING.after_fork_in_child)
 
 
-def _project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int) -> None:
+def _operand(x: np.ndarray, w: np.ndarray, ws: Workspace) -> np.ndarray:
+    """What the kernels multiply w by: x (N, D) itself, or x rounded to (N, ceil(D/2)) pairs of
+    bfloat16 (made in ws) for weights paired for dot products (kernels/bfloat16.py)."""
+    if w.dtype != np.uint32:
+        return x
+    pairs = ws.get("pairs", (x.shape[0], (x.shape[1] + 1) // 2), np.uint32)
+    round_to_pairs(x, pairs, 0, x.shape[0])
+    return pairs
+
+
+def _project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int, ws: Workspace) -> None:
     """out = x @ W^T (see kernels.project): x (N, D), w (panels, D, P), out (N, panels*P)."""
+    x = _operand(x, w, ws)
     if threads > 1 and out.size * x.shape[1] >= PROJECT_PARALLEL_MIN_MACS:
         kernels.project(x, w, out)
     else:
@@ -83,17 +101,22 @@ class GRU:
 
     def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32",
                  initial_state=None) -> None:
-        self._dtype = resolve_dtype(dtype)
+        self._precision = resolve_dtype(dtype)
+        bfloat16 = self._precision == "bfloat16"
+        self._dtype = np.dtype(np.float32 if bfloat16 else self._precision)  # x, h, y, biases
         if initial_state is not None:  # overrides the spec's; validated by GRUSpec
             spec = replace(spec, initial_state=np.asarray(initial_state))
 
-        def own(a):  # in the model's dtype, shown as float64
-            return np.asarray(a, self._dtype).astype(np.float64)
+        def own(a, weight=False):  # in the dtype the model holds it in, shown as float64
+            a = np.asarray(a, self._dtype)
+            if weight and bfloat16:
+                a = bfloat16_values(bfloat16_bits(a))
+            return a.astype(np.float64)
 
         # The model holds its weights in its own dtype; spec shows exactly those values, so
         # saving and exporting reproduce this model bit for bit.
         spec = replace(spec, layers=tuple(
-            LayerWeights(*(own(a) for a in (layer.w, layer.r, layer.b)))
+            LayerWeights(own(layer.w, True), own(layer.r, True), own(layer.b))
             for layer in spec.layers),
             initial_state=None if spec.initial_state is None else own(spec.initial_state))
         for array in (*(a for layer in spec.layers for a in (layer.w, layer.r, layer.b)),
@@ -105,25 +128,31 @@ class GRU:
         self._batch_first = bool(batch_first)
         dirs, H = spec.num_directions, spec.hidden_size
         dt = self._dtype
+
+        def weights(a):  # packed weights as the kernels read them (see kernels/bfloat16.py)
+            if not bfloat16:
+                return a
+            return pair_inputs(bfloat16_bits(a)) if BF16_PAIRS else bfloat16_bits(a)
+
         # Kernel-ready arrays, derived once, in the kernels' gate-column layout (each gate padded
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
         # all directions are stacked so one product projects the whole sequence for a layer.
         self._padded_units = kernels.padded_units(H, dt)
         packed = sum(dirs * 3 * self._padded_units * (layer.w.shape[-1] + H)
-                     for layer in spec.layers) * dt.itemsize
+                     for layer in spec.layers) * (2 if bfloat16 else dt.itemsize)
         if packed > memory_bytes() // 2:  # checked before the packed copies are made
             raise ValueError(
                 f"this model's kernel weights would take {packed / 2**30:.1f} GiB (each gate "
                 f"padded to {self._padded_units} units), more than half this machine's memory")
         self._row_group = kernels.row_group(H, dt)
         self._unit_panels = self._padded_units // kernels.panel_width(dt)  # per gate
-        ws = [kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H)
+        ws = [weights(kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H))
               for layer in spec.layers]
         self._w0 = _frozen(ws[0])
-        self._wrest = _frozen(np.array(ws[1:], dtype=dt).reshape(len(ws) - 1, *ws[0].shape[:1],
-                                                                 dirs * H, ws[0].shape[2]))
-        self._r = _frozen(np.array([[kernels.pack_gate_rows(r.astype(dt), H) for r in layer.r]
-                                    for layer in spec.layers]))
+        self._wrest = _frozen(np.array(ws[1:]) if len(ws) > 1 else
+                              np.zeros((0, *ws[0].shape), ws[0].dtype))
+        self._r = _frozen(np.array([[weights(kernels.pack_gate_rows(r.astype(dt), H))
+                                     for r in layer.r] for layer in spec.layers]))
         bx, rbn = [], []
         for layer in spec.layers:
             wb, rb = layer.b[:, :3 * H], layer.b[:, 3 * H:]
@@ -142,7 +171,7 @@ class GRU:
     def __reduce__(self):
         """Pickles as weights and options (not workspaces or locks): for multiprocessing's
         spawn, distributed workers and copy.deepcopy. Unpickling rebuilds an equal model."""
-        return (_rebuild, (self._spec, self._batch_first, self._dtype.name))
+        return (_rebuild, (self._spec, self._batch_first, self._precision))
 
     # ---- construction from other tools -------------------------------------------------------
 
@@ -198,7 +227,7 @@ class GRU:
         """Write fastgru's own file (safetensors with metadata); fastgru.load reads it back."""
         from fastgru.loaders import native
 
-        native.write(path, self._spec, batch_first=self._batch_first, dtype=self._dtype)
+        native.write(path, self._spec, batch_first=self._batch_first, dtype=self._precision)
 
     def to_onnx(self, path=None, *, state_inputs: bool = False):
         """An ONNX model computing this GRU: input X, outputs Y (torch layout) and Y_h.
@@ -259,7 +288,15 @@ class GRU:
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of inputs, states and outputs: float32 for a bfloat16 model."""
         return self._dtype
+
+    @property
+    def precision(self) -> str:
+        """The dtype= the model was built with: "float32", "float64", or "bfloat16" (weights
+        stored in bfloat16 and widened to float32 as they are read; biases, states, gates and
+        outputs in float32)."""
+        return self._precision
 
     @property
     def initial_state(self) -> np.ndarray | None:
@@ -272,7 +309,7 @@ class GRU:
         return (f"fastgru.GRU(input_size={self.input_size}, hidden_size={self.hidden_size}, "
                 f"num_layers={self.num_layers}, direction={self.direction!r}, "
                 f"batch_first={self.batch_first}, "
-                f"linear_before_reset={int(self.linear_before_reset)}, dtype={self.dtype.name}"
+                f"linear_before_reset={int(self.linear_before_reset)}, dtype={self._precision}"
                 f"{stored})")
 
     # ---- inference -----------------------------------------------------------------------------
@@ -337,8 +374,8 @@ class GRU:
                 for k in range(L):
                     w = self._w0 if k == 0 else self._wrest[k - 1]
                     xproj = ws.get("xproj", (T, B, dirs * 3 * Hp))
-                    _project(layer_in.reshape(T * B, w.shape[1]), w,
-                             xproj.reshape(T * B, dirs * 3 * Hp), threads)
+                    _project(layer_in.reshape(T * B, layer_in.shape[2]), w,
+                             xproj.reshape(T * B, dirs * 3 * Hp), threads, ws)
                     layer_out = y if k == L - 1 else ws.get(f"layer{k % 2}", (T, B, dirs * H))
                     args = (xproj, self._bx[k], self._r[k], self._rbn[k], state[k])
                     scratch = (ws.get("acc", (dirs, B, 3 * Hp)), ws.get("hr", (dirs, B, H)))
@@ -391,7 +428,8 @@ class GRU:
         tail = (one, self._reverse, self.linear_before_reset, self._clip,
                 np.zeros((1, 1, dirs * H), dt), 1)
         with parallel_guard():
-            x0, out = np.zeros((1, self.input_size), dt), xproj.reshape(1, -1)
+            x0 = _operand(np.zeros((1, self.input_size), dt), self._w0, Workspace(dt))
+            out = xproj.reshape(1, -1)
             kernels.project(x0, self._w0, out)  # both ways _project may go
             kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0])
             layer = (xproj, self._bx[0], self._r[0], self._rbn[0], h)

@@ -81,3 +81,16 @@ class GRUSpec:
     @property
     def input_size(self) -> int:
         return self.layers[0].w.shape[-1]
+
+
+def bfloat16_bits(a: np.ndarray) -> np.ndarray:
+    """The bits (uint16) of the bfloat16 nearest each value of `a` taken as float32, ties to
+    even: what torch's float32 .to(torch.bfloat16) gives for finite values."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def bfloat16_values(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 bits (exact)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+

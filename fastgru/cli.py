@@ -87,7 +87,7 @@ def cmd_info(args) -> int:
     print(f"linear_before_reset: {int(model.linear_before_reset)}")
     print(f"clip:                {model.clip}")
     print(f"batch_first:         {model.batch_first}")
-    print(f"dtype:               {model.dtype.name}")
+    print(f"dtype:               {model.precision}")
     print(f"parameters:          {params}")
     print(f"FLOPs per step:      {flops} per batch row (multiply-add = 2)")
     return 0
@@ -417,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--prefix", help="the GRU's key prefix in a larger PyTorch state dict")
     group.add_argument("--node", help="one GRU node of an ONNX graph, by name")
     group.add_argument("--layer", help="one GRU layer of a Keras file, by name")
-    group.add_argument("--dtype", default="float32", help="float32 (default) or float64")
+    group.add_argument("--dtype", default="float32",
+                       help="float32 (default), float64, or bfloat16 (weights in bfloat16, "
+                            "inputs and outputs float32)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, **kwargs):

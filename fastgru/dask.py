@@ -100,7 +100,7 @@ def predict(model: GRU, x, *, lengths=None, output: str = "y"):
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be integers, got {lengths.dtype}")
         args += [lengths.rechunk((x.chunks[0],)), "n"]
-    batch_major = GRU(model.spec, batch_first=True, dtype=model.dtype)
+    batch_major = GRU(model.spec, batch_first=True, dtype=model.precision)
     args += [dask.delayed(batch_major, pure=True), None]  # one task: sent to each worker once
     dirs = 2 if model.bidirectional else 1
     H = model.hidden_size
@@ -155,7 +155,7 @@ def score_parquet(model: GRU, src: str, dst: str, *, id_column: str = "id",
     if missing:
         raise ValueError(f"{src!r} has no column {missing[0]!r}; its columns are "
                          f"{list(frame.columns)} (choose them with id_column= / frames_column=)")
-    batch_major = GRU(model.spec, batch_first=True, dtype=model.dtype)
+    batch_major = GRU(model.spec, batch_first=True, dtype=model.precision)
     meta = {id_column: frame[id_column].dtype, output: object}
     scored = frame.map_partitions(_score_frame, dask.delayed(batch_major, pure=True), id_column,
                                   frames_column, output, batch_frames, meta=meta)

@@ -14,8 +14,13 @@ def _sigmoid(v):
 
 
 def reference_gru(x, layers, *, direction="forward", linear_before_reset=True, clip=None,
-                  h0=None, lengths=None):
-    """layers: a list of (W, R, B) per layer. Returns (y, h_n) in float64."""
+                  h0=None, lengths=None, operand=None):
+    """layers: a list of (W, R, B) per layer. Returns (y, h_n) in float64.
+
+    operand, when given, is applied to every vector a weight matrix multiplies (x_t, h, r * h):
+    rounding them to bfloat16 models a bfloat16 dot product.
+    """
+    op = (lambda v: v) if operand is None else operand
     x = np.asarray(x, dtype=np.float64)
     T, batch = x.shape[:2]
     H = layers[0][1].shape[-1]
@@ -37,13 +42,13 @@ def reference_gru(x, layers, *, direction="forward", linear_before_reset=True, c
                 h = h_n[k * dirs + d, b].copy()
                 steps = range(lengths[b] - 1, -1, -1) if backwards else range(lengths[b])
                 for t in steps:
-                    xt = inp[t, b]
-                    z = _sigmoid(cl(Wz @ xt + bWz + Rz @ h + bRz))
-                    r = _sigmoid(cl(Wr @ xt + bWr + Rr @ h + bRr))
+                    xt, hv = op(inp[t, b]), op(h)
+                    z = _sigmoid(cl(Wz @ xt + bWz + Rz @ hv + bRz))
+                    r = _sigmoid(cl(Wr @ xt + bWr + Rr @ hv + bRr))
                     if linear_before_reset:
-                        n = np.tanh(cl(Wn @ xt + bWn + r * (Rn @ h + bRn)))
+                        n = np.tanh(cl(Wn @ xt + bWn + r * (Rn @ hv + bRn)))
                     else:
-                        n = np.tanh(cl(Wn @ xt + bWn + Rn @ (r * h) + bRn))
+                        n = np.tanh(cl(Wn @ xt + bWn + Rn @ op(r * h) + bRn))
                     h = (1 - z) * n + z * h
                     out[t, b, d * H:(d + 1) * H] = h
                 h_n[k * dirs + d, b] = h

@@ -62,8 +62,10 @@ def test_lengths(model):
 def test_dtype_choice(rng):
     spec = random_spec(rng, 2, 3)
     assert fastgru.GRU(spec, dtype=np.float64).dtype == np.float64
-    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), "
-                                         r"got 'float16'"):
+    bf16 = fastgru.GRU(spec, dtype="bfloat16")
+    assert bf16.dtype == np.float32 and bf16.precision == "bfloat16"  # arrays stay float32
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64', "
+                                         r"'bfloat16'\), got 'float16'"):
         fastgru.GRU(spec, dtype="float16")
     with pytest.raises(ValueError, match=r"dtype must be one of .* got 'banana'"):
         fastgru.GRU(spec, dtype="banana")

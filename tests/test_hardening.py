@@ -175,7 +175,8 @@ def test_small_refusals(rng):
     model = fastgru.GRU(random_spec(rng, 3, 4))
     y, h_n = model(np.zeros((5, 0, 3)), lengths=[])  # an empty batch, empty lengths
     assert y.shape == (5, 0, 4) and h_n.shape == (1, 0, 4)
-    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got None"):
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64', "
+                                         r"'bfloat16'\), got None"):
         fastgru.GRU(random_spec(rng, 3, 4), dtype=None)
 
 

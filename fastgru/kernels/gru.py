@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from fastgru.kernels import atomics, cpu
 from fastgru.kernels.activations import sigmoid, tanh
+from fastgru.kernels.bfloat16 import operand, operand_scratch
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
 from fastgru.kernels.simd import VECTOR_BYTES, fma, lanes, load, splat, store
 
@@ -93,11 +94,12 @@ FOUR_ROW_TILES = VECTOR_BYTES == 64
 def matvec(v, wp, out, b0, b1, p0, p1):
     """out[b, p*P + c] = sum_k v[b, k] * wp[p, k, c] for rows b0 <= b < b1, panels p0 <= p < p1.
 
-    v: (B, K), wp: (panels, K, P), out: (B, >= p1*P). Register tiles of 4 rows (see
-    FOUR_ROW_TILES), 2 rows or 1 row times one panel of four vectors: per k, four vector loads
-    and one broadcast per row feed 4 vector sums per row. Every sum is one chain of fused
-    multiply-adds over k in order, so a row's result is the same bit for bit whatever tile,
-    batch position or thread computes it.
+    v: (B, K), wp: (panels, K, P), out: (B, >= p1*P); for bfloat16 weights wp is uint16, or
+    uint32 pairs of inputs with v the operand's pairs (see bfloat16.py). Register tiles of 4
+    rows (see FOUR_ROW_TILES), 2 rows or 1 row times one panel of four vectors: per k, four
+    vector loads and one broadcast per row feed 4 vector sums per row. Every sum is one chain of
+    fused multiply-adds over k in order, so a row's result is the same bit for bit whatever
+    tile, batch position or thread computes it.
     """
     L = wp.shape[2] // 4
     for p in range(p0, p1):
@@ -118,7 +120,7 @@ def matvec(v, wp, out, b0, b1, p0, p1):
 @njit(inline="always", **JIT_OPTIONS)
 def _tile4(v, panel, out, b, j, L):
     v0, v1, v2, v3 = v[b], v[b + 1], v[b + 2], v[b + 3]
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(v.dtype.type(0.0))
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(out.dtype.type(0.0))
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = a00
     for k in range(v.shape[1]):
         wk = panel[k]
@@ -136,7 +138,7 @@ def _tile4(v, panel, out, b, j, L):
 @njit(inline="always", **JIT_OPTIONS)
 def _tile2(v, panel, out, b, j, L):
     v0, v1 = v[b], v[b + 1]
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(v.dtype.type(0.0))
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(out.dtype.type(0.0))
     for k in range(v.shape[1]):
         wk = panel[k]
         w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
@@ -149,7 +151,7 @@ def _tile2(v, panel, out, b, j, L):
 @njit(inline="always", **JIT_OPTIONS)
 def _tile1(v, panel, out, b, j, L):
     vb = v[b]
-    a0 = a1 = a2 = a3 = splat(v.dtype.type(0.0))
+    a0 = a1 = a2 = a3 = splat(out.dtype.type(0.0))
     for k in range(v.shape[1]):
         wk = panel[k]
         a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
@@ -196,11 +198,12 @@ def project(x, wp, out):
 
 
 @njit(**JIT_OPTIONS)
-def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip):
+def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip, vb):
     """First half of step s of direction d for rows b0 <= b < b1 and units j0 <= j < j1.
 
     xproj: (T, B, >= (d+1)*3Hp); bx: (3Hp,), r: (3Hp/P, H, P), rbn: (H,) this direction's;
-    h: (B, H) the state before the step; acc: (B, 3Hp), hr: (B, H) scratch. j0 and j1 are
+    h: (B, H) the state before the step; acc: (B, 3Hp), hr: (B, H), vb: operand_scratch(r, B, H)
+    scratch. j0 and j1 are
     multiples of P (j1 <= Hp). Leaves 1 - z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2Hp + j]
     with lbr; without lbr, r * h in hr[b, j] for R_n to multiply in `update` once every unit of
     hr is known. Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse);
@@ -209,10 +212,11 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     H = h.shape[1]
     Hp = acc.shape[1] // 3
     P = r.shape[2]
-    matvec(h, r, acc, b0, b1, j0 // P, j1 // P)
-    matvec(h, r, acc, b0, b1, (Hp + j0) // P, (Hp + j1) // P)
+    hv = operand(h, r, vb, b0, b1)
+    matvec(hv, r, acc, b0, b1, j0 // P, j1 // P)
+    matvec(hv, r, acc, b0, b1, (Hp + j0) // P, (Hp + j1) // P)
     if lbr:
-        matvec(h, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
+        matvec(hv, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
     u1 = min(j1, H)
     n = u1 - j0
     g = d * 3 * Hp + j0  # this direction's z columns of xproj, from unit j0
@@ -243,7 +247,7 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
 
 @njit(**JIT_OPTIONS)
 def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, reverse, lbr, clip,
-           y):
+           vb, y):
     """Second half of step s (see `gates`): n, then h_new[b, j] = h + (1 - z) (n - h).
 
     The update is written with 1 - z as computed by `gates` (relatively accurate even for slow
@@ -257,7 +261,8 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     Hp = acc.shape[1] // 3
     P = r.shape[2]
     if not lbr:
-        matvec(hr, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
+        matvec(operand(hr, r, vb, b0, b1), r, acc, b0, b1, (2 * Hp + j0) // P,
+               (2 * Hp + j1) // P)
     u1 = min(j1, H)
     n = u1 - j0
     g = d * 3 * Hp + 2 * Hp + j0  # this direction's n columns of xproj, from unit j0
@@ -283,14 +288,15 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
 
 @njit(**JIT_OPTIONS)
 def step_rows(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, lbr, clip, y,
-              group):
+              group, vb):
     """Advance rows b0 <= b < b1 of direction d by step s, all units, h updated in place, in
     groups of `group` rows (row_group)."""
     Hp = acc.shape[1] // 3
     for g0 in range(b0, b1, group):
         g1 = min(g0 + group, b1)
-        gates(xproj, d, bx, r, rbn, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip)
-        update(xproj, d, bx, r, h, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip, y)
+        gates(xproj, d, bx, r, rbn, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip, vb)
+        update(xproj, d, bx, r, h, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip, vb,
+               y)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -316,9 +322,10 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
         # blocks of whole quads of rows, so the 4-row tiles of `matvec` stay full
         b0 = min(B, 4 * (blk * quads // blocks))
         b1 = min(B, 4 * ((blk + 1) * quads // blocks))
+        vb = operand_scratch(r, B, h.shape[2])
         for s in range(T):
             step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
-                      b0, b1, s, lengths, reverse[d], lbr, clip, y, group)
+                      b0, b1, s, lengths, reverse[d], lbr, clip, y, group, vb)
 
 
 @njit(**JIT_OPTIONS)
@@ -327,10 +334,11 @@ def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip,
     """gru_layer on the calling thread: with one task there is nothing to share out, and this
     skips the thread pool's fork-join (a few microseconds, much of a small call)."""
     B = xproj.shape[1]
+    vb = operand_scratch(r, B, h.shape[2])
     for d in range(r.shape[0]):
         for s in range(xproj.shape[0]):
             step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
-                      0, B, s, lengths, reverse[d], lbr, clip, y, group)
+                      0, B, s, lengths, reverse[d], lbr, clip, y, group, vb)
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -375,6 +383,7 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
     phases = 1 if lbr else 2
     slices = dirs * chunks
     for task in prange(slices):
+        vb = operand_scratch(r, B, h.shape[2])
         for q in range(T * phases):
             s = q // phases
             current, spare = (h, h_spare) if s % 2 == 0 else (h_spare, h)
@@ -387,10 +396,10 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
                 j0, j1 = _unit_slice(c % chunks, chunks, Hp, P)
                 if q % phases == 0:
                     gates(xproj, d, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
-                          s, lengths, reverse[d], lbr, clip)
+                          s, lengths, reverse[d], lbr, clip, vb)
                 if lbr or q % phases == 1:
                     update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
-                           j0, j1, s, lengths, reverse[d], lbr, clip, y)
+                           j0, j1, s, lengths, reverse[d], lbr, clip, vb, y)
                 atomics.add(status, slices, 1)
             waited = 0
             while atomics.load(status, slices) < slices:
@@ -414,12 +423,13 @@ def gru_stream_step(x, w0, wrest, bx, r, rbn, h, xproj, acc, hr, ones, lbr, clip
     """
     L = h.shape[0]
     B = x.shape[0]
+    vb = operand_scratch(w0, B, max(x.shape[1], h.shape[2]))
     for k in range(L):
         inp = x if k == 0 else ys[k - 1, 0]
         w = w0 if k == 0 else wrest[k - 1]
-        matvec(inp, w, xproj[0], 0, B, 0, w.shape[0])
+        matvec(operand(inp, w, vb, 0, B), w, xproj[0], 0, B, 0, w.shape[0])
         step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
-                  0, B, 0, ones, False, lbr, clip, ys[k], group)
+                  0, B, 0, ones, False, lbr, clip, ys[k], group, vb)
     out[:, :] = ys[L - 1, 0]
 
 

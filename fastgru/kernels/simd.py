@@ -11,6 +11,16 @@ hold its sums in vector registers directly:
 A vector is as wide as the target CPU's widest registers (64 bytes with AVX-512, else 32), so it
 holds 16 or 8 float32 values. Arrays must be 1-D and C-contiguous, and indices in bounds: nothing
 is checked inside a kernel.
+
+bfloat16 values are held in unsigned integer arrays (a bfloat16 is the top half of a float32):
+
+- uint16: one value each. `load` widens them to a float32 Vector in registers (a zero extension
+  and a shift, exact), so a kernel written for float32 weights runs unchanged on them, reading
+  half the bytes.
+- uint32: a pair each, the low half first. `load` gives a Vector of pairs, and `fma(x, w, acc)`
+  with x a uint32 pair, w such a Vector and acc a float32 Vector is the AVX512_BF16 dot product
+  (vdpbf16ps): acc[i] + x.lo * w[i].lo + x.hi * w[i].hi, twice the multiply-adds of a float32
+  fma per instruction. Only where BF16_DOT_PRODUCTS.
 """
 
 from __future__ import annotations
@@ -23,18 +33,20 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 
-def _vector_bytes() -> int:
-    """64 when the CPU Numba compiles for has AVX-512, else 32 (AVX2; older CPUs split them)."""
+def _has(feature: str) -> bool:
+    """Whether the CPU Numba compiles for has an LLVM feature ("avx512f")."""
     if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU
-        return 64 if "+avx512f" in (config.CPU_FEATURES or "") else 32
+        return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
     try:
-        features = llvm_binding.get_host_cpu_features()
+        return bool(llvm_binding.get_host_cpu_features().get(feature))
     except RuntimeError:  # LLVM cannot read this host's features
-        return 32
-    return 64 if features.get("avx512f") else 32
+        return False
 
 
-VECTOR_BYTES = _vector_bytes()
+# 64 with AVX-512, else 32 (AVX2; older CPUs split them)
+VECTOR_BYTES = 64 if _has("avx512f") else 32
+# vdpbf16ps on 512-bit vectors (Intel Cooper Lake and later, AMD Zen 4 and later)
+BF16_DOT_PRODUCTS = VECTOR_BYTES == 64 and _has("avx512bf16")
 
 
 def lanes(dtype) -> int:
@@ -43,7 +55,7 @@ def lanes(dtype) -> int:
 
 
 class Vector(types.Type):
-    """A SIMD vector of `lanes(dtype)` values of a float dtype."""
+    """A SIMD vector of `lanes(dtype)` values of a float dtype (or of uint32 bfloat16 pairs)."""
 
     def __init__(self, dtype: types.Float) -> None:
         self.dtype = dtype
@@ -58,14 +70,18 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(scalar, fe_type.lanes))
 
 
-def _is_float_row(arr) -> bool:
+def _is_row(arr) -> bool:
     return (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
-            and isinstance(arr.dtype, types.Float))
+            and (isinstance(arr.dtype, types.Float) or arr.dtype in (types.uint16, types.uint32)))
 
 
-def _vector_pointer(context, builder, array_type, array, index):
+def _loaded(dtype):
+    """The Vector that `load` makes of a row of `dtype`: uint16 rows hold bfloat16."""
+    return Vector(types.float32) if dtype == types.uint16 else Vector(dtype)
+
+
+def _vector_pointer(context, builder, array_type, array, index, vector_type):
     data = context.make_array(array_type)(context, builder, array).data
-    vector_type = context.get_value_type(Vector(array_type.dtype))
     return builder.bitcast(builder.gep(data, [index]), vector_type.as_pointer())
 
 
@@ -78,26 +94,36 @@ def _broadcast(builder, vector_type, value):
 
 @intrinsic
 def load(typingctx, array, index):
-    """array[index:index + lanes] as a Vector (unaligned load)."""
-    if not (_is_float_row(array) and isinstance(index, types.Integer)):
+    """array[index:index + lanes] as a Vector (unaligned load); a uint16 row holds bfloat16 and
+    gives a float32 Vector."""
+    if not (_is_row(array) and isinstance(index, types.Integer)):
         return None
+    vector = _loaded(array.dtype)
 
     def codegen(context, builder, sig, args):
-        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(pointer, align=array.dtype.bitwidth // 8)
+        float_type = context.get_value_type(vector)
+        if array.dtype != types.uint16:
+            pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], float_type)
+            return builder.load(pointer, align=array.dtype.bitwidth // 8)
+        halves = ir.VectorType(ir.IntType(16), vector.lanes)
+        words = ir.VectorType(ir.IntType(32), vector.lanes)
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], halves)
+        bits = builder.zext(builder.load(pointer, align=2), words)
+        bits = builder.shl(bits, ir.Constant(words, [16] * vector.lanes))
+        return builder.bitcast(bits, float_type)
 
-    return Vector(array.dtype)(array, index), codegen
+    return vector(array, index), codegen
 
 
 @intrinsic
 def store(typingctx, array, index, vector):
     """array[index:index + lanes] = vector (unaligned store)."""
-    if not (_is_float_row(array) and isinstance(index, types.Integer)
-            and vector == Vector(array.dtype)):
+    if not (_is_row(array) and isinstance(index, types.Integer) and vector == Vector(array.dtype)):
         return None
 
     def codegen(context, builder, sig, args):
-        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1])
+        vector_type = context.get_value_type(vector)
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vector_type)
         builder.store(args[2], pointer, align=array.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
@@ -116,15 +142,41 @@ def splat(typingctx, value):
     return Vector(value)(value), codegen
 
 
+class _BFloat16(ir.types.Type):
+    """LLVM's bfloat type, which llvmlite's IR builder lacks (the dot product's operands)."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat16)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
 @intrinsic
 def fma(typingctx, a, b, c):
-    """a * b + c lane by lane with one rounding (llvm.fma); a may be a scalar, broadcast."""
-    if not (isinstance(c, Vector) and b == c and (a == c or a == c.dtype)):
+    """a * b + c lane by lane with one rounding (llvm.fma); a may be a scalar, broadcast.
+
+    With a a uint32 pair of bfloat16, b a Vector of such pairs and c a float32 Vector: c plus
+    the dot product of a with each lane of b (vdpbf16ps; see the module's docstring).
+    """
+    dot = (a == types.uint32 and b == Vector(types.uint32) and c == Vector(types.float32)
+           and BF16_DOT_PRODUCTS)
+    if not (isinstance(c, Vector) and (dot or (b == c and (a == c or a == c.dtype)))):
         return None
 
     def codegen(context, builder, sig, args):
         x, y, z = args
         vector_type = context.get_value_type(c)
+        if dot:
+            pairs = ir.VectorType(_BFloat16(), 2 * c.lanes)
+            x = _broadcast(builder, context.get_value_type(b), x)
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector_type, [vector_type, pairs, pairs]),
+                "llvm.x86.avx512bf16.dpbf16ps.512")
+            return builder.call(function, [z, builder.bitcast(y, pairs), builder.bitcast(x, pairs)])
         if not isinstance(sig.args[0], Vector):
             x = _broadcast(builder, vector_type, x)
         name = f"llvm.fma.v{c.lanes}f{c.dtype.bitwidth}"

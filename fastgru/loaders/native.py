@@ -1,10 +1,11 @@
 """fastgru's own file: safetensors holding the canonical weights, with the options as metadata.
 
 Tensors ``layers.{k}.w`` (dirs, 3H, D_in), ``layers.{k}.r`` (dirs, 3H, H), ``layers.{k}.b``
-(dirs, 6H) in the model's dtype, and ``initial_state`` (layers*dirs, H) when the model stores
-one; metadata ``format=fastgru``, ``version``, ``direction``,
-``linear_before_reset``, ``clip``, ``batch_first``, ``dtype``, ``num_layers``. Loading gives back
-the same kernel arrays, so outputs are bit-exact.
+(dirs, 6H) in the model's dtype (float32 for a bfloat16 model, whose weights are then exact
+bfloat16 values), and ``initial_state`` (layers*dirs, H) when the model stores one; metadata
+``format=fastgru``, ``version``, ``direction``, ``linear_before_reset``, ``clip``,
+``batch_first``, ``dtype``, ``num_layers``. Loading gives back the same kernel arrays, so outputs
+are bit-exact.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ FORMAT = "fastgru"
 VERSION = "1"
 
 
-def write(path, spec: GRUSpec, *, batch_first: bool, dtype: np.dtype) -> None:
+def write(path, spec: GRUSpec, *, batch_first: bool, dtype: str) -> None:
     from safetensors.numpy import save_file
 
+    stored = np.float32 if dtype == "bfloat16" else dtype  # bfloat16 values are exact in float32
     tensors = {}
     for k, layer in enumerate(spec.layers):
         for name in ("w", "r", "b"):
-            tensors[f"layers.{k}.{name}"] = np.ascontiguousarray(getattr(layer, name), dtype=dtype)
+            tensors[f"layers.{k}.{name}"] = np.ascontiguousarray(getattr(layer, name), dtype=stored)
     if spec.initial_state is not None:
-        tensors["initial_state"] = np.ascontiguousarray(spec.initial_state, dtype=dtype)
+        tensors["initial_state"] = np.ascontiguousarray(spec.initial_state, dtype=stored)
     metadata = {"format": FORMAT, "version": VERSION, "direction": spec.direction,
                 "linear_before_reset": str(int(spec.linear_before_reset)),
                 "clip": "" if spec.clip is None else repr(float(spec.clip)),
-                "batch_first": str(int(batch_first)), "dtype": np.dtype(dtype).name,
+                "batch_first": str(int(batch_first)), "dtype": dtype,
                 "num_layers": str(len(spec.layers))}
     save_file(tensors, str(path), metadata=metadata)
 

@@ -1,0 +1,213 @@
+"""bfloat16 models: weights rounded to bfloat16; inputs, states, gates and outputs float32.
+
+Two kernel paths (fastgru/kernels/bfloat16.py): weights widened to float32 as they are read (every
+CPU), and bfloat16 dot products with the operands rounded too (CPUs with AVX512_BF16). Every test
+runs on each path this CPU has; the widening path is forced on CPUs that have both. Checked
+against independent sources: torch's float32 -> bfloat16 rounding, the float64 reference of
+tests/reference.py on the rounded weights (and, for dot products, on operands rounded by torch),
+and on a trained network's long sequence, PyTorch's own bfloat16 GRU.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import fastgru
+from conftest import assert_close, random_spec, spec_layers
+from fastgru import _model
+from fastgru._weights import bfloat16_bits
+from fastgru.cli import main
+from fastgru.kernels import gru as kernels
+from fastgru.kernels.bfloat16 import pair_inputs, round_to_pairs
+from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+from reference import reference_gru
+from test_torch import run_torch
+from trained import long_input, max_error, trained
+
+PATHS = ["widen", "dot"] if BF16_DOT_PRODUCTS else ["widen"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    """Models built in the test use this kernel path."""
+    monkeypatch.setattr(_model, "BF16_PAIRS", request.param == "dot")
+    return request.param
+
+
+def torch_bf16(a) -> np.ndarray:
+    """float64 values of torch's rounding of a (as float32) to bfloat16."""
+    return torch.from_numpy(np.asarray(a, np.float32)).to(torch.bfloat16).double().numpy()
+
+
+def rounded_reference(spec, x, path, **options):
+    """The float64 reference on the bfloat16 weights (biases as float32), with the operands
+    rounded to bfloat16 on the dot-product path."""
+    layers = [(torch_bf16(w), torch_bf16(r), np.asarray(b, np.float32).astype(np.float64))
+              for w, r, b in spec_layers(spec)]
+    return reference_gru(x, layers, direction=spec.direction,
+                         linear_before_reset=spec.linear_before_reset,
+                         operand=torch_bf16 if path == "dot" else None, **options)
+
+
+def test_rounding_matches_torch(rng):
+    # halfway cases (ties go to even), just either side, signs, subnormals, the largest floats
+    low = np.array([0x8000, 0x7FFF, 0x8001, 0x0000, 0xFFFF], np.uint32)
+    high = rng.integers(0, 1 << 16, 4000, dtype=np.uint32)
+    high = high[(high & 0x7F80) != 0x7F80]  # finite values only (weights are checked finite)
+    bits = (high[:, None] << 16 | low[None, :]).reshape(-1)
+    values = np.concatenate([bits.view(np.float32), rng.standard_normal(10_000, np.float32),
+                             np.float32([3.3895e38, -3.3895e38, 1e-40, -0.0])])
+    expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy()
+    assert np.array_equal(bfloat16_bits(values), expected.view(np.uint16))
+    # the kernels' rounding of operands into pairs (an odd count: the last pair is half empty)
+    v = values[:len(values) // 7 * 7].reshape(-1, 7)
+    pairs = np.full((len(v), 4), 0xDEADBEEF, np.uint32)
+    round_to_pairs(v, pairs, 0, len(v))
+    halves = bfloat16_bits(v)
+    assert np.array_equal(pairs & 0xFFFF, halves[:, 0::2])
+    assert np.array_equal(pairs[:, :3] >> 16, halves[:, 1::2])
+    assert np.all(pairs[:, 3] >> 16 == 0)
+
+
+@pytest.mark.parametrize("rows, inputs", [(1, 64), (7, 37), (16, 256)])
+def test_matvec_against_float64(rng, path, rows, inputs):
+    H = 40  # 3 gates of 40 units: panels with padding columns
+    w = rng.standard_normal((3 * H, inputs)).astype(np.float32)
+    v = rng.standard_normal((rows, inputs)).astype(np.float32)
+    panels = bfloat16_bits(kernels.pack_gate_rows(w, H))
+    operand = v
+    if path == "dot":
+        panels = pair_inputs(panels)
+        operand = np.zeros((rows, (inputs + 1) // 2), np.uint32)
+        round_to_pairs(v, operand, 0, rows)
+    out = np.full((rows, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
+    kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0])
+    v64 = torch_bf16(v) if path == "dot" else v.astype(np.float64)
+    expected = v64 @ torch_bf16(w).T  # (rows, 3H); the kernel's columns are padded per gate
+    got = kernels.pad_gate_columns(expected, H)
+    scale = np.abs(v64) @ np.abs(torch_bf16(w)).T  # float32 sums: error within K eps of this
+    assert np.all(np.abs(out - got) <= 1e-6 * kernels.pad_gate_columns(scale, H) + 1e-30)
+
+
+CONFIGS = [  # (D, H, num_layers, direction, linear_before_reset, B, lengths)
+    (16, 32, 1, "forward", True, 3, None),
+    (13, 40, 2, "bidirectional", False, 5, [30, 1, 17, 0, 29]),
+    (7, 96, 1, "reverse", True, 1, None),  # B=1: hidden units shared among threads
+    (24, 64, 2, "forward", False, 9, None),  # 9 rows: blocks of rows on each thread
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[3]}-L{c[2]}-lbr{int(c[4])}-B{c[5]}")
+def test_one_step_matches_the_rounded_reference(rng, path, config):
+    """From a float32 state, one step sees exactly the operands the reference rounds: the
+    float32 tolerance holds on both paths."""
+    D, H, L, direction, lbr, B, _ = config
+    spec = random_spec(rng, D, H, L, direction, lbr, scale=1.5 / np.sqrt(H))
+    model = fastgru.GRU(spec, dtype="bfloat16")
+    dirs = 2 if direction == "bidirectional" else 1
+    x = rng.standard_normal((1, B, D)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (L * dirs, B, H)).astype(np.float32)
+    y, h_n = model(x, h0)
+    ry, rh = rounded_reference(spec, x, path, h0=h0)
+    assert_close(y, ry, "float32", "y")
+    assert_close(h_n, rh, "float32", "h_n")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[3]}-L{c[2]}-lbr{int(c[4])}-B{c[5]}")
+def test_sequence_matches_the_rounded_reference(rng, path, config):
+    D, H, L, direction, lbr, B, lengths = config
+    spec = random_spec(rng, D, H, L, direction, lbr, scale=1.5 / np.sqrt(H))
+    model = fastgru.GRU(spec, dtype="bfloat16")
+    x = rng.standard_normal((30, B, D)).astype(np.float32)
+    y, h_n = model(x, lengths=lengths)
+    ry, rh = rounded_reference(spec, x, path, lengths=lengths)
+    if path == "widen":  # only the weights are rounded: float32 accuracy on those weights
+        assert_close(y, ry, "float32", "y")
+        assert_close(h_n, rh, "float32", "h_n")
+        # and exactly what a float32 model of the same (rounded) weights computes
+        same = fastgru.GRU(model.spec, dtype="float32")(x, lengths=lengths)
+        assert np.array_equal(y, same[0]) and np.array_equal(h_n, same[1])
+    else:  # operands rounded each step: a state a float32 rounding away from the reference's
+        # can round to the neighbouring bfloat16, so the reference is followed to bfloat16, not
+        # float32, accuracy over a sequence; without the operands rounded it is much further off
+        unrounded = rounded_reference(spec, x, "widen", lengths=lengths)[0]
+        assert np.abs(y - ry).max() <= 2e-3
+        assert np.abs(y - ry).max() < 0.5 * np.abs(y - unrounded).max()
+
+
+def test_rows_and_steps_agree_bit_for_bit(rng, path):
+    """A row's result does not depend on its batch neighbours, and streaming step by step gives
+    the whole call's outputs exactly."""
+    spec = random_spec(rng, 12, 80, 2, "forward", True, scale=0.2)
+    model = fastgru.GRU(spec, dtype="bfloat16")
+    x = rng.standard_normal((20, 6, 12)).astype(np.float32)
+    y, h_n = model(x)
+    alone, _ = model(x[:, 4:5])
+    assert np.array_equal(alone, y[:, 4:5])
+    stream = model.stream(6)
+    steps = np.stack([stream.step(x[t]) for t in range(20)])
+    assert np.array_equal(steps, y)
+
+
+def test_every_entry_point(rng, path, tmp_path, capsys):
+    module = torch.nn.GRU(10, 48, num_layers=2, batch_first=True).eval()
+    x = rng.standard_normal((3, 25, 10)).astype(np.float32)
+    model = fastgru.GRU.from_torch(module, dtype="bfloat16")
+    assert model.precision == "bfloat16" and model.dtype == np.float32
+    assert "dtype=bfloat16" in repr(model)
+    assert (model._r.dtype == np.uint32) == (path == "dot")
+    y, _ = model(x)
+    assert y.dtype == np.float32
+    # the spec shows the rounded weights that run: a float32 model of them is the same network
+    assert np.array_equal(model.spec.layers[0].r[0], torch_bf16(module.weight_hh_l0.detach())
+                          [np.r_[48:96, 0:48, 96:144]])  # PyTorch's (r, z, n) -> (z, r, n)
+
+    pt = tmp_path / "gru.pt"
+    torch.save(module.state_dict(), pt)
+    onnx_path = tmp_path / "gru.onnx"
+    fastgru.GRU.from_torch(module).to_onnx(onnx_path)
+    for loaded in (fastgru.load(pt, batch_first=True, dtype="bfloat16"),
+                   fastgru.GRU.from_onnx(onnx_path, dtype="bfloat16"),
+                   fastgru.load(onnx_path, dtype="bfloat16"),
+                   pickle.loads(pickle.dumps(model))):
+        assert loaded.precision == "bfloat16"
+        assert np.array_equal(loaded(x)[0], y)
+    saved = tmp_path / "gru.safetensors"
+    model.save(saved)
+    again = fastgru.load(saved)
+    assert again.precision == "bfloat16" and np.array_equal(again(x)[0], y)
+
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    assert main(["run", str(pt), "--dtype", "bfloat16", "--batch-first", "--input",
+                 str(tmp_path / "x.npy"), "--output", str(out)]) == 0
+    assert np.array_equal(np.load(out), y)
+    capsys.readouterr()
+    assert main(["info", str(pt), "--dtype", "bfloat16"]) == 0
+    assert "dtype:               bfloat16" in capsys.readouterr().out
+
+
+def test_long_trained_sequence(path):
+    """A trained network with slow units over 3,000 steps. Rounding the weights to bfloat16
+    makes a slightly different network: fastgru follows that network's float64 outputs to
+    float32 accuracy (widening), or adds at most as much error again (dot products, operands
+    rounded), and stays far closer to the float64 truth than PyTorch's bfloat16 GRU."""
+    module = trained("slow-units")
+    x = long_input(np.random.default_rng(5), 3_000, 2, module.input_size)
+    truth = run_torch(module.double(), x.astype(np.float64))
+    module.float()
+    with torch.no_grad():  # NumPy has no bfloat16: PyTorch's outputs are widened to compare
+        theirs = [a.float().numpy() for a in
+                  copy.deepcopy(module).bfloat16()(torch.from_numpy(x).bfloat16())]
+    model = fastgru.GRU.from_torch(module, dtype="bfloat16")
+    rounded = fastgru.GRU(model.spec, dtype="float64")(x.astype(np.float64))
+    error, floor, peer = (max_error(y, truth) for y in (model(x), rounded, theirs))
+    print(f"\n{path}: fastgru bfloat16 {error:.2e}, the rounded network in float64 {floor:.2e}, "
+          f"PyTorch bfloat16 {peer:.2e}")
+    assert error <= (floor * 1.01 + 1e-5 if path == "widen" else 2 * floor)
+    assert error <= 0.1 * peer

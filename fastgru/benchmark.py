@@ -6,7 +6,10 @@ random model, or for the user's own model file. Each measurement runs in a fresh
 by environment variables before any library loads; the figure that counts is the ratio of medians
 measured in one run. onnxruntime runs the graph ``GRU.to_onnx`` writes (one GRU node per layer,
 as torch.onnx.export writes it); PyTorch runs an nn.GRU (an nn.GRUCell for the stream step)
-holding the same weights.
+holding the same weights. ``fastgru-bf16`` is fastgru with dtype="bfloat16"; ``openvino`` runs the
+same ONNX graph as onnxruntime in OpenVINO's default precision (bfloat16 on CPUs with bf16
+instructions), ``openvino-f32`` with INFERENCE_PRECISION_HINT=f32. OpenVINO is optional
+(``pip install openvino``), never a dependency.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-RUNTIMES = ("fastgru", "onnxruntime", "torch")
+RUNTIMES = ("fastgru", "fastgru-bf16", "onnxruntime", "torch", "openvino", "openvino-f32")
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,39 @@ def _whole_graph_call(runtime: str, case: Case, threads: int):
         (lambda: result["y"])
 
 
+def _openvino_call(model, case: Case, x: np.ndarray, threads: int, f32: bool):
+    """(call, output) for OpenVINO on the graph onnxruntime runs, in its default precision or
+    float32."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        model.to_onnx(path, state_inputs=case.stream)
+        compiled = core.compile_model(core.read_model(path), "CPU", config)
+    request = compiled.create_infer_request()
+    first_output = compiled.outputs[0]
+    result = {}
+    if case.stream:
+        h = np.zeros((1, case.batch, case.hidden_size), np.float32)
+        one_step = np.ones(case.batch, np.int32)
+
+        def step():
+            nonlocal h
+            outputs = request.infer({"X": x[:1], "initial_h": h, "sequence_lens": one_step})
+            h = outputs[compiled.outputs[1]].copy()
+        return step, (lambda: h[0].copy())
+    return (lambda: result.__setitem__("y", request.infer({"X": x})[first_output].copy())), \
+        (lambda: result["y"])
+
+
 def _make_call(runtime: str, case: Case, threads: int):
     """(call, output): one benchmark call, and a function returning the last call's result."""
+    from fastgru import GRU
+
     if case.whole_graph:
         return _whole_graph_call(runtime, case, threads)
     model = builtin_model(case)
@@ -170,12 +204,16 @@ def _make_call(runtime: str, case: Case, threads: int):
     if model.batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
     result = {}
-    if runtime == "fastgru":
+    if runtime in ("fastgru", "fastgru-bf16"):
+        if runtime == "fastgru-bf16":
+            model = GRU(model.spec, batch_first=model.batch_first, dtype="bfloat16")
         if case.stream:
             stream = model.stream(case.batch)
             out = np.empty((case.batch, case.hidden_size), np.float32)
             return (lambda: stream.step(x[0], out=out)), (lambda: out.copy())
         return (lambda: result.__setitem__("y", model(x)[0])), (lambda: result["y"])
+    if runtime.startswith("openvino"):
+        return _openvino_call(model, case, x, threads, f32=runtime == "openvino-f32")
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
@@ -313,7 +351,8 @@ def table(records, cases) -> str:
 def _available(runtime: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(runtime) is not None
+    package = {"fastgru-bf16": "fastgru", "openvino-f32": "openvino"}.get(runtime, runtime)
+    return importlib.util.find_spec(package) is not None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -323,7 +362,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="batch size for MODEL (default 1)")
     parser.add_argument("--seq", type=int, default=100, help="steps for MODEL (default 100)")
     parser.add_argument("--vs", default="onnxruntime",
-                        help="comma-separated peers among onnxruntime,torch (default onnxruntime)")
+                        help="comma-separated peers among fastgru-bf16,onnxruntime,torch,openvino,"
+                             "openvino-f32 (default onnxruntime)")
     parser.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="timing budget per measurement (default 1.0)")
@@ -337,7 +377,9 @@ def bench(args) -> int:
         raise ValueError(f"unknown peer(s) {bad}; choose from {list(RUNTIMES[1:])}")
     missing = [p for p in peers if not _available(p)]
     if missing:
-        raise ImportError(f"{', '.join(missing)} is not installed: pip install {' '.join(missing)}")
+        packages = sorted({p.split("-")[0] for p in missing})
+        raise ImportError(f"{', '.join(packages)} is not installed: "
+                          f"pip install {' '.join(packages)}")
     try:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:

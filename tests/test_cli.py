@@ -94,7 +94,7 @@ def test_check_fails_when_the_file_disagrees(rng, tmp_path, capsys, monkeypatch)
     (["run", "{pt}", "--input", "{wrong_x}", "--output", "y.npy"], "x must have 5 features"),
     (["info", "{bad_npy}"], "cannot tell what kind of model"),
     (["bench", "--shapes", "S9"], r"unknown shape\(s\) \['S9'\]"),
-    (["bench", "--vs", "openvino"], r"unknown peer\(s\) \['openvino'\]"),
+    (["bench", "--vs", "tensorflow"], r"unknown peer\(s\) \['tensorflow'\]"),
 ])
 def test_bad_input_is_one_line_and_status_2(pt_file, tmp_path, capsys, argv, message):
     (tmp_path / "bad.txt").write_text("not numpy")
@@ -126,6 +126,21 @@ def test_installed_script_and_bench_table(pt_file):
     assert "[3/3]" in out.stderr  # the progress display
     none = subprocess.run([*script], capture_output=True, text=True)
     assert none.returncode == 2 and "usage" in none.stderr
+
+
+def test_bench_bfloat16_and_openvino_peers():
+    """fastgru-bf16 and OpenVINO (default precision and float32) as peers: OpenVINO in float32
+    agrees with fastgru's float32, and the bfloat16 runtimes differ by bfloat16 rounding."""
+    out = subprocess.run([sys.executable, "-m", "fastgru.cli", "bench", "--shapes", "S1,S2",
+                          "--seconds", "0.05", "--vs", "fastgru-bf16,openvino,openvino-f32"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.startswith("| S")]
+    diffs = {(r[1].split()[0], r[3].strip()): float(r[8]) for r in rows}  # vs fastgru float32
+    assert len(diffs) == 8
+    for shape in ("S1", "S2"):
+        assert diffs[(shape, "openvino-f32")] < 1e-5
+        assert 1e-5 < diffs[(shape, "fastgru-bf16")] < 1e-2
 
 
 def test_default_bench_stream_shape():

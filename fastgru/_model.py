@@ -13,11 +13,19 @@ import numpy as np
 from fastgru._boundary import (as_float_array, as_lengths, check_shape, memory_bytes,
                                resolve_dtype)
 from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_values
+from fastgru._streams import stream_kernel_args
 from fastgru._workspace import Workspace, WorkspacePool
 from fastgru.kernels import gru as kernels
 from fastgru.kernels.bfloat16 import pair_inputs, round_to_pairs
 from fastgru.kernels.simd import BF16_DOT_PRODUCTS
 from fastgru.kernels.config import parallel_guard
+
+# A one-step call (T=1, one direction: a graph's streaming step) of fewer multiply-adds than
+# this, all layers together, or on one thread, runs as a stream step on the calling thread: one
+# kernel call for every layer, no thread plan. Measured on 2 cores, 2 layers, D=64, 2 threads
+# (call us, shared out against one step): H=256 B=1 (0.6M) 48 against 40; H=512 B=1 (2.5M)
+# 117 / 103; H=256 B=8 (5.1M) 62 / 58; H=256 B=16 (10M) 90 / 105; H=1024 B=1 (9.6M) 516 / 718.
+STEP_PARALLEL_MIN_MACS = 6 << 20
 
 # Below this many multiply-adds the input projection runs on the calling thread: sharing it out
 # costs more than it saves. Measured on 2 cores (20 rows, D=128): 491 k multiply-adds 9.1 us
@@ -166,6 +174,8 @@ class GRU:
         reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
         self._reverse = _frozen(np.array(reverse[spec.direction], dtype=np.bool_))
         self._clip = dt.type(math.inf if spec.clip is None else spec.clip)
+        self._step_macs = sum(3 * self._padded_units * dirs * (layer.w.shape[-1] + H)
+                              for layer in spec.layers)  # per batch row
         self._pool = WorkspacePool(dt)
 
     def __reduce__(self):
@@ -366,6 +376,10 @@ class GRU:
         state = h_n.reshape(L, dirs, B, H)
         ws = self._pool.take()
         try:
+            small = B * self._step_macs < STEP_PARALLEL_MIN_MACS or numba.get_num_threads() == 1
+            if T == 1 and dirs == 1 and small and (lengths is None or steps.min(initial=1) == 1):
+                kernels.gru_stream_step(x[0], *stream_kernel_args(self, h_n, ws), y[0])
+                return self._outputs(y, h_n, unbatched)
             with _RUNNING as calls, parallel_guard():
                 # concurrent calls share Numba's threads rather than each claiming all of them
                 threads = max(1, numba.get_num_threads() // calls)
@@ -391,7 +405,10 @@ class GRU:
                     layer_in = layer_out
         finally:
             self._pool.give(ws)
+        return self._outputs(y, h_n, unbatched)
 
+    def _outputs(self, y: np.ndarray, h_n: np.ndarray, unbatched: bool):
+        """(y, h_n) in the caller's layout, from y (T, B, dirs*H) and h_n (L*dirs, B, H)."""
         if unbatched:
             return y[:, 0, :], h_n[:, 0, :]
         if self._batch_first:

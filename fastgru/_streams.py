@@ -25,7 +25,7 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-def _kernel_args(model, h, ws: Workspace) -> tuple:
+def stream_kernel_args(model, h, ws: Workspace) -> tuple:
     """What gru_stream_step takes between x (n, D) and out (n, H), for state h (L, n, H), with
     its scratch arrays taken from ws."""
     L, n, H = h.shape
@@ -86,7 +86,7 @@ class Stream:
         self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
         self.reset()
         # made once: a step allocates nothing and passes the kernel ready-made arguments
-        self._args = _kernel_args(model, self._h, Workspace(model.dtype))
+        self._args = stream_kernel_args(model, self._h, Workspace(model.dtype))
         self._x_shape = (B, model.input_size)
         self._out_shape = (B, model.hidden_size)
         self._stepping = threading.Lock()
@@ -219,7 +219,7 @@ class StreamBatch:
         try:
             h = self._workspace.get("h", (L, n, H))
             np.take(self._states, slots, axis=1, out=h)
-            kernels.gru_stream_step(x, *_kernel_args(m, h, self._workspace), out)
+            kernels.gru_stream_step(x, *stream_kernel_args(m, h, self._workspace), out)
             self._states[:, slots] = h
         finally:
             self._stepping.release()

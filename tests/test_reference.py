@@ -35,6 +35,36 @@ def test_matches_reference(rng, direction, lbr, num_layers, bias, dtype):
     assert_close(h_n, h_ref, dtype, "h_n")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("direction, lbr", [("forward", True), ("reverse", False)])
+def test_one_step_calls(rng, direction, lbr, threads, monkeypatch):
+    """T=1 calls of a one-direction stack (a graph's streaming step) take the stream kernel,
+    every layer in one call: every calling form agrees with the reference, and with a Stream
+    bit for bit. Lengths with a 0 take the general path."""
+    import numba
+
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads)  # the paths' choice only
+    spec = random_spec(rng, 5, 40, 2, direction, lbr, scale=0.3)
+    model = fastgru.GRU(spec)
+    x = rng.standard_normal((1, 3, 5)).astype(np.float32)
+    h0 = rng.standard_normal((2, 3, 40)).astype(np.float32)
+    for lengths in ([1, 1, 1], [1, 0, 1], None):
+        y, h_n = model(x, h0, lengths=lengths)
+        y_ref, h_ref = reference_gru(x, spec_layers(spec), direction=direction,
+                                     linear_before_reset=lbr, h0=h0, lengths=lengths)
+        assert_close(y, y_ref, "float32", f"y, lengths={lengths}")
+        assert_close(h_n, h_ref, "float32", f"h_n, lengths={lengths}")
+    y1, h1 = model(x[:, 1], h0[:, 1])  # unbatched
+    assert np.array_equal(y1, y[:, 1]) and np.array_equal(h1, h_n[:, 1])
+    first = fastgru.GRU(spec, batch_first=True)
+    yb, hb = first(x.transpose(1, 0, 2), h0)
+    assert np.array_equal(yb, y.transpose(1, 0, 2)) and np.array_equal(hb, h_n)
+    if direction == "forward":
+        stream = model.stream(3)
+        stream.h = h0
+        assert np.array_equal(stream.step(x[0]), y[0])
+
+
 @pytest.mark.parametrize("direction", ["forward", "bidirectional"])
 @pytest.mark.parametrize("T, B, D, H", [(1, 1, 1, 1), (1, 3, 2, 5), (7, 1, 1, 3), (4, 2, 3, 1),
                                         (3, 17, 9, 13), (2, 9, 4, 33),

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
+import re
 import os
 import platform
 import shlex
@@ -55,21 +57,38 @@ FIRST_RESULT = {
 }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name with its family and model numbers, from /proc/cpuinfo (a name such
+    as "AMD EPYC" alone does not tell Zen 4 from Zen 5)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
+def machine() -> str:
+    from fastgru.kernels.simd import BF16_DOT_PRODUCTS, VECTOR_BYTES
+
     caches = subprocess.run(["sh", "-c", "lscpu | grep -i 'cache'"], capture_output=True,
                             text=True).stdout.split("\n")
-    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in
-                         ("numpy", "numba", "onnxruntime", "torch"))
-
-    return (f"{cpu}, {os.cpu_count()} cores; {'; '.join(' '.join(c.split()) for c in caches if c)}"
+    packages = ("numpy", "numba", "onnxruntime", "torch", "openvino")
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages
+                         if importlib.util.find_spec(p) is not None)
+    bf16 = ("bfloat16 dot products (AVX512_BF16)" if BF16_DOT_PRODUCTS else
+            "bfloat16 weights widened to float32 (no AVX512_BF16)")
+    return (f"{cpu_name()}, {os.cpu_count()} cores; "
+            f"{'; '.join(' '.join(c.split()) for c in caches if c)}"
             f"\n\nPython {platform.python_version()}, {versions}; Numba threading layer: "
-            f"{_threading_layer()}")
+            f"{_threading_layer()}; {VECTOR_BYTES * 8}-bit vectors; fastgru's bfloat16 path: "
+            f"{bf16}")
 
 
 def _threading_layer() -> str:
@@ -184,8 +203,10 @@ def main(argv=None) -> int:
 
     print("machine ceilings...", file=sys.stderr)
     ceiling = ceilings(threads)
-    records = run(list(SHAPES.values()), ["fastgru", "onnxruntime", "torch"], threads,
-                  args.seconds, args.rounds)
+    runtimes = ["fastgru", "fastgru-bf16", "onnxruntime", "torch"]
+    if importlib.util.find_spec("openvino") is not None:
+        runtimes += ["openvino", "openvino-f32"]
+    records = run(list(SHAPES.values()), runtimes, threads, args.seconds, args.rounds)
     sweep = sweep_cases(args.quick)
     sweep_records = run(sweep, ["fastgru", "onnxruntime"], [1], min(args.seconds, 0.5))
     print("first results from fresh processes...", file=sys.stderr)
@@ -201,20 +222,21 @@ def main(argv=None) -> int:
                              check=True).stdout.strip()
     has_chart = chart(records, os.path.join(HERE, "ratios.png"))
 
-    lines = ["# Benchmark results", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
+    lines = [f"## {cpu_name()}", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
              "Each runtime in its own process, runtimes taking turns "
              f"({args.rounds} rounds), medians after warm-up. \"time / fastgru's\" above 1 means "
-             "fastgru is faster.", "", "## Ceilings measured in the same run", "",
+             "fastgru is faster.", "", "### Ceilings measured in the same run", "",
              "| threads | float32 2048² matrix product GFLOP/s | matvec over 3H×H weights, "
              "H=256 (786 KB) GB/s | H=1024 (12.6 MB) GB/s |", "|---|---|---|---|"]
     for t, c in ceiling.items():
         lines.append(f"| {t} | {c['sgemm_gflops']:.1f} | {c['matvec_GBps_H256']:.1f} "
                      f"| {c['matvec_GBps_H1024']:.1f} |")
-    lines += ["", "## S1-S6 (DESIGN.md)", "", table(records, list(SHAPES.values())), ""]
-    lines += ["## fastgru against the ceilings", "", ceiling_table(records, ceiling), ""]
+    lines += ["", "### S1-S6 (DESIGN.md)", "", table(records, list(SHAPES.values())), ""]
+    lines += ["### bfloat16", "", bfloat16_table(records), ""]
+    lines += ["### fastgru against the ceilings", "", ceiling_table(records, ceiling), ""]
     if has_chart:
         lines += ["![ratios](ratios.png)", ""]
-    lines += ["## Sweep: T=20, D=128, 1 thread, fastgru against onnxruntime", "",
+    lines += ["### Sweep: T=20, D=128, 1 thread, fastgru against onnxruntime", "",
               "| H \\ B | " + " | ".join(str(b) for b in sorted({c.batch for c in sweep})) + " |",
               "|---" * (1 + len({c.batch for c in sweep})) + "|"]
     for h in sorted({c.hidden_size for c in sweep}):
@@ -225,23 +247,64 @@ def main(argv=None) -> int:
             cells.append(f"{times['onnxruntime'] / times['fastgru']:.2f}")
         lines.append(f"| {h} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: onnxruntime's time / fastgru's time.", "",
-              "## From process start to the first result (S2, 1 thread)", "",
+              "### From process start to the first result (S2, 1 thread)", "",
               "| runtime | seconds |", "|---|---|"]
     lines += [f"| {label} | {t:.2f} |" for label, t in first.items()]
     setup = {r["runtime"]: r["setup_s"] for r in records if r["case"] == "S2" and
              r["threads"] == threads[0]}
     lines += ["", "Inside a warm worker, the first S2 call (model build + compile/load, or session "
               "creation) took: " + ", ".join(f"{k} {v:.2f} s" for k, v in setup.items()), ""]
-    lines += ["## Memory: 100,000 calls of varying shapes, dtypes and layouts "
+    lines += ["### Memory: 100,000 calls of varying shapes, dtypes and layouts "
               "(`python bench/memory.py`)", "", memory, "",
-              "## The example service under load (`python examples/load.py --clients 16`)", "",
+              "### The example service under load (`python examples/load.py --clients 16`)", "",
               "Sixteen concurrent clients on 127.0.0.1 (JSON over HTTP, clients in one Python "
               "process beside the server on the same 2 cores); sequences are 50 frames of 64.",
               "", service, ""]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    section = "\n".join(lines)
+    write_section(args.out, cpu_name(), section)
+    print(section)
     return 0
+
+
+def bfloat16_table(records) -> str:
+    """fastgru in bfloat16 against its own float32 and OpenVINO's default precision: times and
+    each one's largest difference from onnxruntime's float32 outputs (which are within 4e-7 of
+    float64 on these shapes)."""
+    by = {(r["case"], r["threads"], r["runtime"]): r for r in records}
+    rows = ["| case | threads | fastgru-bf16 µs | fastgru float32 / bf16 | OpenVINO default µs "
+            "| OpenVINO default / fastgru-bf16 | fastgru-bf16 max diff | OpenVINO default max "
+            "diff |", "|---|---|---|---|---|---|---|---|"]
+    for (case, threads, runtime), r in by.items():
+        if runtime != "fastgru-bf16":
+            continue
+        f32 = by[(case, threads, "fastgru")]
+        ov = by.get((case, threads, "openvino"))
+        peer = ["-", "-", "-"] if ov is None else [
+            f"{ov['median_s'] * 1e6:.1f}", f"{ov['median_s'] / r['median_s']:.2f}",
+            f"{ov['max_abs_diff']:.1e}"]
+        rows.append(f"| {case} | {threads} | {r['median_s'] * 1e6:.1f} "
+                    f"| {f32['median_s'] / r['median_s']:.2f} | {peer[0]} | {peer[1]} "
+                    f"| {r['max_abs_diff']:.1e} | {peer[2]} |")
+    return "\n".join(rows)
+
+
+def write_section(path: str, cpu: str, section: str) -> None:
+    """Put this CPU's section into the results file: in place of the section an earlier run on
+    the same CPU wrote, else at the end. Other CPUs' sections and other text stay as they are."""
+    begin, end = f"<!-- report: {cpu} -->", f"<!-- end report: {cpu} -->"
+    block = f"{begin}\n{section}\n{end}"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

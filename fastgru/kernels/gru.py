@@ -97,12 +97,19 @@ def matvec(v, wp, out, b0, b1, p0, p1):
     v: (B, K), wp: (panels, K, P), out: (B, >= p1*P); for bfloat16 weights wp is uint16, or
     uint32 pairs of inputs with v the operand's pairs (see bfloat16.py). Register tiles of 4
     rows (see FOUR_ROW_TILES), 2 rows or 1 row times one panel of four vectors: per k, four
-    vector loads and one broadcast per row feed 4 vector sums per row. Every sum is one chain of
-    fused multiply-adds over k in order, so a row's result is the same bit for bit whatever
-    tile, batch position or thread computes it.
+    vector loads and one broadcast per row feed 4 vector sums per row. A lone row (batch 1)
+    takes two panels at a time: 8 sums in flight rather than 4, so the fused multiply-adds'
+    latency does not hold back the loads. Every sum is one chain of fused multiply-adds over k
+    in order, so a row's result is the same bit for bit whatever tile, batch position or thread
+    computes it.
     """
     L = wp.shape[2] // 4
-    for p in range(p0, p1):
+    first = p0
+    if b1 - b0 == 1:
+        while first + 2 <= p1:
+            _tile1x2(v, wp[first], wp[first + 1], out, b0, first * 4 * L, L)
+            first += 2
+    for p in range(first, p1):
         panel = wp[p]
         j = p * 4 * L
         b = b0
@@ -157,6 +164,20 @@ def _tile1(v, panel, out, b, j, L):
         a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
                                load(wk, 3 * L), a0, a1, a2, a3)
     _store4(out[b], j, L, a0, a1, a2, a3)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _tile1x2(v, panel, next_panel, out, b, j, L):
+    vb = v[b]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = splat(out.dtype.type(0.0))
+    for k in range(v.shape[1]):
+        wk, nk = panel[k], next_panel[k]
+        a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
+                               load(wk, 3 * L), a0, a1, a2, a3)
+        a4, a5, a6, a7 = _fma4(vb[k], load(nk, 0), load(nk, L), load(nk, 2 * L),
+                               load(nk, 3 * L), a4, a5, a6, a7)
+    _store4(out[b], j, L, a0, a1, a2, a3)
+    _store4(out[b], j + 4 * L, L, a4, a5, a6, a7)
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -7,7 +7,8 @@ a cluster (install ``fastgru[dask]``).
 The model travels to each worker once, as one task of the graph that every block depends on
 (models pickle as their weights and options); workers load the kernels from Numba's on-disk
 cache. Each worker computes its blocks with its own Numba threads: give a worker process its
-share of the cores with NUMBA_NUM_THREADS (``fastgru score`` does for the workers it starts).
+share of the cores with NUMBA_NUM_THREADS in its environment (``fastgru score`` does for the
+workers it starts); each task applies it (see `_use_worker_threads`).
 Results are those of one in-process call on the same data, bit for bit (a row's result does not
 depend on the other rows of its batch).
 """
@@ -52,8 +53,26 @@ def _outputs(model: GRU, y, h_n, lengths, output: str) -> np.ndarray:
     return last
 
 
+def _use_worker_threads() -> None:
+    """Give this task's thread the worker's share of Numba threads: NUMBA_NUM_THREADS as the
+    worker's environment says now. Numba reads it only once, at import, and a worker process
+    that multiprocessing spawns imports the parent's __main__ module (and with it fastgru and
+    Numba) before the nanny sets the worker's environment: two 1-thread workers on 2 cores then
+    each ran 2 threads, and 2 workers were 1.1x one instead of 1.9x."""
+    import os
+
+    import numba
+
+    try:
+        share = int(os.environ.get("NUMBA_NUM_THREADS", ""))
+    except ValueError:
+        return
+    numba.set_num_threads(max(1, min(share, numba.config.NUMBA_NUM_THREADS)))
+
+
 def _score_block(x, *rest, kind: str):
     """One block of rows: x (n, T, D), then lengths (n,) if given, then the model."""
+    _use_worker_threads()
     *lengths, model = rest
     lengths = lengths[0] if lengths else None
     y, h_n = model(x, lengths=lengths)
@@ -117,6 +136,7 @@ def _score_frame(frame, model: GRU, id_column: str, frames_column: str, output: 
     """One partition: rows (id, frames) -> rows (id, output), sequences batched by length."""
     import pandas as pd
 
+    _use_worker_threads()
     xs = [np.asarray(np.stack(list(v)) if len(v) else np.zeros((0, model.input_size)),
                      model.dtype) for v in frame[frames_column]]
     for x in xs:

@@ -5,6 +5,8 @@ nothing; bad input is refused before any work is sent."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -138,3 +140,34 @@ def test_score_command(rng, tmp_path, capsys):
     assert main(["score", str(tmp_path / "m.safetensors"), str(tmp_path / "missing.npy"),
                  str(tmp_path / "o.npy")]) == 2
     assert "no input file at" in capsys.readouterr().err
+
+
+def test_workers_use_their_share_of_threads(tmp_path):
+    """A script that imports fastgru at the top, as users' scripts do: its spawned workers
+    import it again, and Numba with it, before the nanny sets NUMBA_NUM_THREADS, so Numba's own
+    setting is the parent's (2 here). Each task still runs on the worker's share (1)."""
+    script = tmp_path / "score.py"
+    script.write_text("""if True:
+        import numba, numpy as np, dask.array as da, distributed
+        import fastgru, fastgru.dask
+        from fastgru import GRUSpec, LayerWeights
+
+        def threads():
+            return numba.config.NUMBA_NUM_THREADS, numba.get_num_threads()
+
+        if __name__ == "__main__":
+            rng = np.random.default_rng(0)
+            spec = GRUSpec((LayerWeights(*(rng.standard_normal(s) for s in
+                                          ((1, 24, 3), (1, 24, 8), (1, 48)))),))
+            with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                          dashboard_address=":0",
+                                          env={"NUMBA_NUM_THREADS": "1"}) as cluster, \\
+                    distributed.Client(cluster) as client:
+                x = da.from_array(np.zeros((8, 5, 3), np.float32), chunks=4)
+                fastgru.dask.predict(fastgru.GRU(spec), x).compute()
+                print(*client.submit(threads, pure=False).result())
+        """)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2", "1"], result.stdout

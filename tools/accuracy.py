@@ -31,7 +31,8 @@ import fastgru  # noqa: E402
 from conftest import onnx_gru_model, random_spec, run_onnxruntime, spec_layers  # noqa: E402
 from reference import reference_gru  # noqa: E402
 from test_torch import run_torch, torch_gru  # noqa: E402
-from trained import CASES, RECIPES, long_sequence_errors  # noqa: E402
+from trained import (CASES, RECIPES, long_input, long_sequence_errors, max_error,  # noqa: E402
+                     trained)
 
 D, H, T, B = 16, 32, 20, 4
 LENGTHS = [T, 3, 11, 1]
@@ -152,7 +153,57 @@ def main() -> int:
         print(f"| {family} | {diff:.1e} |")
     print()
     long_sequences()
+    print()
+    bfloat16_long_sequences()
     return 0
+
+
+def bfloat16_long_sequences() -> None:
+    """bfloat16 runtimes on the trained-like models: fastgru's two kernel paths (weights widened
+    to float32; dot products, operands rounded too, where the CPU has AVX512_BF16), the float64
+    run of the rounded weights (the floor for any bfloat16 runtime of these weights), PyTorch's
+    bfloat16 GRU and, where installed, OpenVINO's default precision; max abs diff from the
+    float64 network."""
+    import copy
+    import importlib.util
+
+    from fastgru import _model
+    from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+
+    peers = ["fastgru-bf16 widened", "fastgru-bf16 dot products", "rounded weights in float64",
+             "PyTorch bfloat16", "OpenVINO default"]
+    print("bfloat16 over long sequences, max abs diff from the float64 network:\n")
+    print("| model | T | " + " | ".join(peers) + " |\n|---|---|" + "---|" * len(peers))
+    for name, steps in (("slow-units", 3_000), ("stack-256", 1_000), ("bidirectional", 1_000)):
+        module = copy.deepcopy(trained(name))
+        x = long_input(np.random.default_rng(5), steps, 2, module.input_size)
+        truth = run_torch(module.double(), x.astype(np.float64))
+        module.float()
+        errors = {}
+        for pairs, label in ((False, peers[0]), (True, peers[1])):
+            if pairs and not BF16_DOT_PRODUCTS:
+                continue
+            _model.BF16_PAIRS = pairs
+            model = fastgru.GRU.from_torch(module, dtype="bfloat16")
+            errors[label] = max_error(model(x), truth)
+        _model.BF16_PAIRS = BF16_DOT_PRODUCTS
+        rounded = fastgru.GRU(model.spec, dtype="float64")
+        errors[peers[2]] = max_error(rounded(x.astype(np.float64)), truth)
+        with torch.no_grad():
+            errors[peers[3]] = max_error([a.float().numpy() for a in copy.deepcopy(module)
+                                          .bfloat16()(torch.from_numpy(x).bfloat16())], truth)
+        if importlib.util.find_spec("openvino") is not None:
+            import openvino
+
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "model.onnx")
+                fastgru.GRU.from_torch(module).to_onnx(path)
+                core = openvino.Core()
+                compiled = core.compile_model(core.read_model(path), "CPU")
+            outputs = compiled.create_infer_request().infer({"X": x})
+            errors[peers[4]] = max_error([outputs[o] for o in compiled.outputs], truth)
+        cells = [f"{errors[p]:.1e}" if p in errors else "-" for p in peers]
+        print(f"| {name} | {steps} | {' | '.join(cells)} |")
 
 
 def long_sequences() -> None:

@@ -410,8 +410,9 @@ class InferenceSession:
         for arg in self._inputs:
             values[arg.name] = _checked_feed(arg, input_feed[arg.name])
         before = numba.get_num_threads()
-        if self._threads:
-            numba.set_num_threads(min(self._threads, numba.config.NUMBA_NUM_THREADS))
+        wanted = min(self._threads, numba.config.NUMBA_NUM_THREADS) if self._threads else before
+        if wanted != before:
+            numba.set_num_threads(wanted)
         try:
             for stage in self._stages:
                 if stage[0] == "gru":
@@ -421,7 +422,8 @@ class InferenceSession:
                     results = session.run(outputs, {n: values[n] for n in inputs})
                     values.update(zip(outputs, results, strict=True))
         finally:
-            numba.set_num_threads(before)
+            if wanted != before:
+                numba.set_num_threads(before)
         return [values[n] for n in names]
 
     def describe(self) -> list[str]:

@@ -60,13 +60,13 @@ class _RunningCalls:
 
 
 _RUNNING = _RunningCalls()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_RUNNING.after_fork_in_child)
 
 # Whether bfloat16 models pair their weights for the CPU's dot products (kernels/bfloat16.py) or
 # widen them to float32 as they are read; read when a model is built, so that tests can build
 # models of the widening path on a CPU that has both.
 BF16_PAIRS = BF16_DOT_PRODUCTS
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_RUNNING.after_fork_in_child)
 
 
 def _operand(x: np.ndarray, w: np.ndarray, ws: Workspace) -> np.ndarray:
@@ -304,8 +304,8 @@ class GRU:
     @property
     def precision(self) -> str:
         """The dtype= the model was built with: "float32", "float64", or "bfloat16" (weights
-        stored in bfloat16 and widened to float32 as they are read; biases, states, gates and
-        outputs in float32)."""
+        stored in bfloat16; biases, states, gates and outputs in float32; see
+        fastgru/kernels/bfloat16.py for how they are multiplied)."""
         return self._precision
 
     @property

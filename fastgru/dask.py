@@ -57,8 +57,8 @@ def _use_worker_threads() -> None:
     """Give this task's thread the worker's share of Numba threads: NUMBA_NUM_THREADS as the
     worker's environment says now. Numba reads it only once, at import, and a worker process
     that multiprocessing spawns imports the parent's __main__ module (and with it fastgru and
-    Numba) before the nanny sets the worker's environment: two 1-thread workers on 2 cores then
-    each ran 2 threads, and 2 workers were 1.1x one instead of 1.9x."""
+    Numba) before the nanny sets the worker's environment: two "1-thread" workers on 2 cores
+    then ran 2 threads each, and scored 1.26x what one did."""
     import os
 
     import numba

@@ -157,7 +157,7 @@ def test_rows_and_steps_agree_bit_for_bit(rng, path):
 def test_every_entry_point(rng, path, tmp_path, capsys):
     module = torch.nn.GRU(10, 48, num_layers=2, batch_first=True).eval()
     x = rng.standard_normal((3, 25, 10)).astype(np.float32)
-    model = fastgru.GRU.from_torch(module, dtype="bfloat16")
+    model = fastgru.GRU.from_torch(module, dtype="bfloat16").prepare()  # every kernel it can use
     assert model.precision == "bfloat16" and model.dtype == np.float32
     assert "dtype=bfloat16" in repr(model)
     assert (model._r.dtype == np.uint32) == (path == "dot")

@@ -95,7 +95,7 @@ def _broadcast(builder, vector_type, value):
 @intrinsic
 def load(typingctx, array, index):
     """array[index:index + lanes] as a Vector (unaligned load); a uint16 row holds bfloat16 and
-    gives a float32 Vector."""
+    gives a float32 Vector, a uint32 row a Vector of bfloat16 pairs."""
     if not (_is_row(array) and isinstance(index, types.Integer)):
         return None
     vector = _loaded(array.dtype)

@@ -115,14 +115,12 @@ class GRU:
         if initial_state is not None:  # overrides the spec's; validated by GRUSpec
             spec = replace(spec, initial_state=np.asarray(initial_state))
 
-        def own(a, weight=False):  # in the dtype the model holds it in, shown as float64
-            a = np.asarray(a, self._dtype)
-            if weight and bfloat16:
-                a = bfloat16_values(bfloat16_bits(a))
-            return a.astype(np.float64)
+        def own(a, weight=False):  # in the model's dtype (bfloat16 weights as exact float32)
+            a = np.array(a, self._dtype)
+            return bfloat16_values(bfloat16_bits(a)) if weight and bfloat16 else a
 
         # The model holds its weights in its own dtype; spec shows exactly those values, so
-        # saving and exporting reproduce this model bit for bit.
+        # saving and exporting reproduce this model bit for bit (and no wider copy is kept).
         spec = replace(spec, layers=tuple(
             LayerWeights(own(layer.w, True), own(layer.r, True), own(layer.b))
             for layer in spec.layers),

@@ -115,6 +115,18 @@ def test_fork_while_another_thread_is_in_a_call_under_workqueue():
     assert result.stdout.strip() == "workqueue child exit 0"
 
 
+def test_weights_are_held_once_in_the_models_dtype_and_once_packed(rng):
+    """A float64 copy of the weights was kept beside the packed float32 ones (item 4)."""
+    spec = random_spec(rng, 100, 64, 2)
+    weights = 4 * sum(a.size for layer in spec.layers for a in (layer.w, layer.r, layer.b))
+    for dtype in ("float32", "bfloat16"):
+        model = fastgru.GRU(spec, dtype=dtype)
+        held = sum(a.nbytes for layer in model.spec.layers for a in (layer.w, layer.r, layer.b))
+        assert held == weights, dtype  # float32 values (bfloat16 ones exact), not float64
+        packed = model._w0.nbytes + model._wrest.nbytes + model._r.nbytes
+        assert packed <= (1 if dtype == "bfloat16" else 2) * weights, dtype
+
+
 def test_a_long_call_does_not_pin_its_scratch(rng):
     model = fastgru.GRU(random_spec(rng, 4, 64))
     model(rng.standard_normal((400_000, 1, 4)).astype(np.float32))  # ~310 MB of scratch

@@ -88,10 +88,13 @@ def test_matvec_against_float64(rng, path, rows, inputs):
     out = np.full((rows, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
     kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0])
     v64 = torch_bf16(v) if path == "dot" else v.astype(np.float64)
-    expected = v64 @ torch_bf16(w).T  # (rows, 3H); the kernel's columns are padded per gate
-    got = kernels.pad_gate_columns(expected, H)
-    scale = np.abs(v64) @ np.abs(torch_bf16(w)).T  # float32 sums: error within K eps of this
-    assert np.all(np.abs(out - got) <= 1e-6 * kernels.pad_gate_columns(scale, H) + 1e-30)
+
+    def columns(a):  # (rows, 3H) -> the kernel's float32 columns, each gate padded
+        return kernels.pad_gate_columns(a.astype(np.float32), H)
+
+    expected = columns(v64 @ torch_bf16(w).T)
+    scale = columns(np.abs(v64) @ np.abs(torch_bf16(w)).T)  # float32 sums err within K eps
+    assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-30)
 
 
 CONFIGS = [  # (D, H, num_layers, direction, linear_before_reset, B, lengths)

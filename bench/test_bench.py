@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: S1-S6 of DESIGN.md for fastgru, onnxruntime and PyTorch.
+"""pytest-benchmark suite: S1-S6 of DESIGN.md for fastgru (float32 and bfloat16), onnxruntime,
+PyTorch and OpenVINO (its default precision).
 
     .venv/bin/python -m pytest bench/ --benchmark-enable [--benchmark-only]
 
@@ -33,7 +34,8 @@ def threads(request):
     numba.set_num_threads(before)
 
 
-@pytest.mark.parametrize("runtime", ["fastgru", "onnxruntime", "torch"])
+@pytest.mark.parametrize("runtime", ["fastgru", "fastgru-bf16", "onnxruntime", "torch",
+                                     "openvino"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_shape(benchmark, shape, runtime, threads):
     case = SHAPES[shape]

@@ -144,8 +144,10 @@ class GRU:
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
         # all directions are stacked so one product projects the whole sequence for a layer.
         self._padded_units = kernels.padded_units(H, dt)
-        packed = sum(dirs * 3 * self._padded_units * (layer.w.shape[-1] + H)
-                     for layer in spec.layers) * (2 if bfloat16 else dt.itemsize)
+        # packed weights per batch row: the multiply-adds of one step, all layers
+        self._step_macs = sum(3 * self._padded_units * dirs * (layer.w.shape[-1] + H)
+                              for layer in spec.layers)
+        packed = self._step_macs * (2 if bfloat16 else dt.itemsize)
         if packed > memory_bytes() // 2:  # checked before the packed copies are made
             raise ValueError(
                 f"this model's kernel weights would take {packed / 2**30:.1f} GiB (each gate "
@@ -172,8 +174,6 @@ class GRU:
         reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
         self._reverse = _frozen(np.array(reverse[spec.direction], dtype=np.bool_))
         self._clip = dt.type(math.inf if spec.clip is None else spec.clip)
-        self._step_macs = sum(3 * self._padded_units * dirs * (layer.w.shape[-1] + H)
-                              for layer in spec.layers)  # per batch row
         self._pool = WorkspacePool(dt)
 
     def __reduce__(self):
@@ -374,8 +374,8 @@ class GRU:
         state = h_n.reshape(L, dirs, B, H)
         ws = self._pool.take()
         try:
-            small = B * self._step_macs < STEP_PARALLEL_MIN_MACS or numba.get_num_threads() == 1
-            if T == 1 and dirs == 1 and small and (lengths is None or steps.min(initial=1) == 1):
+            if T == 1 and dirs == 1 and (lengths is None or steps.min(initial=1) == 1) and \
+                    (B * self._step_macs < STEP_PARALLEL_MIN_MACS or numba.get_num_threads() == 1):
                 kernels.gru_stream_step(x[0], *stream_kernel_args(self, h_n, ws), y[0])
                 return self._outputs(y, h_n, unbatched)
             with _RUNNING as calls, parallel_guard():

@@ -21,22 +21,16 @@ import numpy as np
 
 import fastgru
 import fastgru.dask as fastgru_dask
-from fastgru.benchmark import SHAPES, builtin_model
+from fastgru.benchmark import SHAPES, onnxruntime_session, builtin_model
 
 _SESSIONS: dict = {}
 
 
 def _onnxruntime_block(x, proto: bytes, threads: int):
     """The GRU of one block by onnxruntime (one session per worker process)."""
-    import onnxruntime as ort
-
     session = _SESSIONS.get(proto)
     if session is None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = _SESSIONS[proto] = ort.InferenceSession(proto, options,
-                                                          providers=["CPUExecutionProvider"])
+        session = _SESSIONS[proto] = onnxruntime_session(proto, threads)
     return session.run(None, {"X": np.ascontiguousarray(x)})[0]
 
 

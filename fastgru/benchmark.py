@@ -141,6 +141,17 @@ def builtin_model(case: Case):
     return fastgru.GRU.from_torch(_random_state_dict(case))
 
 
+def onnxruntime_session(model, threads: int):
+    """onnxruntime's CPU session on `model` (a path or serialized bytes) with `threads` threads
+    for each operator and one for the graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 def _whole_graph_call(runtime: str, case: Case, threads: int):
     """(call, output) for a whole ONNX graph: fastgru.InferenceSession or onnxruntime."""
     if runtime == "fastgru":
@@ -148,13 +159,7 @@ def _whole_graph_call(runtime: str, case: Case, threads: int):
 
         session = fastgru.InferenceSession(case.model_path, threads=threads)
     elif runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(case.model_path, options,
-                                       providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(case.model_path, threads)
     else:
         raise ValueError(f"{runtime} cannot run a whole ONNX graph; compare with onnxruntime")
     feeds = random_feeds(session.get_inputs(), case.batch, case.steps)
@@ -215,13 +220,8 @@ def _make_call(runtime: str, case: Case, threads: int):
     if runtime.startswith("openvino"):
         return _openvino_call(model, case, x, threads, f32=runtime == "openvino-f32")
     if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(model.to_onnx(state_inputs=case.stream).SerializeToString(),
-                                       options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(
+            model.to_onnx(state_inputs=case.stream).SerializeToString(), threads)
         if case.stream:
             h = np.zeros((1, case.batch, case.hidden_size), np.float32)
             one_step = np.ones(case.batch, np.int32)

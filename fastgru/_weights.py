@@ -93,4 +93,3 @@ def bfloat16_bits(a: np.ndarray) -> np.ndarray:
 def bfloat16_values(bits: np.ndarray) -> np.ndarray:
     """float32 values of bfloat16 bits (exact)."""
     return (bits.astype(np.uint32) << 16).view(np.float32)
-

@@ -227,12 +227,11 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     """First half of step s of direction d for rows b0 <= b < b1 and units j0 <= j < j1.
 
     xproj: (T, B, >= (d+1)*3Hp); bx: (3Hp,), r: (3Hp/P, H, P), rbn: (H,) this direction's;
-    h: (B, H) the state before the step; acc: (B, 3Hp), hr: (B, H), vb: operand_scratch(r, B, H)
-    scratch. j0 and j1 are
-    multiples of P (j1 <= Hp). Leaves 1 - z in acc[b, j], and r * (R_n h + Rb_n) in acc[b, 2Hp + j]
-    with lbr; without lbr, r * h in hr[b, j] for R_n to multiply in `update` once every unit of
-    hr is known. Row b reads x[t] with t = s (forward) or t = lengths[b] - 1 - s (reverse);
-    rows whose length is at most s are skipped.
+    h: (B, H) the state before the step; acc: (B, 3Hp), hr: (B, H), vb: operand_scratch(r, B,
+    H) scratch. j0 and j1 are multiples of P (j1 <= Hp). Leaves 1 - z in acc[b, j], and
+    r * (R_n h + Rb_n) in acc[b, 2Hp + j] with lbr; without lbr, r * h in hr[b, j] for R_n to
+    multiply in `update` once every unit of hr is known. Row b reads x[t] with t = s (forward)
+    or t = lengths[b] - 1 - s (reverse); rows whose length is at most s are skipped.
     """
     H = h.shape[1]
     Hp = acc.shape[1] // 3

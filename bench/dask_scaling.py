@@ -7,7 +7,9 @@
 Sequences T=100, D=64, H=256 (the built-in S2 model's weights), batch-major, in blocks of
 `--chunk` sequences. Workers: 1 with 1 thread, 1 with every core, and 2 sharing the cores
 (NUMBA_NUM_THREADS, and onnxruntime's intra-op threads alike). Each figure is the best of 2 runs
-after a warm-up run.
+after a warm-up run. For the Dask pipelines, one more run under Dask's task stream gives the
+median compute time of a block's task and the share of the workers' time spent outside any
+task (scheduling, transfers, idle: the per-task overhead).
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ def _seconds(run) -> float:
     return time.perf_counter() - start
 
 
+def task_profile(client, run, workers: int, blocks: int) -> tuple[float, float]:
+    """(median seconds of a block's task, share of the workers' time outside tasks) over one
+    run of `run`, from Dask's task stream."""
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:
+        wall = _seconds(run)
+    computes = sorted((s["stop"] - s["start"] for record in stream.data
+                       for s in record["startstops"] if s["action"] == "compute"), reverse=True)
+    return float(np.median(computes[:blocks])), 1 - sum(computes) / (wall * workers)
+
+
 def main() -> int:
     import dask
     import dask.array as da
@@ -72,19 +86,22 @@ def main() -> int:
             blocks = da.concatenate([da.from_delayed(part, (min(args.chunk, len(x) - i),
                                                             *x.shape[1:]), x.dtype)
                                      for part, i in zip(parts, starts, strict=True)])
-            ours = fastgru_dask.predict(model, blocks)
-            rows.append((f"fastgru.dask, {workers} worker(s) x {share} thread(s)",
-                         best_rate(ours.sum().compute, len(x))))
+            ours = fastgru_dask.predict(model, blocks).sum().compute
             theirs = blocks.map_blocks(_onnxruntime_block, dask.delayed(proto), share,
                                        chunks=(blocks.chunks[0], (100,), (256,)),
-                                       dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
-            rows.append((f"Dask + onnxruntime, {workers} worker(s) x {share} thread(s)",
-                         best_rate(theirs.sum().compute, len(x))))
+                                       dtype=np.float32,
+                                       meta=np.empty((0, 0, 0), np.float32)).sum().compute
+            for name, run in (("fastgru.dask", ours), ("Dask + onnxruntime", theirs)):
+                rate = best_rate(run, len(x))
+                rows.append((f"{name}, {workers} worker(s) x {share} thread(s)", rate,
+                             *task_profile(client, run, workers, len(starts))))
     print(f"{args.sequences} sequences, T=100, D=64, H=256, blocks of {args.chunk}, "
           f"{cores} cores\n")
-    print("| pipeline | sequences/s |\n|---|---|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:.0f} |")
+    print("| pipeline | sequences/s | a block's task, median ms | workers' time outside tasks |"
+          "\n|---|---|---|---|")
+    for name, rate, *profile in rows:
+        cells = [f"{profile[0] * 1e3:.1f}", f"{profile[1]:.0%}"] if profile else ["-", "-"]
+        print(f"| {name} | {rate:.0f} | {' | '.join(cells)} |")
     return 0
 
 

@@ -364,20 +364,18 @@ class GRU:
             h_n[...] = h0.reshape(L * dirs, B, H)
         elif self._initial_state is not None:
             h_n[...] = self._initial_state[:, None, :]
-        if lengths is None:
-            steps = np.empty(B, dtype=np.int64)
-            steps.fill(T)
-        else:
-            steps = as_lengths(lengths, B, T)
+        steps = None if lengths is None else as_lengths(lengths, B, T)
 
         y = np.empty((T, B, dirs * H), dtype=self._dtype)
-        state = h_n.reshape(L, dirs, B, H)
         ws = self._pool.take()
         try:
-            if T == 1 and dirs == 1 and (lengths is None or steps.min(initial=1) == 1) and \
+            if T == 1 and dirs == 1 and (steps is None or steps.min(initial=1) == 1) and \
                     (B * self._step_macs < STEP_PARALLEL_MIN_MACS or numba.get_num_threads() == 1):
-                kernels.gru_stream_step(x[0], *stream_kernel_args(self, h_n, ws), y[0])
+                kernels.gru_stream_step(x[0], h_n, *stream_kernel_args(self, B, ws), y[0])
                 return self._outputs(y, h_n, unbatched)
+            if steps is None:
+                steps = np.full(B, T, dtype=np.int64)
+            state = h_n.reshape(L, dirs, B, H)
             with _RUNNING as calls, parallel_guard():
                 # concurrent calls share Numba's threads rather than each claiming all of them
                 threads = max(1, numba.get_num_threads() // calls)

@@ -25,17 +25,22 @@ def _positive(value, name: str) -> int:
     return int(value)
 
 
-def stream_kernel_args(model, h, ws: Workspace) -> tuple:
-    """What gru_stream_step takes between x (n, D) and out (n, H), for state h (L, n, H), with
-    its scratch arrays taken from ws."""
-    L, n, H = h.shape
-    Hp = model._padded_units
-    ones = ws.get("ones", (n,), np.int64)
-    ones[:] = 1  # every row takes its one step
-    return (model._w0, model._wrest, model._bx, model._r, model._rbn, h,
-            ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)), ws.get("hr", (n, H)),
-            ones, model.linear_before_reset, model._clip, ws.get("ys", (L, 1, n, H)),
-            model._row_group)
+def stream_kernel_args(model, n: int, ws: Workspace) -> tuple:
+    """What gru_stream_step takes between x (n, D) and h (L, n, H) and out (n, H), its scratch
+    arrays taken from ws. Made once per batch size and kept by ws: a one-step call spends
+    microseconds, and making these took 3 of them."""
+    key = ("stream", n)
+    args = ws.derived.get(key)
+    if args is None:
+        L, H, Hp = model.num_layers, model.hidden_size, model._padded_units
+        ones = ws.get("ones", (n,), np.int64)
+        ones[:] = 1  # every row takes its one step
+        args = (model._w0, model._wrest, model._bx, model._r, model._rbn,
+                ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)),
+                ws.get("hr", (n, H)), ones, model.linear_before_reset, model._clip,
+                ws.get("ys", (L, 1, n, H)), model._row_group)
+        ws.derived[key] = args
+    return args
 
 
 def _busy(what: str) -> RuntimeError:
@@ -86,7 +91,7 @@ class Stream:
         self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
         self.reset()
         # made once: a step allocates nothing and passes the kernel ready-made arguments
-        self._args = stream_kernel_args(model, self._h, Workspace(model.dtype))
+        self._args = (self._h, *stream_kernel_args(model, B, Workspace(model.dtype)))
         self._x_shape = (B, model.input_size)
         self._out_shape = (B, model.hidden_size)
         self._stepping = threading.Lock()
@@ -219,7 +224,7 @@ class StreamBatch:
         try:
             h = self._workspace.get("h", (L, n, H))
             np.take(self._states, slots, axis=1, out=h)
-            kernels.gru_stream_step(x, *stream_kernel_args(m, h, self._workspace), out)
+            kernels.gru_stream_step(x, h, *stream_kernel_args(m, n, self._workspace), out)
             self._states[:, slots] = h
         finally:
             self._stepping.release()

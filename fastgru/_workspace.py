@@ -23,6 +23,9 @@ class Workspace:
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
         self._buffers: dict[str, np.ndarray] = {}
+        # what callers derive from the buffers (views, argument tuples), dropped whenever a
+        # buffer is replaced, so that no replaced buffer stays alive (and uncounted) through it
+        self.derived: dict = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype=None) -> np.ndarray:
         """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined.
@@ -34,6 +37,7 @@ class Workspace:
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
             buffer = np.empty(size, dtype=dtype)
             self._buffers[name] = buffer
+            self.derived.clear()
         return buffer[:size].reshape(shape)
 
     @property
@@ -47,7 +51,8 @@ class WorkspacePool:
     def __init__(self, dtype: np.dtype, keep: int = 4) -> None:
         self._dtype = dtype
         self._keep = keep
-        self._idle: list[Workspace] = []
+        self._idle: list[tuple[Workspace, int]] = []
+        self._idle_bytes = 0  # their nbytes together, as they were handed back
         self._lock = threading.Lock()
         _POOLS.add(self)
 
@@ -55,20 +60,23 @@ class WorkspacePool:
         """A workspace for this caller alone; hand it back with `give` when done."""
         with self._lock:
             if self._idle:
-                return self._idle.pop()
+                workspace, size = self._idle.pop()
+                self._idle_bytes -= size
+                return workspace
         return Workspace(self._dtype)
 
     def give(self, workspace: Workspace) -> None:
+        size = workspace.nbytes
         with self._lock:
-            kept = sum(w.nbytes for w in self._idle)
-            if len(self._idle) < self._keep and kept + workspace.nbytes <= KEEP_BYTES:
-                self._idle.append(workspace)
+            if len(self._idle) < self._keep and self._idle_bytes + size <= KEEP_BYTES:
+                self._idle.append((workspace, size))
+                self._idle_bytes += size
 
     @property
     def kept_bytes(self) -> int:
         """Bytes held by the idle workspaces."""
         with self._lock:
-            return sum(w.nbytes for w in self._idle)
+            return self._idle_bytes
 
 
 _POOLS: weakref.WeakSet = weakref.WeakSet()

@@ -13,7 +13,7 @@ import pytest
 
 import fastgru
 from fastgru.kernels import gru as kernels
-from conftest import assert_close, random_spec
+from conftest import assert_close, random_spec, spec_layers
 
 
 # Stacked bidirectional layers read the future through the layer below, so only the forward half
@@ -171,6 +171,22 @@ def test_results_are_not_overwritten_by_later_calls(rng):
     y_copy, h_copy = y.copy(), h_n.copy()
     model(rng.standard_normal((5, 2, 3)))
     assert np.array_equal(y, y_copy) and np.array_equal(h_n, h_copy)
+
+
+def test_one_step_calls_of_any_batch_between_longer_calls(rng):
+    # One-step calls reuse the argument tuples their workspace keeps per batch size, here
+    # around longer and wider calls that replace the workspace's buffers.
+    from reference import reference_gru
+
+    spec = random_spec(rng, 6, 9, 2)
+    model = fastgru.GRU(spec)
+    for batch, steps in [(1, 1), (3, 1), (1, 1), (16, 40), (3, 1), (1, 1), (40, 1), (2, 1)]:
+        x = rng.standard_normal((steps, batch, 6))
+        h0 = rng.standard_normal((2, batch, 9))
+        y, h_n = model(x, h0)
+        y_ref, h_ref = reference_gru(x, spec_layers(spec), h0=h0)
+        assert_close(y, y_ref, "float32", f"y, B={batch}, T={steps}")
+        assert_close(h_n, h_ref, "float32", f"h_n, B={batch}, T={steps}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -435,13 +435,13 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
 
 
 @njit(**JIT_OPTIONS)
-def gru_stream_step(x, w0, wrest, bx, r, rbn, h, xproj, acc, hr, ones, lbr, clip, ys, group,
+def gru_stream_step(x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, lbr, clip, ys, group,
                     out):
     """One step of a unidirectional stack, all layers, in one call.
 
-    x: (B, D), w0: (3Hp/P, D, P) first layer's W, wrest: (L-1, 3Hp/P, H, P) the other layers';
-    bx: (L, 1, 3Hp), r: (L, 1, 3Hp/P, H, P), rbn: (L, 1, H), h: (L, B, H) state, updated in
-    place; xproj: (1, B, 3Hp), acc: (B, 3Hp), hr: (B, H) scratch; ones: (B,) int64 of 1;
+    x: (B, D), h: (L, B, H) state, updated in place; w0: (3Hp/P, D, P) first layer's W, wrest:
+    (L-1, 3Hp/P, H, P) the other layers'; bx: (L, 1, 3Hp), r: (L, 1, 3Hp/P, H, P), rbn:
+    (L, 1, H); xproj: (1, B, 3Hp), acc: (B, 3Hp), hr: (B, H) scratch; ones: (B,) int64 of 1;
     ys: (L, 1, B, H) per-layer outputs; group: rows per group (row_group); out: (B, H)
     receives the top layer's output.
     """

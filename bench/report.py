@@ -21,9 +21,8 @@ import platform
 import shlex
 import subprocess
 import sys
-import tempfile
-import time
 
+from cold_start import first_results
 from fastgru.benchmark import SHAPES, Case, run, table, thread_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,15 +46,6 @@ for H in (256, 1024):
     out[f"matvec_GBps_H{H}"] = r.nbytes / t / 1e9
 print(json.dumps(out))
 """
-
-FIRST_RESULT = {
-    "fastgru": "import numpy as np, fastgru; from fastgru.benchmark import SHAPES, builtin_model;"
-               "m = builtin_model(SHAPES['S2']); m(np.zeros((100, 1, 64), np.float32))",
-    "onnxruntime": "import sys, numpy as np, onnxruntime as ort;"
-                   "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']);"
-                   "s.run(None, {'X': np.zeros((100, 1, 64), np.float32)})",
-}
-
 
 def cpu_name() -> str:
     """The CPU's model name with its family and model numbers, from /proc/cpuinfo (a name such
@@ -107,31 +97,6 @@ def ceilings(threads_list) -> dict:
                              env=thread_env(threads), check=True).stdout
         found[threads] = json.loads(out)
     return found
-
-
-def first_result_times() -> dict:
-    """Seconds from process start to the first S2 result (median of 3 fresh processes)."""
-    from fastgru.benchmark import builtin_model
-
-    times = {}
-    with tempfile.TemporaryDirectory() as cold:
-        onnx_path = os.path.join(cold, "s2.onnx")
-        builtin_model(SHAPES["S2"]).to_onnx(onnx_path)
-        variants = {"fastgru (compiled kernels cached)": ("fastgru", {}),
-                    "fastgru (empty cache: compiles)": ("fastgru", {"NUMBA_CACHE_DIR": cold}),
-                    "onnxruntime (import + session + run)": ("onnxruntime", {})}
-        for label, (runtime, extra) in variants.items():
-            runs = []
-            for i in range(3):
-                env = {**thread_env(1), **extra}
-                if extra:
-                    env["NUMBA_CACHE_DIR"] = os.path.join(cold, str(i))  # cold every time
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-c", FIRST_RESULT[runtime], onnx_path], env=env,
-                               check=True)
-                runs.append(time.perf_counter() - t0)
-            times[label] = sorted(runs)[1]
-    return times
 
 
 def ceiling_table(records, ceiling) -> str:
@@ -210,7 +175,7 @@ def main(argv=None) -> int:
     sweep = sweep_cases(args.quick)
     sweep_records = run(sweep, ["fastgru", "onnxruntime"], [1], min(args.seconds, 0.5))
     print("first results from fresh processes...", file=sys.stderr)
-    first = first_result_times()
+    first = first_results(rounds=5)
     print("memory over 100k calls...", file=sys.stderr)
     memory = subprocess.run([sys.executable, os.path.join(HERE, "memory.py"), "--calls",
                              "100000"], capture_output=True, text=True, check=True,
@@ -247,9 +212,8 @@ def main(argv=None) -> int:
             cells.append(f"{times['onnxruntime'] / times['fastgru']:.2f}")
         lines.append(f"| {h} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: onnxruntime's time / fastgru's time.", "",
-              "### From process start to the first result (S2, 1 thread)", "",
-              "| runtime | seconds |", "|---|---|"]
-    lines += [f"| {label} | {t:.2f} |" for label, t in first.items()]
+              "### From process start to the first result (`python bench/cold_start.py`)", "",
+              first]
     setup = {r["runtime"]: r["setup_s"] for r in records if r["case"] == "S2" and
              r["threads"] == threads[0]}
     lines += ["", "Inside a warm worker, the first S2 call (model build + compile/load, or session "

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Cold start: a new process to its first S2 result, fastgru against onnxruntime, broken down.
+
+    .venv/bin/python bench/cold_start.py [--rounds 7]
+
+Each round starts a fresh interpreter per runtime (Numba's cache already warm: the script
+makes one call first) and reads the wall clock at each point: the interpreter's first line,
+numpy imported, the runtime imported, the model loaded (S2's seeded random weights, from
+fastgru's own file for fastgru, from the same model exported to ONNX for onnxruntime's
+session), the first result. The clock stops at the result, not at the process's exit.
+Medians over the rounds, in seconds.
+
+Whether SciPy is importable is printed: Numba imports it at its own import where it is
+installed. To measure with SciPy on a machine without it, put a folder holding it on
+PYTHONPATH (`pip install --target DIR scipy`); the children inherit it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CHILD = r"""
+import sys, time
+start = time.time()
+import numpy as np
+numpy_ready = time.time()
+x = np.zeros([int(n) for n in sys.argv[3:]], np.float32)
+if sys.argv[1] == "fastgru":
+    import fastgru
+    imported = time.time()
+    model = fastgru.load(sys.argv[2])
+    built = time.time()
+    model(x)
+else:
+    import onnxruntime as ort
+    imported = time.time()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(sys.argv[2], options, providers=["CPUExecutionProvider"])
+    built = time.time()
+    session.run(None, {"X": x})
+done = time.time()
+print(start, numpy_ready, imported, built, done, "scipy" in sys.modules)
+"""
+
+STEPS = ("interpreter start", "import numpy", "import the runtime", "load the model",
+         "first call", "total: start to first result")
+
+
+def measure(runtime: str, path: str, shape: tuple, cache_dir: str | None = None
+            ) -> tuple[list[float], bool]:
+    """One fresh process: the seconds of each of STEPS, and whether it imported SciPy."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    if cache_dir:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    launched = time.time()
+    out = subprocess.run([sys.executable, "-c", CHILD, runtime, path, *map(str, shape)],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    marks = [launched, *(float(v) for v in out[:5])]
+    steps = [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
+    return steps + [marks[-1] - launched], out[5] == "True"
+
+
+def first_results(rounds: int) -> str:
+    """The breakdown as a Markdown table, and the total with an empty Numba cache."""
+    from fastgru.benchmark import SHAPES, builtin_model
+
+    case = SHAPES["S2"]
+    shape = (case.steps, case.batch, case.input_size)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = {"fastgru": os.path.join(folder, "s2.safetensors"),
+                 "onnxruntime": os.path.join(folder, "s2.onnx")}
+        model = builtin_model(case)
+        model.save(paths["fastgru"])
+        model.to_onnx(paths["onnxruntime"])
+        measure("fastgru", paths["fastgru"], shape)  # kernels cached, as in a deployed service
+        rows = {"fastgru": [], "onnxruntime": []}
+        scipy = False
+        for _ in range(rounds):
+            for runtime in rows:
+                steps, scipy_loaded = measure(runtime, paths[runtime], shape)
+                rows[runtime].append(steps)
+                scipy = scipy or scipy_loaded
+        compiling = [measure("fastgru", paths["fastgru"], shape,
+                             os.path.join(folder, f"cache{i}"))[0][-1] for i in range(3)]
+    lines = [f"{case.label}, 1 thread, Numba's cache warm; medians of {rounds} fresh processes "
+             f"per runtime, in seconds; SciPy installed (Numba imports it): "
+             f"{'yes' if scipy else 'no'}.", "",
+             "| step | fastgru | onnxruntime |", "|---|---|---|"]
+    for k, step in enumerate(STEPS):
+        cells = [f"{statistics.median(r[k] for r in rows[name]):.3f}" for name in rows]
+        lines.append(f"| {step} | {' | '.join(cells)} |")
+    lines += ["", f"With an empty Numba cache (every kernel compiles): "
+                  f"{statistics.median(compiling):.2f} s to fastgru's first result."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--rounds", type=int, default=7)
+    print(first_results(parser.parse_args().rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
 
 
@@ -64,7 +65,9 @@ def _operand(v, w, scratch, b0, b1):
     if w.dtype == types.uint32:
         def paired(v, w, scratch, b0, b1):
             n = (v.shape[1] + 1) // 2
-            pairs = scratch.reshape(-1)[:v.shape[0] * n].reshape(v.shape[0], n)
+            # borrowed: the kernel holds scratch across its time loop, where this is called
+            (whole,) = borrowed(scratch)
+            pairs = whole.reshape(-1)[:v.shape[0] * n].reshape(v.shape[0], n)
             round_to_pairs(v, pairs, b0, b1)
             return pairs
         return paired

@@ -24,6 +24,7 @@ from numba import njit, prange
 from fastgru.kernels import atomics, cpu
 from fastgru.kernels.activations import sigmoid, tanh
 from fastgru.kernels.bfloat16 import operand, operand_scratch
+from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
 from fastgru.kernels.simd import VECTOR_BYTES, fma, lanes, load, splat, store
 
@@ -210,6 +211,7 @@ def project(x, wp, out):
     """
     N = x.shape[0]
     panels = wp.shape[0]
+    x, wp, out = borrowed(x, wp, out)
     row_blocks = (N + PROJECT_ROWS - 1) // PROJECT_ROWS
     panel_blocks = (panels + PROJECT_PANELS - 1) // PROJECT_PANELS
     for task in prange(row_blocks * panel_blocks):
@@ -340,6 +342,7 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
     B = xproj.shape[1]
     dirs = r.shape[0]
     quads = (B + 3) // 4
+    xproj, bx, r, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, r, rbn, h, acc, hr, lengths, y)
     for task in prange(dirs * blocks):
         d = task // blocks
         blk = task % blocks
@@ -359,6 +362,7 @@ def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip,
     skips the thread pool's fork-join (a few microseconds, much of a small call)."""
     B = xproj.shape[1]
     vb = operand_scratch(r, B, h.shape[2])
+    xproj, bx, r, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, r, rbn, h, acc, hr, lengths, y)
     for d in range(r.shape[0]):
         for s in range(xproj.shape[0]):
             step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
@@ -406,6 +410,8 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
     P = r.shape[3]
     phases = 1 if lbr else 2
     slices = dirs * chunks
+    xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, y, progress = borrowed(
+        xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, y, progress)
     for task in prange(slices):
         vb = operand_scratch(r, B, h.shape[2])
         for q in range(T * phases):
@@ -447,6 +453,8 @@ def gru_stream_step(x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, lbr, clip
     """
     L = h.shape[0]
     B = x.shape[0]
+    x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, ys, out = borrowed(
+        x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, ys, out)
     vb = operand_scratch(w0, B, max(x.shape[1], h.shape[2]))
     for k in range(L):
         inp = x if k == 0 else ys[k - 1, 0]

@@ -80,11 +80,16 @@ def operand_scratch(w, rows, inputs):
     time loops (it allocates)."""
 
 
+# What operand_scratch gives for weights that need none: a global, so a constant of the compiled
+# code with no memory owner, whose passing from function to function counts no references
+_NO_SCRATCH = np.empty((0, 0), np.uint32)
+
+
 @overload(operand_scratch)
 def _operand_scratch(w, rows, inputs):
     if w.dtype == types.uint32:
         return lambda w, rows, inputs: np.empty((rows, (inputs + 1) // 2), np.uint32)
-    return lambda w, rows, inputs: np.empty((0, 0), np.uint32)
+    return lambda w, rows, inputs: _NO_SCRATCH
 
 
 recover_caches(globals())  # a damaged or read-only cache costs a compilation, not an error

@@ -239,10 +239,12 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     Hp = acc.shape[1] // 3
     P = r.shape[2]
     hv = operand(h, r, vb, b0, b1)
-    matvec(hv, r, acc, b0, b1, j0 // P, j1 // P)
-    matvec(hv, r, acc, b0, b1, (Hp + j0) // P, (Hp + j1) // P)
-    if lbr:
-        matvec(hv, r, acc, b0, b1, (2 * Hp + j0) // P, (2 * Hp + j1) // P)
+    gates_here = 3 if lbr else 2
+    if j1 - j0 == Hp:  # all units: the gates' panels are adjacent, one call pairs them up
+        matvec(hv, r, acc, b0, b1, 0, gates_here * Hp // P)
+    else:
+        for gate in range(gates_here):
+            matvec(hv, r, acc, b0, b1, (gate * Hp + j0) // P, (gate * Hp + j1) // P)
     u1 = min(j1, H)
     n = u1 - j0
     g = d * 3 * Hp + j0  # this direction's z columns of xproj, from unit j0

@@ -29,18 +29,17 @@ def stream_kernel_args(model, n: int, ws: Workspace) -> tuple:
     """What gru_stream_step takes between x (n, D) and h (L, n, H) and out (n, H), its scratch
     arrays taken from ws. Made once per batch size and kept by ws: a one-step call spends
     microseconds, and making these took 3 of them."""
-    key = ("stream", n)
-    args = ws.derived.get(key)
-    if args is None:
+
+    def make():
         L, H, Hp = model.num_layers, model.hidden_size, model._padded_units
         ones = ws.get("ones", (n,), np.int64)
         ones[:] = 1  # every row takes its one step
-        args = (model._w0, model._wrest, model._bx, model._r, model._rbn,
+        return (model._w0, model._wrest, model._bx, model._r, model._rbn,
                 ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)),
                 ws.get("hr", (n, H)), ones, model.linear_before_reset, model._clip,
                 ws.get("ys", (L, 1, n, H)), model._row_group)
-        ws.derived[key] = args
-    return args
+
+    return ws.derived(("stream", n), make)
 
 
 def _busy(what: str) -> RuntimeError:

@@ -16,6 +16,9 @@ import numpy as np
 # faults over fresh memory) cost 7% of the call (1 thread, AMD EPYC).
 KEEP_BYTES = 256 << 20
 
+# Entries a workspace keeps in `derived`: enough for the shapes of a steady load.
+DERIVED_KEPT = 64
+
 
 class Workspace:
     """Named flat buffers that grow to the largest shape asked for and are then reused."""
@@ -25,7 +28,7 @@ class Workspace:
         self._buffers: dict[str, np.ndarray] = {}
         # what callers derive from the buffers (views, argument tuples), dropped whenever a
         # buffer is replaced, so that no replaced buffer stays alive (and uncounted) through it
-        self.derived: dict = {}
+        self._derived: dict = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype=None) -> np.ndarray:
         """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined.
@@ -37,8 +40,20 @@ class Workspace:
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
             buffer = np.empty(size, dtype=dtype)
             self._buffers[name] = buffer
-            self.derived.clear()
+            self._derived.clear()
         return buffer[:size].reshape(shape)
+
+    def derived(self, key, make):
+        """make()'s result, made once and kept under `key` until a buffer is replaced: for views
+        of the buffers and argument tuples a call would otherwise build again. At most
+        DERIVED_KEPT are kept (a service calling with ever new shapes must not grow)."""
+        found = self._derived.get(key)
+        if found is None:
+            found = make()
+            if len(self._derived) >= DERIVED_KEPT:
+                self._derived.clear()
+            self._derived[key] = found
+        return found
 
     @property
     def nbytes(self) -> int:

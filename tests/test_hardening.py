@@ -15,7 +15,7 @@ import pytest
 
 import fastgru
 from conftest import random_spec
-from fastgru._workspace import KEEP_BYTES
+from fastgru._workspace import DERIVED_KEPT, KEEP_BYTES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -133,6 +133,17 @@ def test_a_long_call_does_not_pin_its_scratch(rng):
     assert model._pool.kept_bytes <= KEEP_BYTES
     model(rng.standard_normal((20, 2, 4)))
     assert 0 < model._pool.kept_bytes <= KEEP_BYTES  # small ones are still reused
+
+
+def test_calls_of_ever_new_shapes_keep_a_bounded_scratch_index(rng):
+    # Each workspace keeps the views and argument tuples of the shapes it has served; a service
+    # whose calls keep bringing new (T, B) must not grow without end.
+    model = fastgru.GRU(random_spec(rng, 4, 8))
+    model(rng.standard_normal((300, 3, 4)))  # the largest buffers first: no replacement after
+    for steps in range(1, 300):
+        model(rng.standard_normal((steps, 1 + steps % 3, 4)))
+    [(workspace, _)] = model._pool._idle
+    assert 0 < len(workspace._derived) <= DERIVED_KEPT < 299  # fewer than the shapes served
 
 
 def test_models_pickle_and_deep_copy(rng):

@@ -165,7 +165,7 @@ def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, fol
 class _Feed:
     """Checks the feed for one graph input as onnxruntime would: refused for another element
     type, another rank, or another size where the graph fixes one. Made once per session, so a
-    one-frame call spends ~0.3 µs per input here rather than 1.4."""
+    one-frame call spends 0.6 µs per input here rather than 1.4."""
 
     def __init__(self, arg: NodeArg) -> None:
         self.arg = arg

@@ -320,19 +320,22 @@ def _open_array(path: str, chunk: int):
     else:  # each task reads its own rows from the file, which the workers must see
         import dask
 
-        shape = _npy_header(path)
-        if len(shape[0]) != 3:
-            raise UsageError(f"{path!r} holds shape {shape[0]}; fastgru score reads (N, T, D) "
-                             f"sequences, batch-major")
-        (N, T, D), dtype = shape
+        shape, dtype = _npy_header(path)
+        if len(shape) != 3:
+            raise _not_sequences(path, shape)
+        N, T, D = shape
         x = da.concatenate([
             da.from_delayed(dask.delayed(_npy_rows)(path, start, min(N, start + chunk)),
                             shape=(min(N, start + chunk) - start, T, D), dtype=dtype)
             for start in range(0, N, chunk)]) if N else da.zeros((0, T, D), dtype)
     if x.ndim != 3:
-        raise UsageError(f"{path!r} holds shape {x.shape}; fastgru score reads (N, T, D) "
-                         f"sequences, batch-major")
+        raise _not_sequences(path, x.shape)
     return x.rechunk((chunk, -1, -1))
+
+
+def _not_sequences(path: str, shape) -> UsageError:
+    return UsageError(f"{path!r} holds shape {shape}; fastgru score reads (N, T, D) sequences, "
+                      f"batch-major")
 
 
 def _cluster(args):
@@ -377,15 +380,13 @@ def cmd_score(args) -> int:
                                                    output=args.output)
             else:
                 count = x.shape[0]
-                if args.output_path.rstrip("/").endswith(".zarr"):
-                    stored = result.to_zarr(args.output_path, overwrite=True, compute=False)
-                    future = client.compute(stored)
-                    progress(future, scheduler=client.scheduler.address, multi=False)
-                    future.result()
-                else:
-                    future = client.compute(result)
-                    progress(future, scheduler=client.scheduler.address, multi=False)
-                    np.save(args.output_path, future.result())
+                to_zarr = args.output_path.rstrip("/").endswith(".zarr")
+                future = client.compute(result.to_zarr(args.output_path, overwrite=True,
+                                                       compute=False) if to_zarr else result)
+                progress(future, scheduler=client.scheduler.address, multi=False)
+                computed = future.result()
+                if not to_zarr:
+                    np.save(args.output_path, computed)
     finally:
         client.close()
         if cluster is not None:

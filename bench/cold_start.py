@@ -37,7 +37,7 @@ if sys.argv[1] == "fastgru":
     model = fastgru.load(sys.argv[2])
     built = time.time()
     model(x)
-else:
+else:  # written out, not fastgru.benchmark's helper: importing fastgru would import Numba
     import onnxruntime as ort
     imported = time.time()
     options = ort.SessionOptions()
@@ -56,7 +56,9 @@ STEPS = ("interpreter start", "import numpy", "import the runtime", "load the mo
 def measure(runtime: str, path: str, shape: tuple, cache_dir: str | None = None
             ) -> tuple[list[float], bool]:
     """One fresh process: the seconds of each of STEPS, and whether it imported SciPy."""
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    from fastgru.benchmark import thread_env
+
+    env = thread_env(1)
     if cache_dir:
         env["NUMBA_CACHE_DIR"] = cache_dir
     launched = time.time()

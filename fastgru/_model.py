@@ -461,7 +461,7 @@ class GRU:
             out = xproj.reshape(1, -1)
             kernels.project(x0, self._w0, out)  # both ways _project may go
             kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0])
-            layer = (xproj, self._bx[0], self._r[0], self._rbn[0], h)
+            layer = (xproj, *self._layer_arrays[0], h)
             kernels.gru_layer_serial(*layer, *scratch, *tail, self._row_group)
             kernels.gru_layer(*layer, *scratch, *tail, self._row_group)
             progress = np.zeros(kernels.progress_size(1, dirs, self.linear_before_reset), np.int64)

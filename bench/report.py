@@ -65,15 +65,16 @@ def cpu_name() -> str:
 
 
 def machine() -> str:
-    from fastgru.kernels.simd import BF16_DOT_PRODUCTS, VECTOR_BYTES
+    from fastgru.kernels.bfloat16 import PATHS
+    from fastgru.kernels.simd import VECTOR_BYTES
 
     caches = subprocess.run(["sh", "-c", "lscpu | grep -i 'cache'"], capture_output=True,
                             text=True).stdout.split("\n")
     packages = ("numpy", "numba", "onnxruntime", "torch", "openvino")
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in packages
                          if importlib.util.find_spec(p) is not None)
-    bf16 = ("bfloat16 dot products (AVX512_BF16)" if BF16_DOT_PRODUCTS else
-            "bfloat16 weights widened to float32 (no AVX512_BF16)")
+    bf16 = {"tiles": "AMX tiles (AMX-BF16)", "dot": "bfloat16 dot products (AVX512_BF16)",
+            "widen": "bfloat16 weights widened to float32 (no AVX512_BF16)"}[PATHS[-1]]
     return (f"{cpu_name()}, {os.cpu_count()} cores; "
             f"{'; '.join(' '.join(c.split()) for c in caches if c)}"
             f"\n\nPython {platform.python_version()}, {versions}; Numba threading layer: "

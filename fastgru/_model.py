@@ -16,8 +16,9 @@ from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_valu
 from fastgru._streams import stream_kernel_args
 from fastgru._workspace import Workspace, WorkspacePool
 from fastgru.kernels import gru as kernels
-from fastgru.kernels.bfloat16 import pair_inputs, round_to_pairs
-from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+from fastgru.kernels.bfloat16 import PATHS as BF16_PATHS
+from fastgru.kernels.bfloat16 import pack as pack_bfloat16
+from fastgru.kernels.bfloat16 import round_to_pairs
 from fastgru.kernels.config import parallel_guard
 
 # A one-step call (T=1, one direction: a graph's streaming step) of fewer multiply-adds than
@@ -63,18 +64,17 @@ _RUNNING = _RunningCalls()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_RUNNING.after_fork_in_child)
 
-# Whether bfloat16 models pair their weights for the CPU's dot products (kernels/bfloat16.py) or
-# widen them to float32 as they are read; read when a model is built, so that tests can build
-# models of the widening path on a CPU that has both.
-BF16_PAIRS = BF16_DOT_PRODUCTS
+# The kernel path of bfloat16 models (kernels/bfloat16.py): the fastest this CPU runs. Read when
+# a model is built, so that tests and tools can build models of every path the CPU has.
+BF16_PATH = BF16_PATHS[-1]
 
 
 def _operand(x: np.ndarray, w: np.ndarray, ws: Workspace) -> np.ndarray:
-    """What the kernels multiply w by: x (N, D) itself, or x rounded to (N, ceil(D/2)) pairs of
-    bfloat16 (made in ws) for weights paired for dot products (kernels/bfloat16.py)."""
-    if w.dtype != np.uint32:
+    """What the kernels multiply w by: x (N, D) itself, or x rounded to (N, pairs) pairs of
+    bfloat16 (made in ws) for weights paired for dot products or tiles (kernels/bfloat16.py)."""
+    if w.dtype not in (np.uint32, np.int32):
         return x
-    pairs = ws.get("pairs", (x.shape[0], (x.shape[1] + 1) // 2), np.uint32)
+    pairs = ws.get("pairs", (x.shape[0], w.shape[1]), np.uint32)
     round_to_pairs(x, pairs, 0, x.shape[0])
     return pairs
 
@@ -138,7 +138,7 @@ class GRU:
         def weights(a):  # packed weights as the kernels read them (see kernels/bfloat16.py)
             if not bfloat16:
                 return a
-            return pair_inputs(bfloat16_bits(a)) if BF16_PAIRS else bfloat16_bits(a)
+            return pack_bfloat16(bfloat16_bits(a), BF16_PATH)
 
         # Kernel-ready arrays, derived once, in the kernels' gate-column layout (each gate padded
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of

@@ -1,11 +1,13 @@
 """bfloat16 models: weights rounded to bfloat16; inputs, states, gates and outputs float32.
 
-Two kernel paths (fastgru/kernels/bfloat16.py): weights widened to float32 as they are read (every
-CPU), and bfloat16 dot products with the operands rounded too (CPUs with AVX512_BF16). Every test
-runs on each path this CPU has; the widening path is forced on CPUs that have both. Checked
+Three kernel paths (fastgru/kernels/bfloat16.py): weights widened to float32 as they are read
+(every CPU), bfloat16 dot products with the operands rounded too (CPUs with AVX512_BF16), and the
+same products on AMX tiles (CPUs with AMX). Every test runs on each path this CPU has, slower
+paths forced on CPUs that have faster ones; tests/amx_emulator.py also runs the tile kernel's
+blocking on any CPU, with the tile instructions modelled from Intel's description. Checked
 against independent sources: torch's float32 -> bfloat16 rounding, the float64 reference of
-tests/reference.py on the rounded weights (and, for dot products, on operands rounded by torch),
-and on a trained network's long sequence, PyTorch's own bfloat16 GRU.
+tests/reference.py on the rounded weights (and, on the paired paths, on operands rounded by
+torch), and on a trained network's long sequence, PyTorch's own bfloat16 GRU.
 """
 
 from __future__ import annotations
@@ -23,19 +25,18 @@ from fastgru import _model
 from fastgru._weights import bfloat16_bits
 from fastgru.cli import main
 from fastgru.kernels import gru as kernels
-from fastgru.kernels.bfloat16 import pair_inputs, round_to_pairs
-from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+from fastgru.kernels.bfloat16 import PATHS, pack, round_to_pairs
 from reference import reference_gru
 from test_torch import run_torch
 from trained import long_input, max_error, trained
 
-PATHS = ["widen", "dot"] if BF16_DOT_PRODUCTS else ["widen"]
+WEIGHTS = {"widen": np.uint16, "dot": np.uint32, "tiles": np.int32}
 
 
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
     """Models built in the test use this kernel path."""
-    monkeypatch.setattr(_model, "BF16_PAIRS", request.param == "dot")
+    monkeypatch.setattr(_model, "BF16_PATH", request.param)
     return request.param
 
 
@@ -46,12 +47,12 @@ def torch_bf16(a) -> np.ndarray:
 
 def rounded_reference(spec, x, path, **options):
     """The float64 reference on the bfloat16 weights (biases as float32), with the operands
-    rounded to bfloat16 on the dot-product path."""
+    rounded to bfloat16 on the paired paths."""
     layers = [(torch_bf16(w), torch_bf16(r), np.asarray(b, np.float32).astype(np.float64))
               for w, r, b in spec_layers(spec)]
     return reference_gru(x, layers, direction=spec.direction,
                          linear_before_reset=spec.linear_before_reset,
-                         operand=torch_bf16 if path == "dot" else None, **options)
+                         operand=None if path == "widen" else torch_bf16, **options)
 
 
 def test_rounding_matches_torch(rng):
@@ -66,12 +67,12 @@ def test_rounding_matches_torch(rng):
     assert np.array_equal(bfloat16_bits(values), expected.view(np.uint16))
     # the kernels' rounding of operands into pairs (an odd count: the last pair is half empty)
     v = values[:len(values) // 7 * 7].reshape(-1, 7)
-    pairs = np.full((len(v), 4), 0xDEADBEEF, np.uint32)
+    pairs = np.full((len(v), 6), 0xDEADBEEF, np.uint32)  # 2 pairs of padding, as for tiles
     round_to_pairs(v, pairs, 0, len(v))
     halves = bfloat16_bits(v)
-    assert np.array_equal(pairs & 0xFFFF, halves[:, 0::2])
+    assert np.array_equal(pairs[:, :4] & 0xFFFF, halves[:, 0::2])
     assert np.array_equal(pairs[:, :3] >> 16, halves[:, 1::2])
-    assert np.all(pairs[:, 3] >> 16 == 0)
+    assert np.all(pairs[:, 3] >> 16 == 0) and np.all(pairs[:, 4:] == 0)
 
 
 @pytest.mark.parametrize("rows, inputs", [(1, 64), (7, 37), (16, 256)])
@@ -79,15 +80,14 @@ def test_matvec_against_float64(rng, path, rows, inputs):
     H = 40  # 3 gates of 40 units: panels with padding columns
     w = rng.standard_normal((3 * H, inputs)).astype(np.float32)
     v = rng.standard_normal((rows, inputs)).astype(np.float32)
-    panels = bfloat16_bits(kernels.pack_gate_rows(w, H))
+    panels = pack(bfloat16_bits(kernels.pack_gate_rows(w, H)), path)
     operand = v
-    if path == "dot":
-        panels = pair_inputs(panels)
-        operand = np.zeros((rows, (inputs + 1) // 2), np.uint32)
+    if path != "widen":
+        operand = np.full((rows, panels.shape[1]), 0xFFFFFFFF, np.uint32)  # padding: NaN pairs
         round_to_pairs(v, operand, 0, rows)
     out = np.full((rows, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
     kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0])
-    v64 = torch_bf16(v) if path == "dot" else v.astype(np.float64)
+    v64 = v.astype(np.float64) if path == "widen" else torch_bf16(v)
 
     def columns(a):  # (rows, 3H) -> the kernel's float32 columns, each gate padded
         return kernels.pad_gate_columns(a.astype(np.float32), H)
@@ -95,6 +95,36 @@ def test_matvec_against_float64(rng, path, rows, inputs):
     expected = columns(v64 @ torch_bf16(w).T)
     scale = columns(np.abs(v64) @ np.abs(torch_bf16(w)).T)  # float32 sums err within K eps
     assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("rows, inputs, b0, p0", [(1, 64, 0, 0), (5, 33, 1, 1), (16, 7, 0, 0),
+                                                  (37, 96, 3, 1)])
+def test_tile_kernel_on_modelled_tiles(rng, rows, inputs, b0, p0):
+    """The AMX kernel's blocking (row blocks of 16 and their remainders, panels, pairs padded to
+    whole tiles) on a model of the tile instructions (tests/amx_emulator.py), on any CPU: its sums
+    match float64 on the rounded operands, it writes exactly rows b0.. and panels p0.., and no
+    tile reads or writes outside the arrays."""
+    from amx_emulator import emulated
+
+    from fastgru.kernels.amx import matvec_tiles
+
+    H = 40
+    w = rng.standard_normal((3 * H, inputs)).astype(np.float32)
+    v = rng.standard_normal((rows, inputs)).astype(np.float32)
+    panels = pack(bfloat16_bits(kernels.pack_gate_rows(w, H)), "tiles")
+    assert panels.dtype == np.int32 and panels.shape[1] % 16 == 0
+    operand = np.full((rows, panels.shape[1]), 0xFFFFFFFF, np.uint32)
+    round_to_pairs(v, operand, 0, rows)
+    out = np.full((rows, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
+    with emulated([operand, panels, out]):
+        matvec_tiles.py_func(operand, panels, out, b0, rows, p0, panels.shape[0])
+    v64 = torch_bf16(v)
+    expected = kernels.pad_gate_columns((v64 @ torch_bf16(w).T).astype(np.float32), H)
+    scale = kernels.pad_gate_columns((np.abs(v64) @ np.abs(torch_bf16(w)).T).astype(np.float32),
+                                     H)
+    c0 = p0 * panels.shape[2]
+    assert np.all(np.abs(out[b0:, c0:] - expected[b0:, c0:]) <= 1e-6 * scale[b0:, c0:] + 1e-30)
+    assert np.isnan(out[:b0]).all() and np.isnan(out[:, :c0]).all()
 
 
 CONFIGS = [  # (D, H, num_layers, direction, linear_before_reset, B, lengths)
@@ -163,7 +193,7 @@ def test_every_entry_point(rng, path, tmp_path, capsys):
     model = fastgru.GRU.from_torch(module, dtype="bfloat16").prepare()  # every kernel it can use
     assert model.precision == "bfloat16" and model.dtype == np.float32
     assert "dtype=bfloat16" in repr(model)
-    assert (model._r.dtype == np.uint32) == (path == "dot")
+    assert model._r.dtype == WEIGHTS[path]
     y, _ = model(x)
     assert y.dtype == np.float32
     # the spec shows the rounded weights that run: a float32 model of them is the same network

@@ -159,19 +159,19 @@ def main() -> int:
 
 
 def bfloat16_long_sequences() -> None:
-    """bfloat16 runtimes on the trained-like models: fastgru's two kernel paths (weights widened
-    to float32; dot products, operands rounded too, where the CPU has AVX512_BF16), the float64
-    run of the rounded weights (the floor for any bfloat16 runtime of these weights), PyTorch's
-    bfloat16 GRU and, where installed, OpenVINO's default precision; max abs diff from the
-    float64 network."""
+    """bfloat16 runtimes on the trained-like models: each of fastgru's kernel paths this CPU runs
+    (weights widened to float32; dot products, operands rounded too, where the CPU has
+    AVX512_BF16; AMX tiles where it has AMX), the float64 run of the rounded weights (the floor
+    for any bfloat16 runtime of these weights), PyTorch's bfloat16 GRU and, where installed,
+    OpenVINO's default precision; max abs diff from the float64 network."""
     import copy
     import importlib.util
 
     from fastgru import _model
-    from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+    from fastgru.kernels.bfloat16 import PATHS
 
-    peers = ["fastgru-bf16 widened", "fastgru-bf16 dot products", "rounded weights in float64",
-             "PyTorch bfloat16", "OpenVINO default"]
+    paths = [f"fastgru-bf16 {path}" for path in PATHS]
+    peers = [*paths, "rounded weights in float64", "PyTorch bfloat16", "OpenVINO default"]
     print("bfloat16 over long sequences, max abs diff from the float64 network:\n")
     print("| model | T | " + " | ".join(peers) + " |\n|---|---|" + "---|" * len(peers))
     for name, steps in (("slow-units", 3_000), ("stack-256", 1_000), ("bidirectional", 1_000)):
@@ -180,17 +180,15 @@ def bfloat16_long_sequences() -> None:
         truth = run_torch(module.double(), x.astype(np.float64))
         module.float()
         errors = {}
-        for pairs, label in ((False, peers[0]), (True, peers[1])):
-            if pairs and not BF16_DOT_PRODUCTS:
-                continue
-            _model.BF16_PAIRS = pairs
+        for kernel_path, label in zip(PATHS, paths, strict=True):
+            _model.BF16_PATH = kernel_path
             model = fastgru.GRU.from_torch(module, dtype="bfloat16")
             errors[label] = max_error(model(x), truth)
-        _model.BF16_PAIRS = BF16_DOT_PRODUCTS
+        _model.BF16_PATH = PATHS[-1]
         rounded = fastgru.GRU(model.spec, dtype="float64")
-        errors[peers[2]] = max_error(rounded(x.astype(np.float64)), truth)
+        errors[peers[-3]] = max_error(rounded(x.astype(np.float64)), truth)
         with torch.no_grad():
-            errors[peers[3]] = max_error([a.float().numpy() for a in copy.deepcopy(module)
+            errors[peers[-2]] = max_error([a.float().numpy() for a in copy.deepcopy(module)
                                           .bfloat16()(torch.from_numpy(x).bfloat16())], truth)
         if importlib.util.find_spec("openvino") is not None:
             import openvino
@@ -201,7 +199,7 @@ def bfloat16_long_sequences() -> None:
                 core = openvino.Core()
                 compiled = core.compile_model(core.read_model(path), "CPU")
             outputs = compiled.create_infer_request().infer({"X": x})
-            errors[peers[4]] = max_error([outputs[o] for o in compiled.outputs], truth)
+            errors[peers[-1]] = max_error([outputs[o] for o in compiled.outputs], truth)
         cells = [f"{errors[p]:.1e}" if p in errors else "-" for p in peers]
         print(f"| {name} | {steps} | {' | '.join(cells)} |")
 

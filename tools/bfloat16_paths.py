@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""fastgru's two bfloat16 paths against its float32, on this CPU, one thread.
+"""fastgru's bfloat16 paths against its float32, on this CPU, one thread.
 
     .venv/bin/python tools/bfloat16_paths.py [--shapes S2,S3,S4,S6] [--rounds 6]
 
-The widening path (weights widened to float32 as they are read) is what CPUs without AVX512_BF16
-run; where this CPU has AVX512_BF16 it is forced here, to measure it beside the dot products.
-The three models run alternating in this one process, medians of each round's median.
+Every path this CPU runs (kernels/bfloat16.py): the widening path (weights widened to float32
+as they are read) is what CPUs without AVX512_BF16 run, the dot products what those without AMX
+run; where the CPU has faster paths they are forced here, to measure them side by side. The
+models run alternating in this one process, medians of each round's median.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import fastgru
 from fastgru import _model
 from fastgru.benchmark import SHAPES, builtin_model
-from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+from fastgru.kernels.bfloat16 import PATHS
 
 
 def median_seconds(call, seconds: float) -> float:
@@ -39,17 +40,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     numba.set_num_threads(1)
-    print("| shape | float32 µs | bf16 widened µs | float32 / widened | bf16 dot products µs "
-          "| float32 / dot |\n|---|---|---|---|---|---|")
+    print("| shape | float32 µs | " + " | ".join(f"bf16 {p} µs | float32 / {p}" for p in PATHS)
+          + " |\n|---|---|" + "---|---|" * len(PATHS))
     for name in args.shapes.split(","):
         case = SHAPES[name]
         models = {"float32": builtin_model(case)}
-        for label, pairs in (("widened", False), ("dot", True)):
-            if pairs and not BF16_DOT_PRODUCTS:
-                continue
-            _model.BF16_PAIRS = pairs
-            models[label] = fastgru.GRU(models["float32"].spec, dtype="bfloat16")
-        _model.BF16_PAIRS = BF16_DOT_PRODUCTS
+        for path in PATHS:
+            _model.BF16_PATH = path
+            models[path] = fastgru.GRU(models["float32"].spec, dtype="bfloat16")
+        _model.BF16_PATH = PATHS[-1]
         x = np.random.default_rng(1).standard_normal(
             (case.steps, case.batch, case.input_size)).astype(np.float32)
         rounds = {label: [] for label in models}
@@ -58,10 +57,8 @@ def main() -> int:
                 model(x)
                 rounds[label].append(median_seconds(lambda m=model, x=x: m(x), 0.4))
         us = {label: np.median(r) * 1e6 for label, r in rounds.items()}
-        dot = (f"{us['dot']:.0f} | {us['float32'] / us['dot']:.2f}" if "dot" in us
-               else "- | -")
-        print(f"| {name} | {us['float32']:.0f} | {us['widened']:.0f} "
-              f"| {us['float32'] / us['widened']:.2f} | {dot} |")
+        cells = [f"{us[p]:.0f} | {us['float32'] / us[p]:.2f}" for p in PATHS]
+        print(f"| {name} | {us['float32']:.0f} | {' | '.join(cells)} |")
     return 0
 
 

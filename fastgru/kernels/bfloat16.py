@@ -1,15 +1,19 @@
-"""The bfloat16 dot-product path: weights packed in pairs of inputs, operands rounded to match.
+"""The bfloat16 paths: weights widened as read, or packed in pairs of inputs with operands to match.
 
-Where the CPU has vdpbf16ps (simd.BF16_DOT_PRODUCTS), a bfloat16 model packs each weight panel
-(panels, K, P) as (panels, ceil(K/2), P) uint32: word [m, c] holds the weights of inputs 2m (low
-half) and 2m+1 (high half) for gate column c. `matvec` then multiplies by an operand of the same
-pairs, (B, ceil(K/2)) uint32, made from the float32 operand by rounding it to bfloat16 (`operand`),
-and each instruction does two multiply-adds per lane. The price: inputs and states are rounded
-to bfloat16 where they are multiplied (as OpenVINO's and oneDNN's bf16 modes do); the state
-itself, the gates and the outputs stay float32.
+A bfloat16 model takes one of three paths (PATHS: those this CPU runs, the fastest last):
 
-Elsewhere a bfloat16 model keeps (panels, K, P) uint16 panels, widened to float32 as they are
-read (see simd.py): only the weights are rounded.
+- "widen" (every CPU): (panels, K, P) uint16 panels, widened to float32 as they are read (see
+  simd.py). Only the weights are rounded.
+- "dot" (CPUs with vdpbf16ps, simd.BF16_DOT_PRODUCTS): each panel packed as (panels,
+  ceil(K/2), P) uint32, word [m, c] holding the weights of inputs 2m (low half) and 2m+1 (high
+  half) for gate column c. `matvec` multiplies them by an operand of the same pairs, (B, pairs)
+  uint32, made from the float32 operand by rounding it to bfloat16 (`operand`), and each
+  instruction does two multiply-adds per lane.
+- "tiles" (CPUs with AMX, amx.TILES): the same pairs as int32, padded with zero pairs to a
+  multiple of amx.TILE_PAIRS, multiplied on the tile units (amx.py).
+
+On the paired paths inputs and states are rounded to bfloat16 where they are multiplied (as
+OpenVINO's and oneDNN's bf16 modes do); the state itself, the gates and the outputs stay float32.
 """
 
 from __future__ import annotations
@@ -18,18 +22,37 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from fastgru.kernels.amx import TILE_PAIRS, TILES
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
+from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+
+PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) if TILES else ())
 
 
-def pair_inputs(panels: np.ndarray) -> np.ndarray:
-    """(panels, K, P) uint16 bfloat16 panels -> (panels, ceil(K/2), P) uint32 pairs (an odd K
-    padded with a zero input)."""
+def pack(panels: np.ndarray, path: str) -> np.ndarray:
+    """(panels, K, P) uint16 bfloat16 panels -> the weights `path` multiplies (see above)."""
+    if path == "widen":
+        return panels
+    if path == "dot":
+        return pair_inputs(panels)
+    return pair_inputs(panels, TILE_PAIRS).view(np.int32)
+
+
+def pair_inputs(panels: np.ndarray, multiple: int = 1) -> np.ndarray:
+    """(panels, K, P) uint16 bfloat16 panels -> (panels, pairs, P) uint32 pairs of inputs, pairs
+    being ceil(K/2) rounded up to a multiple of `multiple` (zero inputs in the padding)."""
     n, K, P = panels.shape
-    padded = np.zeros((n, K + K % 2, P), np.uint16)
+    padded = np.zeros((n, 2 * _pairs(K, multiple), P), np.uint16)
     padded[:, :K] = panels
-    pairs = padded.reshape(n, -1, 2, P).transpose(0, 1, 3, 2)  # (panels, K/2, P, 2)
+    pairs = padded.reshape(n, -1, 2, P).transpose(0, 1, 3, 2)  # (panels, pairs, P, 2)
     return np.ascontiguousarray(pairs).view(np.uint32).reshape(n, -1, P)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _pairs(inputs, multiple):
+    """ceil(inputs/2) rounded up to a multiple of `multiple`."""
+    return -(-((inputs + 1) // 2) // multiple) * multiple
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -42,7 +65,8 @@ def _round(bits):
 def round_to_pairs(v, pairs, b0, b1):
     """pairs[b, m] = bf16(v[b, 2m]) | bf16(v[b, 2m+1]) << 16 for rows b0 <= b < b1.
 
-    v: (B, K) float32, pairs: (B, ceil(K/2)) uint32; an odd K's last pair has a zero high half.
+    v: (B, K) float32, pairs: (B, >= ceil(K/2)) uint32; an odd K's last pair has a zero high
+    half, and pairs past ceil(K/2) (a tile's padding) are zeros.
     """
     K = v.shape[1]
     for b in range(b0, b1):
@@ -52,19 +76,24 @@ def round_to_pairs(v, pairs, b0, b1):
             row[m] = _round(bits[2 * m]) | (_round(bits[2 * m + 1]) << np.uint32(16))
         if K % 2:
             row[K // 2] = _round(bits[K - 1])
+        row[(K + 1) // 2:] = 0
 
 
 def operand(v, w, scratch, b0, b1):
-    """What `matvec` multiplies weights w by: v (B, K) itself, or for paired weights (uint32)
-    rows b0..b1 of v rounded to (B, ceil(K/2)) uint32 pairs held in scratch (operand_scratch,
-    at least as large). For njit code."""
+    """What `matvec` multiplies weights w by: v (B, K) itself, or for paired weights (uint32 or
+    int32) rows b0..b1 of v rounded to (B, pairs) uint32 pairs, as many pairs as w has, held in
+    scratch (operand_scratch, at least as large). For njit code."""
+
+
+def _paired(w) -> bool:
+    return w.dtype in (types.uint32, types.int32)
 
 
 @overload(operand)
 def _operand(v, w, scratch, b0, b1):
-    if w.dtype == types.uint32:
+    if _paired(w):
         def paired(v, w, scratch, b0, b1):
-            n = (v.shape[1] + 1) // 2
+            n = w.shape[1]
             # borrowed: the kernel holds scratch across its time loop, where this is called
             (whole,) = borrowed(scratch)
             pairs = whole.reshape(-1)[:v.shape[0] * n].reshape(v.shape[0], n)
@@ -75,9 +104,9 @@ def _operand(v, w, scratch, b0, b1):
 
 
 def operand_scratch(w, rows, inputs):
-    """The scratch `operand` needs for weights w and up to `inputs` inputs: (rows,
-    ceil(inputs/2)) uint32 for paired weights, an empty array otherwise. For njit code, outside
-    time loops (it allocates)."""
+    """The scratch `operand` needs for weights w and up to `inputs` inputs: (rows, pairs)
+    uint32 for paired weights, an empty array otherwise. For njit code, outside time loops (it
+    allocates)."""
 
 
 # What operand_scratch gives for weights that need none: a global, so a constant of the compiled
@@ -87,8 +116,9 @@ _NO_SCRATCH = np.empty((0, 0), np.uint32)
 
 @overload(operand_scratch)
 def _operand_scratch(w, rows, inputs):
-    if w.dtype == types.uint32:
-        return lambda w, rows, inputs: np.empty((rows, (inputs + 1) // 2), np.uint32)
+    if _paired(w):
+        multiple = TILE_PAIRS if w.dtype == types.int32 else 1
+        return lambda w, rows, inputs: np.empty((rows, _pairs(inputs, multiple)), np.uint32)
     return lambda w, rows, inputs: _NO_SCRATCH
 
 

@@ -19,10 +19,12 @@ Nothing here checks its inputs or allocates inside the time loop; the public sur
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from fastgru.kernels import atomics, cpu
 from fastgru.kernels.activations import sigmoid, tanh
+from fastgru.kernels.amx import matvec_tiles
 from fastgru.kernels.bfloat16 import operand, operand_scratch
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
@@ -96,13 +98,31 @@ def matvec(v, wp, out, b0, b1, p0, p1):
     """out[b, p*P + c] = sum_k v[b, k] * wp[p, k, c] for rows b0 <= b < b1, panels p0 <= p < p1.
 
     v: (B, K), wp: (panels, K, P), out: (B, >= p1*P); for bfloat16 weights wp is uint16, or
-    uint32 pairs of inputs with v the operand's pairs (see bfloat16.py). Register tiles of 4
-    rows (see FOUR_ROW_TILES), 2 rows or 1 row times one panel of four vectors: per k, four
-    vector loads and one broadcast per row feed 4 vector sums per row. A lone row (batch 1)
-    takes two panels at a time: 8 sums in flight rather than 4, so the fused multiply-adds'
-    latency does not hold back the loads. Every sum is one chain of fused multiply-adds over k
-    in order, so a row's result is the same bit for bit whatever tile, batch position or thread
-    computes it.
+    pairs of inputs with v the operand's pairs (see bfloat16.py): uint32 for the CPU's dot
+    products, int32 for its AMX tiles (amx.py). A row's result is the same bit for bit whatever
+    batch position or thread computes it.
+    """
+    _product(v, wp, out, b0, b1, p0, p1)
+
+
+def _product(v, wp, out, b0, b1, p0, p1):
+    """matvec by the path of wp's type: the AMX tiles or the vector registers."""
+
+
+@overload(_product)
+def _product_for(v, wp, out, b0, b1, p0, p1):
+    if wp.dtype == types.int32:
+        return lambda v, wp, out, b0, b1, p0, p1: matvec_tiles(v, wp, out, b0, b1, p0, p1)
+    return lambda v, wp, out, b0, b1, p0, p1: matvec_vectors(v, wp, out, b0, b1, p0, p1)
+
+
+@njit(**JIT_OPTIONS)
+def matvec_vectors(v, wp, out, b0, b1, p0, p1):
+    """matvec in vector registers. Register tiles of 4 rows (see FOUR_ROW_TILES), 2 rows or 1 row
+    times one panel of four vectors: per k, four vector loads and one broadcast per row feed 4
+    vector sums per row. A lone row (batch 1) takes two panels at a time: 8 sums in flight
+    rather than 4, so the fused multiply-adds' latency does not hold back the loads. Every sum
+    is one chain of fused multiply-adds over k in order, whatever tile computes it.
     """
     L = wp.shape[2] // 4
     first = p0

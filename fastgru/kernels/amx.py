@@ -111,32 +111,29 @@ def tile_zero(typingctx, tile):
     return types.none(tile), codegen
 
 
-@intrinsic(prefer_literal=True)
-def tile_load(typingctx, tile, address, stride):
-    """tmm[tile] = the tile's rows at address, address + stride, ... (bytes)."""
-    t = _tile_number(tile)
-    if t is None or not (isinstance(address, types.Integer) and isinstance(stride, types.Integer)):
-        return None
+def _tile_rows_instruction(name, assembly):
+    """An intrinsic name(tile, address, stride) running `assembly`, an instruction that moves
+    the rows of tmm{t} (t = tile, a constant) to or from address, address + stride, ... (bytes)."""
 
-    def codegen(context, builder, sig, args):
-        _asm(builder, f"tileloadd ($0,$1,1), %tmm{t}", args[1], args[2])
-        return context.get_dummy_value()
+    def typer(typingctx, tile, address, stride):
+        t = _tile_number(tile)
+        if t is None or not (isinstance(address, types.Integer)
+                             and isinstance(stride, types.Integer)):
+            return None
 
-    return types.none(tile, address, stride), codegen
+        def codegen(context, builder, sig, args):
+            _asm(builder, assembly.format(t=t), args[1], args[2])
+            return context.get_dummy_value()
+
+        return types.none(tile, address, stride), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(prefer_literal=True)(typer)
 
 
-@intrinsic(prefer_literal=True)
-def tile_store(typingctx, tile, address, stride):
-    """The rows of tmm[tile] to address, address + stride, ... (bytes)."""
-    t = _tile_number(tile)
-    if t is None or not (isinstance(address, types.Integer) and isinstance(stride, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        _asm(builder, f"tilestored %tmm{t}, ($0,$1,1)", args[1], args[2])
-        return context.get_dummy_value()
-
-    return types.none(tile, address, stride), codegen
+# tmm[tile] = the rows at address, address + stride, ...; and the reverse
+tile_load = _tile_rows_instruction("tile_load", "tileloadd ($0,$1,1), %tmm{t}")
+tile_store = _tile_rows_instruction("tile_store", "tilestored %tmm{t}, ($0,$1,1)")
 
 
 @intrinsic(prefer_literal=True)

@@ -29,7 +29,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import VECTOR_BYTES, _has
+from fastgru.kernels.simd import VECTOR_BYTES, has_feature
 
 TILE_ROWS = 16   # batch rows of an operand tile, pairs of a weight tile
 TILE_PAIRS = 16  # input pairs per tile instruction (64 bytes of an operand row)
@@ -50,7 +50,7 @@ def _request_tile_state() -> bool:
 
 # A panel is 64 columns (four 16-column tiles) only with AVX-512's 16-lane vectors, which every
 # AMX CPU has
-TILES = (VECTOR_BYTES == 64 and _has("amx-tile") and _has("amx-bf16")
+TILES = (VECTOR_BYTES == 64 and has_feature("amx-tile") and has_feature("amx-bf16")
          and _request_tile_state())
 
 # Numba does not set up LLVM's assembler, which inline assembly needs (idempotent)

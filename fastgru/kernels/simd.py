@@ -33,7 +33,7 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic, models, register_model
 
 
-def _has(feature: str) -> bool:
+def has_feature(feature: str) -> bool:
     """Whether the CPU Numba compiles for has an LLVM feature ("avx512f")."""
     if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU
         return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
@@ -44,9 +44,9 @@ def _has(feature: str) -> bool:
 
 
 # 64 with AVX-512, else 32 (AVX2; older CPUs split them)
-VECTOR_BYTES = 64 if _has("avx512f") else 32
+VECTOR_BYTES = 64 if has_feature("avx512f") else 32
 # vdpbf16ps on 512-bit vectors (Intel Cooper Lake and later, AMD Zen 4 and later)
-BF16_DOT_PRODUCTS = VECTOR_BYTES == 64 and _has("avx512bf16")
+BF16_DOT_PRODUCTS = VECTOR_BYTES == 64 and has_feature("avx512bf16")
 
 
 def lanes(dtype) -> int:

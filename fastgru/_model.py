@@ -16,6 +16,7 @@ from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_valu
 from fastgru._streams import stream_kernel_args
 from fastgru._workspace import Workspace, WorkspacePool
 from fastgru.kernels import gru as kernels
+from fastgru.kernels.bfloat16 import PAIR_MULTIPLE
 from fastgru.kernels.bfloat16 import PATHS as BF16_PATHS
 from fastgru.kernels.bfloat16 import pack as pack_bfloat16
 from fastgru.kernels.bfloat16 import round_to_pairs
@@ -72,7 +73,7 @@ BF16_PATH = BF16_PATHS[-1]
 def _operand(x: np.ndarray, w: np.ndarray, ws: Workspace) -> np.ndarray:
     """What the kernels multiply w by: x (N, D) itself, or x rounded to (N, pairs) pairs of
     bfloat16 (made in ws) for weights paired for dot products or tiles (kernels/bfloat16.py)."""
-    if w.dtype not in (np.uint32, np.int32):
+    if w.dtype not in PAIR_MULTIPLE:
         return x
     pairs = ws.get("pairs", (x.shape[0], w.shape[1]), np.uint32)
     round_to_pairs(x, pairs, 0, x.shape[0])

@@ -19,8 +19,9 @@ OpenVINO's and oneDNN's bf16 modes do); the state itself, the gates and the outp
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.extending import overload
+from numba.np import numpy_support
 
 from fastgru.kernels.amx import TILE_PAIRS, TILES
 from fastgru.kernels.borrow import borrowed
@@ -28,6 +29,9 @@ from fastgru.kernels.config import JIT_OPTIONS, recover_caches
 from fastgru.kernels.simd import BF16_DOT_PRODUCTS
 
 PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) if TILES else ())
+
+# The dtypes of paired weights, each with the multiple its pairs are padded to
+PAIR_MULTIPLE = {np.dtype(np.uint32): 1, np.dtype(np.int32): TILE_PAIRS}
 
 
 def pack(panels: np.ndarray, path: str) -> np.ndarray:
@@ -85,13 +89,14 @@ def operand(v, w, scratch, b0, b1):
     scratch (operand_scratch, at least as large). For njit code."""
 
 
-def _paired(w) -> bool:
-    return w.dtype in (types.uint32, types.int32)
+def _pair_multiple(w) -> int | None:
+    """PAIR_MULTIPLE of Numba array type w's dtype, None for weights that are not paired."""
+    return PAIR_MULTIPLE.get(numpy_support.as_dtype(w.dtype))
 
 
 @overload(operand)
 def _operand(v, w, scratch, b0, b1):
-    if _paired(w):
+    if _pair_multiple(w) is not None:
         def paired(v, w, scratch, b0, b1):
             n = w.shape[1]
             # borrowed: the kernel holds scratch across its time loop, where this is called
@@ -116,8 +121,8 @@ _NO_SCRATCH = np.empty((0, 0), np.uint32)
 
 @overload(operand_scratch)
 def _operand_scratch(w, rows, inputs):
-    if _paired(w):
-        multiple = TILE_PAIRS if w.dtype == types.int32 else 1
+    multiple = _pair_multiple(w)
+    if multiple is not None:
         return lambda w, rows, inputs: np.empty((rows, _pairs(inputs, multiple)), np.uint32)
     return lambda w, rows, inputs: _NO_SCRATCH
 

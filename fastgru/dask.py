@@ -53,6 +53,12 @@ def _outputs(model: GRU, y, h_n, lengths, output: str) -> np.ndarray:
     return last
 
 
+def _model_task(dask, model: GRU):
+    """The model, reading (B, T, D) blocks as the tasks hand them over, as one task of the
+    graph that every block depends on: sent to each worker once."""
+    return dask.delayed(GRU(model.spec, batch_first=True, dtype=model.precision), pure=True)
+
+
 def _use_worker_threads() -> None:
     """Give this task's thread the worker's share of Numba threads: NUMBA_NUM_THREADS as the
     worker's environment says now. Numba reads it only once, at import, and a worker process
@@ -119,8 +125,7 @@ def predict(model: GRU, x, *, lengths=None, output: str = "y"):
         if lengths.dtype.kind not in "iu":
             raise TypeError(f"lengths must be integers, got {lengths.dtype}")
         args += [lengths.rechunk((x.chunks[0],)), "n"]
-    batch_major = GRU(model.spec, batch_first=True, dtype=model.precision)
-    args += [dask.delayed(batch_major, pure=True), None]  # one task: sent to each worker once
+    args += [_model_task(dask, model), None]
     dirs = 2 if model.bidirectional else 1
     H = model.hidden_size
     index, new_axes = {"y": ("ntk", {"k": dirs * H}),
@@ -175,9 +180,8 @@ def score_parquet(model: GRU, src: str, dst: str, *, id_column: str = "id",
     if missing:
         raise ValueError(f"{src!r} has no column {missing[0]!r}; its columns are "
                          f"{list(frame.columns)} (choose them with id_column= / frames_column=)")
-    batch_major = GRU(model.spec, batch_first=True, dtype=model.precision)
     meta = {id_column: frame[id_column].dtype, output: object}
-    scored = frame.map_partitions(_score_frame, dask.delayed(batch_major, pure=True), id_column,
+    scored = frame.map_partitions(_score_frame, _model_task(dask, model), id_column,
                                   frames_column, output, batch_frames, meta=meta)
     import pyarrow as pa
 

@@ -348,11 +348,15 @@ def table(records, cases) -> str:
     return "\n".join(lines)
 
 
+def _package(runtime: str) -> str:
+    """The package a runtime needs: "openvino-f32" -> "openvino"."""
+    return runtime.split("-")[0]
+
+
 def _available(runtime: str) -> bool:
     import importlib.util
 
-    package = {"fastgru-bf16": "fastgru", "openvino-f32": "openvino"}.get(runtime, runtime)
-    return importlib.util.find_spec(package) is not None
+    return importlib.util.find_spec(_package(runtime)) is not None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -377,7 +381,7 @@ def bench(args) -> int:
         raise ValueError(f"unknown peer(s) {bad}; choose from {list(RUNTIMES[1:])}")
     missing = [p for p in peers if not _available(p)]
     if missing:
-        packages = sorted({p.split("-")[0] for p in missing})
+        packages = sorted({_package(p) for p in missing})
         raise ImportError(f"{', '.join(packages)} is not installed: "
                           f"pip install {' '.join(packages)}")
     try:

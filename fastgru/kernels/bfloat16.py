@@ -26,7 +26,7 @@ from numba.np import numpy_support
 from fastgru.kernels.amx import TILE_PAIRS, TILES
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import BF16_DOT_PRODUCTS
+from fastgru.kernels.simd import BF16_DOT_PRODUCTS, full_width_loops
 
 PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) if TILES else ())
 
@@ -72,6 +72,7 @@ def round_to_pairs(v, pairs, b0, b1):
     v: (B, K) float32, pairs: (B, >= ceil(K/2)) uint32; an odd K's last pair has a zero high
     half, and pairs past ceil(K/2) (a tile's padding) are zeros.
     """
+    full_width_loops()
     K = v.shape[1]
     for b in range(b0, b1):
         bits = v[b].view(np.uint32)

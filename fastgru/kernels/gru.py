@@ -28,7 +28,7 @@ from fastgru.kernels.amx import matvec_tiles
 from fastgru.kernels.bfloat16 import operand, operand_scratch
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import VECTOR_BYTES, fma, lanes, load, splat, store
+from fastgru.kernels.simd import VECTOR_BYTES, fma, full_width_loops, lanes, load, splat, store
 
 def row_group(hidden_size: int, dtype) -> int:
     """Rows advanced together through one step (gates, then update), sharing one pass over the
@@ -255,6 +255,7 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     multiply in `update` once every unit of hr is known. Row b reads x[t] with t = s (forward)
     or t = lengths[b] - 1 - s (reverse); rows whose length is at most s are skipped.
     """
+    full_width_loops()
     H = h.shape[1]
     Hp = acc.shape[1] // 3
     P = r.shape[2]
@@ -305,6 +306,7 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     h_new may be h itself. y: (T, B, >= (d+1)*H) receives h_new at the row's time index in
     columns d*H + j, and zeros at steps past the row's length (whose state is carried over).
     """
+    full_width_loops()
     H = h.shape[1]
     Hp = acc.shape[1] // 3
     P = r.shape[2]

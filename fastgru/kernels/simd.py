@@ -185,3 +185,24 @@ def fma(typingctx, a, b, c):
         return builder.call(function, [x, y, z])
 
     return c(a, b, c), codegen
+
+
+@intrinsic
+def full_width_loops(typingctx):
+    """Let LLVM vectorize the loops of the function this is called in (or inlined into) at the
+    full VECTOR_BYTES, emitting nothing itself.
+
+    LLVM's tuning for Intel's AVX-512 server CPUs (Skylake-SP to Emerald Rapids) makes its loop
+    vectorizer prefer 256-bit vectors, so the gate loops, which it vectorizes, ran at half the
+    width of the products (which use Vector). The function attribute "prefer-vector-width"
+    overrides that tuning for one function; llvmlite knows no such attribute, hence set.add.
+    Measured on an Intel Xeon (family 6 model 207), the gate loops alone, 1 thread, both builds
+    interleaved in one process: 7-9% less time a step (S2 1.64 -> 1.52 us, S3 27.6 -> 25.0, S4
+    226 -> 213). AMD's Zen 4 and 5 had full-width loops already.
+    """
+
+    def codegen(context, builder, sig, args):
+        set.add(builder.function.attributes, f'"prefer-vector-width"="{8 * VECTOR_BYTES}"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen

@@ -77,14 +77,22 @@ def pack_gate_rows(w: np.ndarray, hidden_size: int) -> np.ndarray:
     return np.ascontiguousarray(columns.reshape(K, -1, P).transpose(1, 0, 2))
 
 
-@njit(inline="always", **JIT_OPTIONS)
 def _clip(v, c):
-    # Written with comparisons so NaN passes through unchanged.
-    if v > c:
-        return c
-    if v < -c:
-        return -c
-    return v
+    """v clipped to [-c, c], NaN unchanged; v itself when c is None (no clip, no code)."""
+
+
+@overload(_clip, inline="always")
+def _clip_for(v, c):
+    if isinstance(c, types.NoneType):
+        return lambda v, c: v
+
+    def clipped(v, c):  # comparisons, so NaN passes through unchanged
+        if v > c:
+            return c
+        if v < -c:
+            return -c
+        return v
+    return clipped
 
 
 # A 4-row tile keeps 16 vector sums, 4 weight vectors and a broadcast in registers: it needs

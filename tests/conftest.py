@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fastgru import GRUSpec, LayerWeights
+from fastgru.loaders.onnx_export import IR_VERSION
 
 # |fastgru - reference| <= ATOL + RTOL * |reference|, per dtype of the model under test.
 TOLERANCE = {"float32": (1e-5, 1e-4), "float64": (1e-10, 1e-9)}
@@ -72,7 +73,12 @@ def onnx_gru_model(spec: GRUSpec, dtype=np.float32, layout: int = 0, opset: int 
         [helper.make_tensor_value_info("Y", elem, ["T", "dirs", "B", "H"]),
          helper.make_tensor_value_info("Y_h", elem, ["dirs", "B", "H"])],
         inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    # fastgru's export's IR version, or the oldest the opset allows: not the onnx package's
+    # newest, which an older onnxruntime refuses (found on a machine with onnxruntime 1.30,
+    # which reads up to 13, beside an onnx that writes 14)
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets,
+                             ir_version=max(IR_VERSION, helper.find_min_ir_version_for(opsets)))
 
 
 def run_onnxruntime(spec: GRUSpec, x, lengths=None, h0=None, threads=1):

@@ -143,13 +143,15 @@ HASWELL_FEATURES = ",".join(
 def test_avx2_build_matches_reference(tmp_path):
     """Compiled for an AVX2 CPU (32-byte vectors, 2-row register tiles; this machine may have
     AVX-512) in a fresh process with its own kernel cache, fastgru still matches the reference:
-    rows shared out, hidden units shared out (batch 1), both dtypes."""
+    rows shared out, hidden units shared out (batch 1), both dtypes. bfloat16 takes the widened
+    path there, whose results equal a float32 model of the rounded weights bit for bit."""
     code = """if True:
         import numpy as np, fastgru
-        from fastgru.kernels import gru, simd
+        from fastgru.kernels import bfloat16, gru, simd
         from conftest import assert_close, random_spec, spec_layers
         from reference import reference_gru
         assert simd.VECTOR_BYTES == 32 and not gru.FOUR_ROW_TILES
+        assert bfloat16.PATHS == ("widen",)
         rng = np.random.default_rng(3)
         for dtype in ("float32", "float64"):
             for B, H, direction, lbr in ((1, 300, "forward", False), (7, 70, "bidirectional", True),
@@ -163,6 +165,10 @@ def test_avx2_build_matches_reference(tmp_path):
                                              linear_before_reset=lbr)
                 assert_close(y, y_ref, dtype, f"{dtype} B={B} H={H} y")
                 assert_close(h_n, h_ref, dtype, f"{dtype} B={B} H={H} h_n")
+                if dtype == "float32":
+                    widened = fastgru.GRU(spec, dtype="bfloat16")
+                    for ours, rounded in zip(widened(x), fastgru.GRU(widened.spec)(x)):
+                        assert np.array_equal(ours, rounded), f"bfloat16 B={B} H={H}"
         print("checked")
     """
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL_FEATURES,

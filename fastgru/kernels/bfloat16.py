@@ -2,8 +2,9 @@
 
 A bfloat16 model takes one of three paths (PATHS: those this CPU runs, the fastest last):
 
-- "widen" (every CPU): (panels, K, P) uint16 panels, widened to float32 as they are read (see
-  simd.py). Only the weights are rounded.
+- "widen" (every CPU): (panels, K, P) uint16 panels, each row's values interleaved in blocks
+  (simd.interleave_halves) and widened to float32 as they are read (simd.load_pair). Only the
+  weights are rounded.
 - "dot" (CPUs with vdpbf16ps, simd.BF16_DOT_PRODUCTS): each panel packed as (panels,
   ceil(K/2), P) uint32, word [m, c] holding the weights of inputs 2m (low half) and 2m+1 (high
   half) for gate column c. `matvec` multiplies them by an operand of the same pairs, (B, pairs)
@@ -26,7 +27,7 @@ from numba.np import numpy_support
 from fastgru.kernels.amx import TILE_PAIRS, TILES
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import BF16_DOT_PRODUCTS, full_width_loops
+from fastgru.kernels.simd import BF16_DOT_PRODUCTS, full_width_loops, interleave_halves
 
 PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) if TILES else ())
 
@@ -37,7 +38,7 @@ PAIR_MULTIPLE = {np.dtype(np.uint32): 1, np.dtype(np.int32): TILE_PAIRS}
 def pack(panels: np.ndarray, path: str) -> np.ndarray:
     """(panels, K, P) uint16 bfloat16 panels -> the weights `path` multiplies (see above)."""
     if path == "widen":
-        return panels
+        return interleave_halves(panels)
     if path == "dot":
         return pair_inputs(panels)
     return pair_inputs(panels, TILE_PAIRS).view(np.int32)

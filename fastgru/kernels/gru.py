@@ -28,7 +28,8 @@ from fastgru.kernels.amx import matvec_tiles
 from fastgru.kernels.bfloat16 import operand, operand_scratch
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import VECTOR_BYTES, fma, full_width_loops, lanes, load, splat, store
+from fastgru.kernels.simd import (VECTOR_BYTES, fma, full_width_loops, lanes, load_pair, splat,
+                                  store)
 
 def row_group(hidden_size: int, dtype) -> int:
     """Rows advanced together through one step (gates, then update), sharing one pass over the
@@ -159,8 +160,7 @@ def _tile4(v, panel, out, b, j, L):
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(out.dtype.type(0.0))
     a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = a00
     for k in range(v.shape[1]):
-        wk = panel[k]
-        w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
+        w0, w1, w2, w3 = _load4(panel[k], L)
         a00, a01, a02, a03 = _fma4(v0[k], w0, w1, w2, w3, a00, a01, a02, a03)
         a10, a11, a12, a13 = _fma4(v1[k], w0, w1, w2, w3, a10, a11, a12, a13)
         a20, a21, a22, a23 = _fma4(v2[k], w0, w1, w2, w3, a20, a21, a22, a23)
@@ -176,8 +176,7 @@ def _tile2(v, panel, out, b, j, L):
     v0, v1 = v[b], v[b + 1]
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = splat(out.dtype.type(0.0))
     for k in range(v.shape[1]):
-        wk = panel[k]
-        w0, w1, w2, w3 = load(wk, 0), load(wk, L), load(wk, 2 * L), load(wk, 3 * L)
+        w0, w1, w2, w3 = _load4(panel[k], L)
         a00, a01, a02, a03 = _fma4(v0[k], w0, w1, w2, w3, a00, a01, a02, a03)
         a10, a11, a12, a13 = _fma4(v1[k], w0, w1, w2, w3, a10, a11, a12, a13)
     _store4(out[b], j, L, a00, a01, a02, a03)
@@ -189,9 +188,8 @@ def _tile1(v, panel, out, b, j, L):
     vb = v[b]
     a0 = a1 = a2 = a3 = splat(out.dtype.type(0.0))
     for k in range(v.shape[1]):
-        wk = panel[k]
-        a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
-                               load(wk, 3 * L), a0, a1, a2, a3)
+        w0, w1, w2, w3 = _load4(panel[k], L)
+        a0, a1, a2, a3 = _fma4(vb[k], w0, w1, w2, w3, a0, a1, a2, a3)
     _store4(out[b], j, L, a0, a1, a2, a3)
 
 
@@ -200,13 +198,20 @@ def _tile1x2(v, panel, next_panel, out, b, j, L):
     vb = v[b]
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = splat(out.dtype.type(0.0))
     for k in range(v.shape[1]):
-        wk, nk = panel[k], next_panel[k]
-        a0, a1, a2, a3 = _fma4(vb[k], load(wk, 0), load(wk, L), load(wk, 2 * L),
-                               load(wk, 3 * L), a0, a1, a2, a3)
-        a4, a5, a6, a7 = _fma4(vb[k], load(nk, 0), load(nk, L), load(nk, 2 * L),
-                               load(nk, 3 * L), a4, a5, a6, a7)
+        w0, w1, w2, w3 = _load4(panel[k], L)
+        a0, a1, a2, a3 = _fma4(vb[k], w0, w1, w2, w3, a0, a1, a2, a3)
+        w0, w1, w2, w3 = _load4(next_panel[k], L)
+        a4, a5, a6, a7 = _fma4(vb[k], w0, w1, w2, w3, a4, a5, a6, a7)
     _store4(out[b], j, L, a0, a1, a2, a3)
     _store4(out[b], j + 4 * L, L, a4, a5, a6, a7)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _load4(row, L):
+    """The four weight Vectors of one input's panel row (P = 4L values; see simd.load_pair)."""
+    w0, w1 = load_pair(row, 0)
+    w2, w3 = load_pair(row, 2 * L)
+    return w0, w1, w2, w3
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -10,13 +10,15 @@ hold its sums in vector registers directly:
 
 A vector is as wide as the target CPU's widest registers (64 bytes with AVX-512, else 32), so it
 holds 16 or 8 float32 values. Arrays must be 1-D and C-contiguous, and indices in bounds: nothing
-is checked inside a kernel.
+is checked inside a kernel. `load_pair(row, j)` gives the two Vectors at j and j + lanes.
 
 bfloat16 values are held in unsigned integer arrays (a bfloat16 is the top half of a float32):
 
-- uint16: one value each. `load` widens them to a float32 Vector in registers (a zero extension
-  and a shift, exact), so a kernel written for float32 weights runs unchanged on them, reading
-  half the bytes.
+- uint16: one value each, in blocks of 2 x lanes values interleaved (`interleave_halves`): value
+  i of the block's first half, then value i of its second. `load_pair` reads a block as lanes
+  32-bit words and widens both halves to float32 Vectors with a shift and a mask (exact; no
+  shuffles, which Intel's cores run on one port), so a kernel written for float32 weights runs
+  unchanged on them, reading half the bytes.
 - uint32: a pair each, the low half first. `load` gives a Vector of pairs, and `fma(x, w, acc)`
   with x a uint32 pair, w such a Vector and acc a float32 Vector is the AVX512_BF16 dot product
   (vdpbf16ps): acc[i] + x.lo * w[i].lo + x.hi * w[i].hi, twice the multiply-adds of a float32
@@ -70,14 +72,19 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(scalar, fe_type.lanes))
 
 
-def _is_row(arr) -> bool:
+def _is_row(arr, dtypes=(types.uint32,)) -> bool:
+    """Whether arr is a contiguous 1-D array of floats or of one of `dtypes`."""
     return (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
-            and (isinstance(arr.dtype, types.Float) or arr.dtype in (types.uint16, types.uint32)))
+            and (isinstance(arr.dtype, types.Float) or arr.dtype in dtypes))
 
 
-def _loaded(dtype):
-    """The Vector that `load` makes of a row of `dtype`: uint16 rows hold bfloat16."""
-    return Vector(types.float32) if dtype == types.uint16 else Vector(dtype)
+def interleave_halves(values: np.ndarray) -> np.ndarray:
+    """(..., n) uint16 bfloat16 values, n a multiple of 2 x lanes(float32) -> the same values in
+    the block order `load_pair` reads: within each block of 2 x lanes, value i of the first half
+    then value i of the second."""
+    L = lanes(np.float32)
+    blocks = values.reshape(*values.shape[:-1], -1, 2, L)
+    return np.ascontiguousarray(blocks.swapaxes(-1, -2)).reshape(values.shape)
 
 
 def _vector_pointer(context, builder, array_type, array, index, vector_type):
@@ -94,25 +101,46 @@ def _broadcast(builder, vector_type, value):
 
 @intrinsic
 def load(typingctx, array, index):
-    """array[index:index + lanes] as a Vector (unaligned load); a uint16 row holds bfloat16 and
-    gives a float32 Vector, a uint32 row a Vector of bfloat16 pairs."""
+    """array[index:index + lanes] as a Vector (unaligned load); a uint32 row gives a Vector of
+    bfloat16 pairs."""
     if not (_is_row(array) and isinstance(index, types.Integer)):
         return None
-    vector = _loaded(array.dtype)
+    vector = Vector(array.dtype)
 
     def codegen(context, builder, sig, args):
-        float_type = context.get_value_type(vector)
-        if array.dtype != types.uint16:
-            pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], float_type)
-            return builder.load(pointer, align=array.dtype.bitwidth // 8)
-        halves = ir.VectorType(ir.IntType(16), vector.lanes)
-        words = ir.VectorType(ir.IntType(32), vector.lanes)
-        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], halves)
-        bits = builder.zext(builder.load(pointer, align=2), words)
-        bits = builder.shl(bits, ir.Constant(words, [16] * vector.lanes))
-        return builder.bitcast(bits, float_type)
+        vector_type = context.get_value_type(vector)
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vector_type)
+        return builder.load(pointer, align=array.dtype.bitwidth // 8)
 
     return vector(array, index), codegen
+
+
+@intrinsic
+def load_pair(typingctx, array, index):
+    """(load(array, index), load(array, index + lanes)); for a uint16 row of bfloat16 blocks
+    (`interleave_halves`; index at a block's start) the two float32 Vectors of that block."""
+    if not (_is_row(array, (types.uint16, types.uint32)) and isinstance(index, types.Integer)):
+        return None
+    vector = Vector(types.float32) if array.dtype == types.uint16 else Vector(array.dtype)
+    pair = types.UniTuple(vector, 2)
+
+    def codegen(context, builder, sig, args):
+        vector_type = context.get_value_type(vector)
+        if array.dtype != types.uint16:
+            second = builder.add(args[1], ir.Constant(args[1].type, vector.lanes))
+            halves = [builder.load(_vector_pointer(context, builder, sig.args[0], args[0], i,
+                                                   vector_type), align=array.dtype.bitwidth // 8)
+                      for i in (args[1], second)]
+        else:
+            words_type = ir.VectorType(ir.IntType(32), vector.lanes)
+            pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], words_type)
+            words = builder.load(pointer, align=2)
+            first = builder.shl(words, ir.Constant(words_type, [16] * vector.lanes))
+            second = builder.and_(words, ir.Constant(words_type, [0xFFFF0000] * vector.lanes))
+            halves = [builder.bitcast(h, vector_type) for h in (first, second)]
+        return context.make_tuple(builder, pair, halves)
+
+    return pair(array, index), codegen
 
 
 @intrinsic

@@ -70,13 +70,34 @@ def test_stream_errors(rng):
     stream = model.stream(2)
     with pytest.raises(ValueError, match=r"x_t must have shape \(2, 2\).*got \(3, 2\)"):
         stream.step(np.zeros((3, 2)))
-    with pytest.raises(ValueError, match=r"out must be a writable C-contiguous float32 array "
+    with pytest.raises(ValueError, match=r"out must be a writable, aligned, C-contiguous float32 array "
                                          r"of shape \(2, 3\), got shape \(2, 3\), dtype float64"):
         stream.step(np.zeros((2, 2)), out=np.zeros((2, 3)))
     with pytest.raises(ValueError, match="not C-contiguous"):
         stream.step(np.zeros((2, 2)), out=np.zeros((3, 2), np.float32).T)
     with pytest.raises(TypeError, match="x_t must hold real numbers"):
         stream.step(np.array([["a", "b"], ["c", "d"]]))
+    unaligned = np.frombuffer(bytes(25), np.float32, 6, offset=1).reshape(2, 3)
+    with pytest.raises(ValueError, match="got shape \\(2, 3\\), dtype float32, C-contiguous, "
+                                         "not aligned"):
+        stream.step(np.zeros((2, 2)), out=unaligned)
+
+
+def test_step_takes_any_layout_of_x(rng):
+    """A step calls its compiled kernel directly, with no typing of the arguments: inputs of
+    other types, layouts and flags are converted first, never read as something else."""
+    model = fastgru.GRU(random_spec(rng, 3, 4, 2))
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    expected = model.stream(2).step(x)
+    buffer = bytearray(x.nbytes + 1)
+    unaligned = np.frombuffer(buffer, np.float32, x.size, offset=1).reshape(2, 3)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    for variant in (unaligned, read_only, x.astype(np.float64), np.asfortranarray(x),
+                    x.tolist(), np.repeat(x, 2, axis=1)[:, ::2]):
+        assert np.array_equal(model.stream(2).step(variant), expected)
 
 
 @pytest.mark.slow

@@ -225,7 +225,7 @@ def full_width_loops(typingctx):
     width of the products (which use Vector). The function attribute "prefer-vector-width"
     overrides that tuning for one function; llvmlite knows no such attribute, hence set.add.
     Measured on an Intel Xeon (family 6 model 207), the gate loops alone, 1 thread, both builds
-    interleaved in one process: 7-9% less time a step (S2 1.64 -> 1.52 us, S3 27.6 -> 25.0, S4
+    interleaved in one process: 6-10% less time a step (S2 1.64 -> 1.52 us, S3 27.6 -> 25.0, S4
     226 -> 213). AMD's Zen 4 and 5 had full-width loops already.
     """
 

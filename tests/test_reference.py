@@ -130,6 +130,38 @@ def test_empty_sequence_returns_initial_state(rng):
     assert_close(h_n, h0, "float32", "h_n")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not llvm_binding.get_host_cpu_features().get("avx512f"),
+                    reason="compiles for an AVX-512 Intel server with this machine's features")
+def test_gate_loops_at_full_width_on_intel_servers(tmp_path):
+    """Compiled for Sapphire Rapids, whose LLVM tuning prefers 256-bit loops, the gate loops are
+    vectorized at 512 bits all the same (simd.full_width_loops): every vector division in the
+    layer kernel is a zmm one, none ymm. The kernel is only compiled, never run."""
+    code = """if True:
+        import re, numba, numpy as np, fastgru
+        from fastgru.kernels import gru
+        from conftest import random_spec
+        model = fastgru.GRU(random_spec(np.random.default_rng(0), 5, 64))
+        T, B, H, Hp = 2, 3, 64, model._padded_units
+        f32 = lambda *shape: np.zeros(shape, np.float32)
+        args = (f32(T, B, 3 * Hp), *model._layer_arrays[0], f32(1, B, H), f32(1, B, 3 * Hp),
+                f32(1, B, H), np.full(B, T, np.int64), model._reverse, True, model._clip,
+                f32(T, B, H), 1, 4)
+        signature = tuple(numba.typeof(a) for a in args)
+        gru.gru_layer_serial.compile(signature)
+        asm = gru.gru_layer_serial.inspect_asm(signature)
+        print(" ".join(sorted(set(re.findall(r"vdivps\\s+%([xyz]mm)", asm)))))
+    """
+    from numba.core.codegen import get_host_cpu_features
+    env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids",
+           "NUMBA_CPU_FEATURES": get_host_cpu_features(), "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    widths = done.stdout.split()
+    assert "zmm" in widths and "ymm" not in widths, widths
+
+
 # What Numba is told an AVX2 machine (Haswell) has: 16 vector registers of 32 bytes, no AVX-512.
 HASWELL_FEATURES = ",".join(
     ["+" + f for f in ("64bit avx avx2 bmi bmi2 cmov cx16 f16c fma fxsr lzcnt mmx movbe pclmul "

@@ -77,7 +77,7 @@ def test_stream_errors(rng):
         stream.step(np.zeros((2, 2)), out=np.zeros((3, 2), np.float32).T)
     with pytest.raises(TypeError, match="x_t must hold real numbers"):
         stream.step(np.array([["a", "b"], ["c", "d"]]))
-    unaligned = np.frombuffer(bytes(25), np.float32, 6, offset=1).reshape(2, 3)
+    unaligned = np.frombuffer(bytearray(25), np.float32, 6, offset=1).reshape(2, 3)  # writable
     with pytest.raises(ValueError, match="got shape \\(2, 3\\), dtype float32, C-contiguous, "
                                          "not aligned"):
         stream.step(np.zeros((2, 2)), out=unaligned)

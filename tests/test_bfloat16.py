@@ -75,9 +75,12 @@ def test_rounding_matches_torch(rng):
     assert np.all(pairs[:, 3] >> 16 == 0) and np.all(pairs[:, 4:] == 0)
 
 
-@pytest.mark.parametrize("rows, inputs", [(1, 64), (7, 37), (16, 256)])
-def test_matvec_against_float64(rng, path, rows, inputs):
-    H = 40  # 3 gates of 40 units: panels with padding columns
+def product_case(rng, path, rows, inputs):
+    """A product for the kernels of `path`: 3 gates of 40 units (panels with padding columns),
+    rows x inputs random operands. Returns (operand, panels, out full of NaN, expected, scale):
+    the float64 sums on the operands as the path rounds them, in the kernel's float32 columns,
+    and the sums of magnitudes within whose K eps float32 sums err."""
+    H = 40
     w = rng.standard_normal((3 * H, inputs)).astype(np.float32)
     v = rng.standard_normal((rows, inputs)).astype(np.float32)
     panels = pack(bfloat16_bits(kernels.pack_gate_rows(w, H)), path)
@@ -86,14 +89,19 @@ def test_matvec_against_float64(rng, path, rows, inputs):
         operand = np.full((rows, panels.shape[1]), 0xFFFFFFFF, np.uint32)  # padding: NaN pairs
         round_to_pairs(v, operand, 0, rows)
     out = np.full((rows, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
-    kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0])
     v64 = v.astype(np.float64) if path == "widen" else torch_bf16(v)
 
     def columns(a):  # (rows, 3H) -> the kernel's float32 columns, each gate padded
         return kernels.pad_gate_columns(a.astype(np.float32), H)
 
-    expected = columns(v64 @ torch_bf16(w).T)
-    scale = columns(np.abs(v64) @ np.abs(torch_bf16(w)).T)  # float32 sums err within K eps
+    return (operand, panels, out, columns(v64 @ torch_bf16(w).T),
+            columns(np.abs(v64) @ np.abs(torch_bf16(w)).T))
+
+
+@pytest.mark.parametrize("rows, inputs", [(1, 64), (7, 37), (16, 256)])
+def test_matvec_against_float64(rng, path, rows, inputs):
+    operand, panels, out, expected, scale = product_case(rng, path, rows, inputs)
+    kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0])
     assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-30)
 
 
@@ -108,20 +116,10 @@ def test_tile_kernel_on_modelled_tiles(rng, rows, inputs, b0, p0):
 
     from fastgru.kernels.amx import matvec_tiles
 
-    H = 40
-    w = rng.standard_normal((3 * H, inputs)).astype(np.float32)
-    v = rng.standard_normal((rows, inputs)).astype(np.float32)
-    panels = pack(bfloat16_bits(kernels.pack_gate_rows(w, H)), "tiles")
+    operand, panels, out, expected, scale = product_case(rng, "tiles", rows, inputs)
     assert panels.dtype == np.int32 and panels.shape[1] % 16 == 0
-    operand = np.full((rows, panels.shape[1]), 0xFFFFFFFF, np.uint32)
-    round_to_pairs(v, operand, 0, rows)
-    out = np.full((rows, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
     with emulated([operand, panels, out]):
         matvec_tiles.py_func(operand, panels, out, b0, rows, p0, panels.shape[0])
-    v64 = torch_bf16(v)
-    expected = kernels.pad_gate_columns((v64 @ torch_bf16(w).T).astype(np.float32), H)
-    scale = kernels.pad_gate_columns((np.abs(v64) @ np.abs(torch_bf16(w)).T).astype(np.float32),
-                                     H)
     c0 = p0 * panels.shape[2]
     assert np.all(np.abs(out[b0:, c0:] - expected[b0:, c0:]) <= 1e-6 * scale[b0:, c0:] + 1e-30)
     assert np.isnan(out[:b0]).all() and np.isnan(out[:, :c0]).all()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fastgru import GRUSpec, LayerWeights
+from fastgru.benchmark import onnxruntime_session
 from fastgru.loaders.onnx_export import IR_VERSION
 
 # |fastgru - reference| <= ATOL + RTOL * |reference|, per dtype of the model under test.
@@ -86,14 +87,8 @@ def run_onnxruntime(spec: GRUSpec, x, lengths=None, h0=None, threads=1):
 
     x is time-major (T, B, D); lengths (B,) and h0 (dirs, B, H) default to full length, zeros.
     """
-    import onnxruntime as ort
-
     T, B = x.shape[:2]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(onnx_gru_model(spec).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(onnx_gru_model(spec).SerializeToString(), threads)
     shape = (spec.num_directions, B, spec.hidden_size)
     feeds = {"X": np.asarray(x, np.float32),
              "sequence_lens": np.asarray(np.full(B, T) if lengths is None else lengths, np.int32),

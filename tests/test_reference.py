@@ -176,13 +176,14 @@ def test_avx2_build_matches_reference(tmp_path):
     """Compiled for an AVX2 CPU (32-byte vectors, 2-row register tiles; this machine may have
     AVX-512) in a fresh process with its own kernel cache, fastgru still matches the reference:
     rows shared out, hidden units shared out (batch 1), both dtypes. bfloat16 takes the widened
-    path there, whose results equal a float32 model of the rounded weights bit for bit."""
+    path there (its mask in assembly: simd.MASK_IN_ASSEMBLY), whose results equal a float32
+    model of the rounded weights bit for bit."""
     code = """if True:
         import numpy as np, fastgru
         from fastgru.kernels import bfloat16, gru, simd
         from conftest import assert_close, random_spec, spec_layers
         from reference import reference_gru
-        assert simd.VECTOR_BYTES == 32 and not gru.FOUR_ROW_TILES
+        assert simd.VECTOR_BYTES == 32 and not gru.FOUR_ROW_TILES and simd.MASK_IN_ASSEMBLY
         assert bfloat16.PATHS == ("widen",)
         rng = np.random.default_rng(3)
         for dtype in ("float32", "float64"):

@@ -170,6 +170,39 @@ HASWELL_FEATURES = ",".join(
 
 
 @pytest.mark.slow
+def test_avx2_product_loops_keep_their_sums_in_registers(tmp_path):
+    """Compiled for Haswell (16 vector registers), no inner loop of the products touches the
+    stack, for float32 weights or widened bfloat16 ones. The code checked is matvec's own copy of
+    the tiles, the copy a caller loaded from Numba's cache runs: when a sum spilled there, the
+    widened path ran no faster than float32 (simd._upper_halves). Only compiled, never run."""
+    code = """if True:
+        import re, numba, numpy as np
+        from fastgru.kernels import gru, simd
+        P = gru.panel_width(np.float32)
+        for weights in (np.float32, np.uint16):
+            args = (np.zeros((5, 64), np.float32), np.zeros((6, 64, P), weights),
+                    np.zeros((5, 6 * P), np.float32), 0, 5, 0, 6)
+            signature = tuple(numba.typeof(a) for a in args)
+            gru.matvec.compile(signature)
+            asm = gru.matvec.inspect_asm(signature)
+            # single-block loops: from a label to a jump back to it, no label between
+            for body in re.findall(r"^(\\.LBB\\w+):\\n((?:(?!\\.LBB).*\\n)*?)\\s+j\\w+\\s+\\1\\n",
+                                   asm, re.M):
+                if "vfmadd" in body[1]:
+                    stack = re.findall(r".*\\(%rsp\\).*%ymm.*|.*%ymm.*\\(%rsp\\).*", body[1])
+                    print(np.dtype(weights).name, len(stack))
+    """
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL_FEATURES,
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loops = [line.split() for line in done.stdout.splitlines()]
+    assert {"float32", "uint16"} <= {weights for weights, _ in loops}, loops
+    assert all(stack == "0" for _, stack in loops), loops
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not all(llvm_binding.get_host_cpu_features().get(f) for f in ("avx2", "fma")),
                     reason="runs code compiled for an AVX2 CPU, so needs one")
 def test_avx2_build_matches_reference(tmp_path):

@@ -124,13 +124,14 @@ def _upper_halves(builder, words):
     each bfloat16 pair, widened.
 
     LLVM writes this AND as a blend with a zero register. With only 16 registers (AVX2), a 1x2
-    tile of `matvec` (8 sums) then ran out of them and LLVM spilled a sum to the stack in the
-    copy of the kernel it compiles into each caller, the copy a cached kernel runs: a store and
-    a reload on that sum's chain of multiply-adds every step of k. So there the AND is an
+    tile of `matvec` (8 sums) then ran out of them and LLVM spilled a sum to the stack, a store
+    and a reload on that sum's chain of multiply-adds at every k; reordering the tile removed
+    the spill from the separately compiled kernel but not from the copy compiled into each
+    caller, which is what a kernel loaded from Numba's cache runs. So there the AND is an
     instruction LLVM cannot rewrite, with the mask in one register. Measured on this project's
-    AMD EPYC (family 26) compiling for Haswell, the kernel loaded from Numba's cache, batch 1,
-    H=1024: 110 -> 69 us a product; widened bfloat16 against float32 (tools/bfloat16_paths.py)
-    S2 1.01 -> 1.49-1.65, S6 0.97 -> 1.79-1.80.
+    AMD EPYC (family 26) compiling for Haswell: a product at batch 1, H=1024, 106-113 -> 65-69
+    us; widened bfloat16 against float32 (tools/bfloat16_paths.py) S2 0.96-1.06 -> 1.65-1.68,
+    S6 0.95-1.19 -> 1.49-1.82.
     """
     floats = ir.VectorType(ir.FloatType(), words.type.count)
     mask = ir.Constant(words.type, [0xFFFF0000] * words.type.count)

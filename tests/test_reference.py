@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import subprocess
 import sys
 
@@ -170,6 +171,7 @@ HASWELL_FEATURES = ",".join(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="compiles x86 code")
 def test_avx2_product_loops_keep_their_sums_in_registers(tmp_path):
     """Compiled for Haswell (16 vector registers), no inner loop of the products touches the
     stack, for float32 weights or widened bfloat16 ones. The code checked is matvec's own copy of
@@ -177,7 +179,7 @@ def test_avx2_product_loops_keep_their_sums_in_registers(tmp_path):
     widened path ran no faster than float32 (simd._upper_halves). Only compiled, never run."""
     code = """if True:
         import re, numba, numpy as np
-        from fastgru.kernels import gru, simd
+        from fastgru.kernels import gru
         P = gru.panel_width(np.float32)
         for weights in (np.float32, np.uint16):
             args = (np.zeros((5, 64), np.float32), np.zeros((6, 64, P), weights),

@@ -22,7 +22,6 @@ import ctypes
 import platform
 import sys
 
-import llvmlite.binding as llvm_binding
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -52,9 +51,6 @@ def _request_tile_state() -> bool:
 # AMX CPU has
 TILES = (VECTOR_BYTES == 64 and has_feature("amx-tile") and has_feature("amx-bf16")
          and _request_tile_state())
-
-# Numba does not set up LLVM's assembler, which inline assembly needs (idempotent)
-llvm_binding.initialize_native_asmparser()
 
 
 def _asm(builder, text, *operands):

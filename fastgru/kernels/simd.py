@@ -118,6 +118,10 @@ def load(typingctx, array, index):
 # AVX without AVX-512: 16 vector registers, and an AND on 32-byte vectors (vandps)
 MASK_IN_ASSEMBLY = VECTOR_BYTES == 32 and has_feature("avx")
 
+# Numba does not set up LLVM's assembler, which inline assembly needs: here and in amx.py,
+# which imports this module (idempotent)
+llvm_binding.initialize_native_asmparser()
+
 
 def _upper_halves(builder, words):
     """Each 32-bit word of `words` with its low 16 bits cleared, as float32: the second value of

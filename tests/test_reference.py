@@ -131,6 +131,18 @@ def test_empty_sequence_returns_initial_state(rng):
     assert_close(h_n, h0, "float32", "h_n")
 
 
+def compiled_for(cpu: str, features: str, code: str, cache_dir, **env) -> str:
+    """The standard output of `code` run in a child Numba compiles for `cpu` with `features`
+    (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES), with its own kernel cache in cache_dir and `env`
+    added; the test fails if the child does."""
+    env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": features,
+           "NUMBA_CACHE_DIR": str(cache_dir), **env}
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not llvm_binding.get_host_cpu_features().get("avx512f"),
                     reason="compiles for an AVX-512 Intel server with this machine's features")
@@ -154,12 +166,7 @@ def test_gate_loops_at_full_width_on_intel_servers(tmp_path):
         print(" ".join(sorted(set(re.findall(r"vdivps\\s+%([xyz]mm)", asm)))))
     """
     from numba.core.codegen import get_host_cpu_features
-    env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids",
-           "NUMBA_CPU_FEATURES": get_host_cpu_features(), "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    widths = done.stdout.split()
+    widths = compiled_for("sapphirerapids", get_host_cpu_features(), code, tmp_path).split()
     assert "zmm" in widths and "ymm" not in widths, widths
 
 
@@ -194,12 +201,8 @@ def test_avx2_product_loops_keep_their_sums_in_registers(tmp_path):
                     stack = re.findall(r".*\\(%rsp\\).*%ymm.*|.*%ymm.*\\(%rsp\\).*", body[1])
                     print(np.dtype(weights).name, len(stack))
     """
-    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL_FEATURES,
-           "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    loops = [line.split() for line in done.stdout.splitlines()]
+    stdout = compiled_for("haswell", HASWELL_FEATURES, code, tmp_path)
+    loops = [line.split() for line in stdout.splitlines()]
     assert {"float32", "uint16"} <= {weights for weights, _ in loops}, loops
     assert all(stack == "0" for _, stack in loops), loops
 
@@ -239,9 +242,5 @@ def test_avx2_build_matches_reference(tmp_path):
                         assert np.array_equal(ours, rounded), f"bfloat16 B={B} H={H}"
         print("checked")
     """
-    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL_FEATURES,
-           "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(__file__), env=env,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "checked"
+    stdout = compiled_for("haswell", HASWELL_FEATURES, code, tmp_path, NUMBA_NUM_THREADS="2")
+    assert stdout.strip() == "checked"

@@ -289,22 +289,24 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
         xp = xproj[t, b]
         # Every array sliced to units j0..u1 and indexed from 0: an index LLVM can prove is not
         # negative skips Numba's wraparound, and only then are the loops vectorized (2 us more
-        # per step at H=256 otherwise). Loops over few arrays each (see `update`).
-        az, ar, hrb = acc[b, j0:u1], acc[b, Hp + j0:Hp + u1], hr[b, j0:u1]
+        # per step at H=256 otherwise). One loop for both gates, storing two arrays: LLVM
+        # vectorizes a loop only when it can check at run time that the arrays it stores to
+        # overlap none it reads, and gives up beyond a few checks. (One loop for the whole
+        # step was slower: each value's chain of three exp and divisions is long, and fewer
+        # values were in flight.)
+        az, ar, an = acc[b, j0:u1], acc[b, Hp + j0:Hp + u1], acc[b, 2 * Hp + j0:2 * Hp + u1]
         xz, bz = xp[g:g + n], bx[j0:u1]
         xr, br = xp[g + Hp:g + Hp + n], bx[Hp + j0:Hp + u1]
-        for j in range(n):  # 1 - z = sigmoid(-v), accurate even where z rounds to 1
-            az[j] = sigmoid(-_clip(xz[j] + bz[j] + az[j], clip))
-        for j in range(n):
-            hrb[j] = sigmoid(_clip(xr[j] + br[j] + ar[j], clip))
         if lbr:
-            an, bn = acc[b, 2 * Hp + j0:2 * Hp + u1], rbn[j0:u1]
-            for j in range(n):
-                an[j] = hrb[j] * (an[j] + bn[j])
+            rb = rbn[j0:u1]
+            for j in range(n):  # 1 - z = sigmoid(-v), accurate even where z rounds to 1
+                az[j] = sigmoid(-_clip(xz[j] + bz[j] + az[j], clip))
+                an[j] = sigmoid(_clip(xr[j] + br[j] + ar[j], clip)) * (an[j] + rb[j])
         else:
-            hb = h[b, j0:u1]
+            hrb, hb = hr[b, j0:u1], h[b, j0:u1]
             for j in range(n):
-                hrb[j] *= hb[j]
+                az[j] = sigmoid(-_clip(xz[j] + bz[j] + az[j], clip))
+                hrb[j] = sigmoid(_clip(xr[j] + br[j] + ar[j], clip)) * hb[j]
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -331,22 +333,26 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     g = d * 3 * Hp + 2 * Hp + j0  # this direction's n columns of xproj, from unit j0
     yj = d * H + j0
     for b in range(b0, b1):
+        hb, hn = h[b, j0:u1], h_new[b, j0:u1]
         if s >= lengths[b]:
-            y[s, b, yj:yj + n] = 0.0
-            h_new[b, j0:u1] = h[b, j0:u1]
+            ys = y[s, b, yj:yj + n]
+            for j in range(n):
+                ys[j] = 0.0
+                hn[j] = hb[j]
             continue
         t = lengths[b] - 1 - s if reverse else s
-        # Sliced and indexed from 0 as in `gates`. Loops over few arrays each: LLVM vectorizes a
-        # loop only when it can check at run time that the arrays it stores to overlap none it
-        # reads, and gives up beyond a few checks.
-        az, an, hb = acc[b, j0:u1], acc[b, 2 * Hp + j0:2 * Hp + u1], h[b, j0:u1]
+        # Sliced and indexed from 0 as in `gates`. The new state goes to y, not h_new: h_new
+        # may be h, which LLVM's overlap check cannot tell from a true overlap. It is copied
+        # to h_new in a loop of its own: a slice assignment (h_new[...] = ...) compiles to
+        # Numba's general strided copy, 0.2 ns a value, as long as the arithmetic here.
+        az, an = acc[b, j0:u1], acc[b, 2 * Hp + j0:2 * Hp + u1]
         xn, bn = xproj[t, b, g:g + n], bx[2 * Hp + j0:2 * Hp + u1]
+        yt = y[t, b, yj:yj + n]
         for j in range(n):
-            an[j] = tanh(_clip(xn[j] + bn[j] + an[j], clip))
-        for j in range(n):  # into az, not h_new: h_new may be h, which an overlap check
-            az[j] = hb[j] + az[j] * (an[j] - hb[j])  # cannot tell from a true overlap
-        h_new[b, j0:u1] = az
-        y[t, b, yj:yj + n] = az
+            new = tanh(_clip(xn[j] + bn[j] + an[j], clip))
+            yt[j] = hb[j] + az[j] * (new - hb[j])
+        for j in range(n):
+            hn[j] = yt[j]
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -20,6 +20,7 @@ from fastgru.kernels.bfloat16 import PATHS as BF16_PATHS
 from fastgru.kernels.bfloat16 import pack as pack_bfloat16
 from fastgru.kernels.bfloat16 import round_to_pairs
 from fastgru.kernels.config import parallel_guard
+from fastgru.kernels.cpu import empty_aligned
 
 # A one-step call (T=1, one direction: a graph's streaming step) of fewer multiply-adds than
 # this, all layers together, or on one thread, runs as a stream step on the calling thread: one
@@ -94,9 +95,11 @@ def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str) -> "GRU":
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
-    array = np.ascontiguousarray(array)
-    array.setflags(write=False)
-    return array
+    """A read-only copy of `array` for the kernels, starting on a cache line."""
+    frozen = empty_aligned(array.shape, array.dtype)
+    frozen[...] = array
+    frozen.setflags(write=False)
+    return frozen
 
 
 class GRU:

@@ -9,6 +9,8 @@ import weakref
 
 import numpy as np
 
+from fastgru.kernels.cpu import empty_aligned
+
 # The idle workspaces a model keeps hold at most this many bytes together; a workspace beyond
 # that (a very long or very wide call) is freed after its call: one T=200,000 call would
 # otherwise pin hundreds of MB to the model for its lifetime. Large enough for the scratch of a
@@ -31,14 +33,15 @@ class Workspace:
         self._derived: dict = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype=None) -> np.ndarray:
-        """A C-contiguous array of `shape` backed by buffer `name`; contents are undefined.
+        """A C-contiguous array of `shape` backed by buffer `name`, starting on a cache line;
+        contents are undefined.
 
         The buffer holds the workspace's dtype unless `dtype` names another."""
         size = math.prod(shape)
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
-            buffer = np.empty(size, dtype=dtype)
+            buffer = empty_aligned((size,), dtype)
             self._buffers[name] = buffer
             self._derived.clear()
         return buffer[:size].reshape(shape)

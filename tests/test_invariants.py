@@ -189,6 +189,20 @@ def test_one_step_calls_of_any_batch_between_longer_calls(rng):
         assert_close(h_n, h_ref, "float32", f"h_n, B={batch}, T={steps}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kernel_arrays_start_on_a_cache_line(rng, dtype):
+    from fastgru._workspace import Workspace
+    from fastgru.kernels.cpu import CACHE_LINE_BYTES
+
+    model = fastgru.GRU(random_spec(rng, 5, 20, 2, "bidirectional"), dtype=dtype)
+    arrays = [model._w0, model._wrest, model._r, model._bx, model._rbn]
+    workspace = Workspace(np.float32)
+    arrays += [workspace.get("a", (3, 7)), workspace.get("b", (1,), np.uint32),
+               workspace.get("a", (50, 9))]  # the last one replaces the first's buffer
+    assert all(a.ctypes.data % CACHE_LINE_BYTES == 0 for a in arrays)
+    assert not model._r.flags.writeable and workspace.get("a", (2, 2)).flags.writeable
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_no_recompilation_for_other_input_dtypes_or_layouts(rng, dtype):
 

@@ -65,14 +65,20 @@ def test_rounding_matches_torch(rng):
                              np.float32([3.3895e38, -3.3895e38, 1e-40, -0.0])])
     expected = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy()
     assert np.array_equal(bfloat16_bits(values), expected.view(np.uint16))
-    # the kernels' rounding of operands into pairs (an odd count: the last pair is half empty)
-    v = values[:len(values) // 7 * 7].reshape(-1, 7)
-    pairs = np.full((len(v), 6), 0xDEADBEEF, np.uint32)  # 2 pairs of padding, as for tiles
-    round_to_pairs(v, pairs, 0, len(v))
-    halves = bfloat16_bits(v)
-    assert np.array_equal(pairs[:, :4] & 0xFFFF, halves[:, 0::2])
-    assert np.array_equal(pairs[:, :3] >> 16, halves[:, 1::2])
-    assert np.all(pairs[:, 3] >> 16 == 0) and np.all(pairs[:, 4:] == 0)
+    # The kernels' rounding of operands into pairs: the same, except that subnormal values give
+    # zeros of their sign. Rows of 7 values are rounded one value at a time, rows of 37 also a
+    # vector at a time; both odd counts, whose last pair is half empty.
+    subnormal = (values.view(np.uint32) & 0x7F800000) == 0
+    assert subnormal.sum() >= 50
+    operands = np.where(subnormal, np.copysign(np.float32(0), values), values)
+    for K in (7, 37):
+        n = len(values) // K * K
+        v, halves = values[:n].reshape(-1, K), bfloat16_bits(operands[:n].reshape(-1, K))
+        pairs = np.full((len(v), (K + 1) // 2 + 2), 0xDEADBEEF, np.uint32)  # 2 of padding
+        round_to_pairs(v, pairs, 0, len(v))
+        assert np.array_equal(pairs[:, :(K + 1) // 2] & 0xFFFF, halves[:, 0::2])
+        assert np.array_equal(pairs[:, :K // 2] >> 16, halves[:, 1::2])
+        assert np.all(pairs[:, K // 2] >> 16 == 0) and np.all(pairs[:, (K + 1) // 2:] == 0)
 
 
 def product_case(rng, path, rows, inputs):

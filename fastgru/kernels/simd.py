@@ -213,6 +213,27 @@ class _BFloat16(ir.types.Type):
 
 
 @intrinsic
+def store_bfloat16(typingctx, array, index, vector):
+    """array[index:index + lanes/2] = the float32 Vector's values rounded to bfloat16 (nearest,
+    ties to even), two to a uint32 word, lane 2i in the low half of word i: LLVM's fptrunc to
+    bfloat, one vcvtneps2bf16 with AVX512_BF16. That instruction takes subnormal values as
+    zero."""
+    if not (_is_row(array) and array.dtype == types.uint32 and isinstance(index, types.Integer)
+            and vector == Vector(types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        count = vector.lanes
+        rounded = builder.fptrunc(args[2], ir.VectorType(_BFloat16(), count))
+        words_type = ir.VectorType(ir.IntType(32), count // 2)
+        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], words_type)
+        builder.store(builder.bitcast(rounded, words_type), pointer, align=4)
+        return context.get_dummy_value()
+
+    return types.none(array, index, vector), codegen
+
+
+@intrinsic
 def fma(typingctx, a, b, c):
     """a * b + c lane by lane with one rounding (llvm.fma); a may be a scalar, broadcast.
 

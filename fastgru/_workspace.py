@@ -28,6 +28,7 @@ class Workspace:
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
         self._buffers: dict[str, np.ndarray] = {}
+        self.nbytes = 0  # of the buffers together, kept as they change (read at every call)
         # what callers derive from the buffers (views, argument tuples), dropped whenever a
         # buffer is replaced, so that no replaced buffer stays alive (and uncounted) through it
         self._derived: dict = {}
@@ -41,8 +42,10 @@ class Workspace:
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < size or buffer.dtype != dtype:
+            self.nbytes -= 0 if buffer is None else buffer.nbytes
             buffer = empty_aligned((size,), dtype)
             self._buffers[name] = buffer
+            self.nbytes += buffer.nbytes
             self._derived.clear()
         return buffer[:size].reshape(shape)
 
@@ -57,10 +60,6 @@ class Workspace:
                 self._derived.clear()
             self._derived[key] = found
         return found
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers.values())
 
 
 class WorkspacePool:

@@ -203,6 +203,19 @@ def test_kernel_arrays_start_on_a_cache_line(rng, dtype):
     assert not model._r.flags.writeable and workspace.get("a", (2, 2)).flags.writeable
 
 
+def test_workspace_counts_the_bytes_it_holds():
+    from fastgru._workspace import Workspace
+
+    workspace = Workspace(np.float32)
+    workspace.get("a", (3, 7))
+    workspace.get("b", (2,), np.int64)
+    workspace.get("a", (2, 2))  # fits: kept
+    assert workspace.nbytes == 3 * 7 * 4 + 2 * 8
+    workspace.get("a", (50, 9))  # replaces a's buffer
+    workspace.get("b", (2,), np.uint32)  # another dtype: replaced
+    assert workspace.nbytes == 50 * 9 * 4 + 2 * 4
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_no_recompilation_for_other_input_dtypes_or_layouts(rng, dtype):
 

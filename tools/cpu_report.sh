@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Measure fastgru on this machine's CPU, named beside every figure: the CPU and its vector
-# features, the accuracy suites, then S1-S6 and the whole-network cases against onnxruntime.
+# features, the accuracy suites, then S1-S6 and the whole-network cases against onnxruntime,
+# and the gate loops alone (tools/gate_loops.py).
 #
 #   bash tools/cpu_report.sh [OUT_DIR] [THREADS]      (default: bench/out, "1,2")
 #
@@ -28,3 +29,4 @@ peers=onnxruntime
   | tee "$out/bench.md"
 "$python" bench/whole_models.py --threads "$threads" --seconds 0.5 --rounds 2 \
   | tee "$out/whole_models.md"
+"$python" tools/gate_loops.py | tee "$out/gate_loops.md"

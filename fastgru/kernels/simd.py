@@ -216,8 +216,8 @@ class _BFloat16(ir.types.Type):
 def store_bfloat16(typingctx, array, index, vector):
     """array[index:index + lanes/2] = the float32 Vector's values rounded to bfloat16 (nearest,
     ties to even), two to a uint32 word, lane 2i in the low half of word i: LLVM's fptrunc to
-    bfloat, one vcvtneps2bf16 with AVX512_BF16. That instruction takes subnormal values as
-    zero."""
+    bfloat, one vcvtneps2bf16 with AVX512_BF16 (which every CPU with a paired path has; LLVM
+    would expand it elsewhere). That instruction takes subnormal values as zero."""
     if not (_is_row(array) and array.dtype == types.uint32 and isinstance(index, types.Integer)
             and vector == Vector(types.float32)):
         return None

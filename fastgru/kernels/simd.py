@@ -115,8 +115,9 @@ def load(typingctx, array, index):
     return vector(array, index), codegen
 
 
-# AVX without AVX-512: 16 vector registers, and an AND on 32-byte vectors (vandps)
-MASK_IN_ASSEMBLY = VECTOR_BYTES == 32 and has_feature("avx")
+# The AND that widens bfloat16 weights as a vandps of our own (see _upper_halves), on every CPU
+# with AVX
+MASK_IN_ASSEMBLY = has_feature("avx")
 
 # Numba does not set up LLVM's assembler, which inline assembly needs: here and in amx.py,
 # which imports this module (idempotent)
@@ -127,21 +128,26 @@ def _upper_halves(builder, words):
     """Each 32-bit word of `words` with its low 16 bits cleared, as float32: the second value of
     each bfloat16 pair, widened.
 
-    LLVM writes this AND as a blend with a zero register. With only 16 registers (AVX2), a 1x2
-    tile of `matvec` (8 sums) then ran out of them and LLVM spilled a sum to the stack, a store
-    and a reload on that sum's chain of multiply-adds at every k; reordering the tile removed
-    the spill from the separately compiled kernel but not from the copy compiled into each
-    caller, which is what a kernel loaded from Numba's cache runs. So there the AND is an
-    instruction LLVM cannot rewrite, with the mask in one register. Measured on this project's
-    AMD EPYC (family 26) compiling for Haswell: a product at batch 1, H=1024, 106-113 -> 65-69
-    us; widened bfloat16 against float32 (tools/bfloat16_paths.py) S2 0.96-1.06 -> 1.65-1.68,
-    S6 0.95-1.19 -> 1.49-1.82.
+    The AND is an instruction LLVM cannot rewrite, a floating-point vandps with the mask in one
+    register, for two reasons measured on this project's AMD EPYC (family 26):
+
+    - AVX2: LLVM wrote the AND as a blend with a zero register, and with only 16 registers a
+      1x2 tile of `matvec` (8 sums) spilled a sum to the stack, a store and a reload on its
+      chain of multiply-adds at every k. Reordering the tile removed the spill from the
+      separately compiled kernel but not from the copy compiled into each caller, which is
+      what a kernel loaded from Numba's cache runs. Compiled for Haswell: a product at batch 1,
+      H=1024, 106-113 -> 65-69 us; widened bfloat16 against float32 (tools/bfloat16_paths.py)
+      S2 0.96-1.06 -> 1.65-1.68, S6 0.95-1.19 -> 1.49-1.82.
+    - AVX-512: LLVM's integer vpandq kept a batch-1 product over S2's recurrent weights at 3.05
+      us, the time of all eight vector operations per panel row (two loads' shifts, ANDs and
+      four multiply-adds) on two pipes; with vandps 2.2 us, and widened S2 calls 0.745 of
+      their time (tools/ab.py, 3 rounds; S3, S4, S6 level).
     """
     floats = ir.VectorType(ir.FloatType(), words.type.count)
     mask = ir.Constant(words.type, [0xFFFF0000] * words.type.count)
     if not MASK_IN_ASSEMBLY:
         return builder.bitcast(builder.and_(words, mask), floats)
-    vandps = ir.InlineAsm(ir.FunctionType(floats, [floats, floats]), "vandps $2, $1, $0", "=x,x,x")
+    vandps = ir.InlineAsm(ir.FunctionType(floats, [floats, floats]), "vandps $2, $1, $0", "=v,v,v")
     return builder.call(vandps, [builder.bitcast(words, floats), builder.bitcast(mask, floats)])
 
 

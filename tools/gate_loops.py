@@ -17,10 +17,10 @@ import importlib.util
 import os
 import sys
 import tempfile
-import time
 
 import numba
 import numpy as np
+from bfloat16_paths import median_seconds  # this folder's timing rule: a median within a budget
 
 from fastgru.benchmark import SHAPES, builtin_model
 from fastgru.kernels import gru
@@ -61,15 +61,7 @@ def ns_per_unit(kernels, case, rounds: int) -> list[float]:
                                  model._row_group)
 
     layer()  # compiles
-    results = []
-    for _ in range(rounds):
-        times = []
-        for _ in range(15):
-            start = time.perf_counter()
-            layer()
-            times.append(time.perf_counter() - start)
-        results.append(float(np.median(times)) / (T * B * H * dirs) * 1e9)
-    return results
+    return [median_seconds(layer, 0.4) / (T * B * H * dirs) * 1e9 for _ in range(rounds)]
 
 
 def main() -> int:

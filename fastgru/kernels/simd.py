@@ -92,6 +92,12 @@ def _vector_pointer(context, builder, array_type, array, index, vector_type):
     return builder.bitcast(builder.gep(data, [index]), vector_type.as_pointer())
 
 
+def _load_vector(context, builder, array_type, array, index, vector_type):
+    """The vector_type at array[index] (unaligned: the element's own alignment)."""
+    pointer = _vector_pointer(context, builder, array_type, array, index, vector_type)
+    return builder.load(pointer, align=array_type.dtype.bitwidth // 8)
+
+
 def _broadcast(builder, vector_type, value):
     undef = ir.Constant(vector_type, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
@@ -108,9 +114,8 @@ def load(typingctx, array, index):
     vector = Vector(array.dtype)
 
     def codegen(context, builder, sig, args):
-        vector_type = context.get_value_type(vector)
-        pointer = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vector_type)
-        return builder.load(pointer, align=array.dtype.bitwidth // 8)
+        return _load_vector(context, builder, sig.args[0], args[0], args[1],
+                            context.get_value_type(vector))
 
     return vector(array, index), codegen
 
@@ -164,8 +169,7 @@ def load_pair(typingctx, array, index):
         vector_type = context.get_value_type(vector)
         if array.dtype != types.uint16:
             second = builder.add(args[1], ir.Constant(args[1].type, vector.lanes))
-            halves = [builder.load(_vector_pointer(context, builder, sig.args[0], args[0], i,
-                                                   vector_type), align=array.dtype.bitwidth // 8)
+            halves = [_load_vector(context, builder, sig.args[0], args[0], i, vector_type)
                       for i in (args[1], second)]
         else:
             words_type = ir.VectorType(ir.IntType(32), vector.lanes)

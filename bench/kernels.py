@@ -41,8 +41,8 @@ def main() -> None:
         for B in (1, 16, 64):
             v = rng.standard_normal((B, H)).astype(np.float32)
             out = np.empty((B, packed.shape[0] * packed.shape[2]), np.float32)
-            seconds = median_seconds(kernels.matvec, (v, packed, out, 0, B, 0, packed.shape[0]),
-                                     max(3, int(3e7 / (B * w.size))))
+            args = (v, packed, out, 0, B, 0, packed.shape[0], False)
+            seconds = median_seconds(kernels.matvec, args, max(3, int(3e7 / (B * w.size))))
             expected = v.astype(np.float64) @ w.T.astype(np.float64)
             Hp = kernels.padded_units(H, np.float32)  # gate g's unit u is column g*Hp + u
             got = out[:, (np.arange(3)[:, None] * Hp + np.arange(H)).ravel()]

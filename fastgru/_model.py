@@ -86,7 +86,7 @@ def _project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int, ws: Wo
     if threads > 1 and out.size * x.shape[1] >= PROJECT_PARALLEL_MIN_MACS:
         kernels.project(x, w, out)
     else:
-        kernels.matvec(x, w, out, 0, x.shape[0], 0, w.shape[0])
+        kernels.matvec(x, w, out, 0, x.shape[0], 0, w.shape[0], False)
 
 
 def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str) -> "GRU":
@@ -464,7 +464,7 @@ class GRU:
             x0 = _operand(np.zeros((1, self.input_size), dt), self._w0, Workspace(dt))
             out = xproj.reshape(1, -1)
             kernels.project(x0, self._w0, out)  # both ways _project may go
-            kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0])
+            kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0], False)
             layer = (xproj, *self._layer_arrays[0], h)
             kernels.gru_layer_serial(*layer, *scratch, *tail, self._row_group)
             kernels.gru_layer(*layer, *scratch, *tail, self._row_group)

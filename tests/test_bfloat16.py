@@ -104,20 +104,23 @@ def product_case(rng, path, rows, inputs):
             columns(np.abs(v64) @ np.abs(torch_bf16(w)).T))
 
 
-@pytest.mark.parametrize("rows, inputs", [(1, 64), (7, 37), (16, 256)])
-def test_matvec_against_float64(rng, path, rows, inputs):
+@pytest.mark.parametrize("rows, inputs, backwards", [(1, 64, False), (1, 64, True),
+                                                    (7, 37, False), (7, 37, True),
+                                                    (16, 256, False)])
+def test_matvec_against_float64(rng, path, rows, inputs, backwards):
     operand, panels, out, expected, scale = product_case(rng, path, rows, inputs)
-    kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0])
+    kernels.matvec(operand, panels, out, 0, rows, 0, panels.shape[0], backwards)
     assert np.all(np.abs(out - expected) <= 1e-6 * scale + 1e-30)
 
 
-@pytest.mark.parametrize("rows, inputs, b0, p0", [(1, 64, 0, 0), (5, 33, 1, 1), (16, 7, 0, 0),
-                                                  (37, 96, 3, 1)])
-def test_tile_kernel_on_modelled_tiles(rng, rows, inputs, b0, p0):
-    """The AMX kernel's blocking (row blocks of 16 and their remainders, panels, pairs padded to
-    whole tiles) on a model of the tile instructions (tests/amx_emulator.py), on any CPU: its sums
-    match float64 on the rounded operands, it writes exactly rows b0.. and panels p0.., and no
-    tile reads or writes outside the arrays."""
+@pytest.mark.parametrize("rows, inputs, b0, p0, backwards", [
+    (1, 64, 0, 0, False), (5, 33, 1, 1, True), (16, 7, 0, 0, False), (37, 96, 3, 1, False),
+    (37, 96, 3, 1, True)])
+def test_tile_kernel_on_modelled_tiles(rng, rows, inputs, b0, p0, backwards):
+    """The AMX kernel's blocking (row blocks of 16 and their remainders, panels in either order,
+    pairs padded to whole tiles) on a model of the tile instructions (tests/amx_emulator.py), on
+    any CPU: its sums match float64 on the rounded operands, it writes exactly rows b0.. and
+    panels p0.., and no tile reads or writes outside the arrays."""
     from amx_emulator import emulated
 
     from fastgru.kernels.amx import matvec_tiles
@@ -125,7 +128,7 @@ def test_tile_kernel_on_modelled_tiles(rng, rows, inputs, b0, p0):
     operand, panels, out, expected, scale = product_case(rng, "tiles", rows, inputs)
     assert panels.dtype == np.int32 and panels.shape[1] % 16 == 0
     with emulated([operand, panels, out]):
-        matvec_tiles.py_func(operand, panels, out, b0, rows, p0, panels.shape[0])
+        matvec_tiles.py_func(operand, panels, out, b0, rows, p0, panels.shape[0], backwards)
     c0 = p0 * panels.shape[2]
     assert np.all(np.abs(out[b0:, c0:] - expected[b0:, c0:]) <= 1e-6 * scale[b0:, c0:] + 1e-30)
     assert np.isnan(out[:b0]).all() and np.isnan(out[:, :c0]).all()

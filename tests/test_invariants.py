@@ -189,6 +189,31 @@ def test_one_step_calls_of_any_batch_between_longer_calls(rng):
         assert_close(h_n, h_ref, "float32", f"h_n, B={batch}, T={steps}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 7])
+def test_products_in_either_panel_order_agree_bit_for_bit(rng, dtype, rows):
+    # Steps alternate the order in which they read the weight panels (gates); a row's sums must
+    # not depend on it. Odd and even panel counts: a lone row takes panels two at a time.
+    H, K = 200, 50
+    w = rng.standard_normal((3 * H, K)).astype(dtype)
+    v = rng.standard_normal((rows, K)).astype(dtype)
+    panels = kernels.pack_gate_rows(w, H)
+    n, P = panels.shape[0], panels.shape[2]
+    expected = kernels.pad_gate_columns((v.astype(np.float64) @ w.T.astype(np.float64)).astype(
+        dtype), H)  # padded like the kernel's columns of this dtype
+    for p0, p1 in ((0, n), (1, n), (1, n - 1)):
+        outs = []
+        for backwards in (False, True):
+            out = np.full((rows, n * P), np.nan, dtype)
+            kernels.matvec(v, panels, out, 0, rows, p0, p1, backwards)
+            outs.append(out)
+        assert np.array_equal(outs[0], outs[1], equal_nan=True), (p0, p1)
+        written = ~np.isnan(outs[1])
+        assert written[:, p0 * P:p1 * P].all() and written.sum() == rows * (p1 - p0) * P
+        assert_close(outs[1][:, p0 * P:p1 * P], expected[:, p0 * P:p1 * P], dtype.__name__,
+                     f"panels {p0}..{p1}")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_kernel_arrays_start_on_a_cache_line(rng, dtype):
     from fastgru._workspace import Workspace

@@ -190,7 +190,7 @@ def test_avx2_product_loops_keep_their_sums_in_registers(tmp_path):
         P = gru.panel_width(np.float32)
         for weights in (np.float32, np.uint16):
             args = (np.zeros((5, 64), np.float32), np.zeros((6, 64, P), weights),
-                    np.zeros((5, 6 * P), np.float32), 0, 5, 0, 6)
+                    np.zeros((5, 6 * P), np.float32), 0, 5, 0, 6, False)
             signature = tuple(numba.typeof(a) for a in args)
             gru.matvec.compile(signature)
             asm = gru.matvec.inspect_asm(signature)

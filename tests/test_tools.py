@@ -20,9 +20,9 @@ def test_gate_loops_leave_out_the_products_only(rng, tmp_path):
     panels = kernels.pack_gate_rows(rng.standard_normal((3 * H, 24)).astype(np.float32), H)
     v = rng.standard_normal((3, 24)).astype(np.float32)
     out = np.full((3, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
-    without.matvec(v, panels, out, 0, 3, 0, panels.shape[0])
+    without.matvec(v, panels, out, 0, 3, 0, panels.shape[0], False)
     assert np.isnan(out).all()  # no product was computed
-    kernels.matvec(v, panels, out, 0, 3, 0, panels.shape[0])
+    kernels.matvec(v, panels, out, 0, 3, 0, panels.shape[0], False)
     assert np.isfinite(out).all()
     # everything else is gru.py's own code
     with open(kernels.__file__) as f:

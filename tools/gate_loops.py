@@ -25,7 +25,7 @@ from bfloat16_paths import median_seconds  # this folder's timing rule: a median
 from fastgru.benchmark import SHAPES, builtin_model
 from fastgru.kernels import gru
 
-PRODUCT_CALL = "    _product(v, wp, out, b0, b1, p0, p1)\n"
+PRODUCT_CALL = "    _product(v, wp, out, b0, b1, p0, p1, backwards)\n"
 
 
 def kernels_without_products(folder: str):

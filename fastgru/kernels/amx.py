@@ -148,8 +148,9 @@ def tile_dot(typingctx, sums, operand, weights):
 
 
 @njit(**JIT_OPTIONS)
-def matvec_tiles(v, wp, out, b0, b1, p0, p1):
-    """out[b, p*64 + c] = sum_m v[b, m] . wp[p, m, c] for rows b0 <= b < b1, panels p0 <= p < p1.
+def matvec_tiles(v, wp, out, b0, b1, p0, p1, backwards):
+    """out[b, p*64 + c] = sum_m v[b, m] . wp[p, m, c] for rows b0 <= b < b1, panels p0 <= p < p1,
+    from p1 down to p0 when `backwards` (see gru.matvec).
 
     v: (B, >= pairs) uint32 operand pairs, wp: (panels, pairs, 64) int32 weight pairs with pairs
     a multiple of TILE_PAIRS, out: (B, >= p1*64) float32 with contiguous rows. Blocks of up to
@@ -165,7 +166,8 @@ def matvec_tiles(v, wp, out, b0, b1, p0, p1):
             tile_configure(rows)
             configured = rows
         operand_row = v.ctypes.data + m0 * operand_stride
-        for p in range(p0, p1):
+        for i in range(p1 - p0):
+            p = p1 - 1 - i if backwards else p0 + i
             panel = wp.ctypes.data + p * wp.strides[0]
             tile_zero(0)
             tile_zero(1)

@@ -376,7 +376,7 @@ class GRU:
         try:
             if T == 1 and dirs == 1 and (steps is None or steps.min(initial=1) == 1) and \
                     (B * self._step_macs < STEP_PARALLEL_MIN_MACS or numba.get_num_threads() == 1):
-                kernels.gru_stream_step(x[0], h_n, *stream_kernel_args(self, B, ws), y[0])
+                kernels.gru_stream_step(x[0], h_n, *stream_kernel_args(self, B, ws), 0, y[0])
                 return self._outputs(y, h_n, unbatched)
             xproj, xproj_rows, acc, hr, h_spare, between, full = self._call_scratch(ws, T, B)
             steps = full if steps is None else steps

@@ -97,8 +97,9 @@ class Stream:
         self._args = (self._h, *stream_kernel_args(model, B, Workspace(model.dtype)))
         self._x_shape = (B, model.input_size)
         self._out_shape = (B, model.hidden_size)
+        self._passes = 0  # over the weights so far: the kernel alternates their order
         self._kernel = _entry_point(kernels.gru_stream_step, np.empty(self._x_shape, model.dtype),
-                                    *self._args, np.empty(self._out_shape, model.dtype))
+                                    *self._args, 0, np.empty(self._out_shape, model.dtype))
         self._stepping = threading.Lock()
 
     @property
@@ -143,7 +144,7 @@ class Stream:
         if not self._stepping.acquire(blocking=False):  # cheaper than a context manager
             raise _busy("Stream")
         try:
-            self._kernel(x_t, *self._args, out)
+            self._passes = self._kernel(x_t, *self._args, self._passes, out)
         finally:
             self._stepping.release()
         return out
@@ -174,6 +175,7 @@ class StreamBatch:
         self._free = list(range(capacity - 1, -1, -1))
         self._ids = itertools.count()
         self._workspace = Workspace(model.dtype)
+        self._passes = 0  # as Stream's
         self._stepping = threading.Lock()
 
     def __len__(self) -> int:
@@ -239,7 +241,8 @@ class StreamBatch:
         try:
             h = self._workspace.get("h", (L, n, H))
             np.take(self._states, slots, axis=1, out=h)
-            kernels.gru_stream_step(x, h, *stream_kernel_args(m, n, self._workspace), out)
+            self._passes = kernels.gru_stream_step(
+                x, h, *stream_kernel_args(m, n, self._workspace), self._passes, out)
             self._states[:, slots] = h
         finally:
             self._stepping.release()

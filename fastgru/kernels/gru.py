@@ -379,18 +379,21 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
 
 @njit(inline="always", **JIT_OPTIONS)
 def step_rows(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, s, lengths, reverse, lbr, clip, y,
-              group, vb):
+              group, vb, passes):
     """Advance rows b0 <= b < b1 of direction d by step s, all units, h updated in place, in
-    groups of `group` rows (row_group), each group one pass over the weights."""
+    groups of `group` rows (row_group), each group one pass over the weights. passes: how many
+    passes over these weights came before (odd ones run backwards, see `gates`); returns that
+    count after this step's."""
     Hp = acc.shape[1] // 3
-    groups = -(-(b1 - b0) // group)
     for g0 in range(b0, b1, group):
         g1 = min(g0 + group, b1)
-        backwards = (s * groups + (g0 - b0) // group) % 2 == 1
+        backwards = passes % 2 == 1
         gates(xproj, d, bx, r, rbn, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip, vb,
               backwards)
         update(xproj, d, bx, r, h, h, acc, hr, g0, g1, 0, Hp, s, lengths, reverse, lbr, clip, vb,
                backwards, y)
+        passes += 1
+    return passes
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -418,9 +421,10 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
         b0 = min(B, 4 * (blk * quads // blocks))
         b1 = min(B, 4 * ((blk + 1) * quads // blocks))
         vb = operand_scratch(r, B, h.shape[2])
+        passes = 0
         for s in range(T):
-            step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
-                      b0, b1, s, lengths, reverse[d], lbr, clip, y, group, vb)
+            passes = step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+                               b0, b1, s, lengths, reverse[d], lbr, clip, y, group, vb, passes)
 
 
 @njit(**JIT_OPTIONS)
@@ -432,9 +436,10 @@ def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip,
     vb = operand_scratch(r, B, h.shape[2])
     xproj, bx, r, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, r, rbn, h, acc, hr, lengths, y)
     for d in range(r.shape[0]):
+        passes = 0
         for s in range(xproj.shape[0]):
-            step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
-                      0, B, s, lengths, reverse[d], lbr, clip, y, group, vb)
+            passes = step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+                               0, B, s, lengths, reverse[d], lbr, clip, y, group, vb, passes)
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -511,27 +516,30 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
 
 @njit(**JIT_OPTIONS)
 def gru_stream_step(x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, lbr, clip, ys, group,
-                    out):
+                    passes, out):
     """One step of a unidirectional stack, all layers, in one call.
 
     x: (B, D), h: (L, B, H) state, updated in place; w0: (3Hp/P, D, P) first layer's W, wrest:
     (L-1, 3Hp/P, H, P) the other layers'; bx: (L, 1, 3Hp), r: (L, 1, 3Hp/P, H, P), rbn:
     (L, 1, H); xproj: (1, B, 3Hp), acc: (B, 3Hp), hr: (B, H) scratch; ones: (B,) int64 of 1;
-    ys: (L, 1, B, H) per-layer outputs; group: rows per group (row_group); out: (B, H)
-    receives the top layer's output.
+    ys: (L, 1, B, H) per-layer outputs; group: rows per group (row_group); passes: the count
+    this returned at the stream's previous step (0 at the first), which sets the order the
+    weights are read in (see `gates`); out: (B, H) receives the top layer's output.
     """
     L = h.shape[0]
     B = x.shape[0]
     x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, ys, out = borrowed(
         x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, ys, out)
     vb = operand_scratch(w0, B, max(x.shape[1], h.shape[2]))
+    after = passes
     for k in range(L):
         inp = x if k == 0 else ys[k - 1, 0]
         w = w0 if k == 0 else wrest[k - 1]
-        matvec(operand(inp, w, vb, 0, B), w, xproj[0], 0, B, 0, w.shape[0], False)
-        step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
-                  0, B, 0, ones, False, lbr, clip, ys[k], group, vb)
+        matvec(operand(inp, w, vb, 0, B), w, xproj[0], 0, B, 0, w.shape[0], passes % 2 == 1)
+        after = step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
+                          0, B, 0, ones, False, lbr, clip, ys[k], group, vb, passes)
     out[:, :] = ys[L - 1, 0]
+    return after
 
 
 recover_caches(globals())  # a damaged or read-only cache costs a compilation, not an error

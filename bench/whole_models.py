@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
 import fastgru  # noqa: E402
-from fastgru.benchmark import Case, run, table  # noqa: E402
+from fastgru.benchmark import Case, median_seconds, run, table  # noqa: E402
 from test_session import (BidirectionalBatchFirst, EncoderDecoder, MaskNet,  # noqa: E402
                           StreamingNet, export)
 
@@ -63,12 +62,7 @@ def boundary_cost(folder: str, threads: int, seconds: float) -> tuple[float, flo
     for proto in (model, plus):
         session = fastgru.InferenceSession(proto, threads=threads)
         session.run(None, x)
-        times, end = [], time.perf_counter() + seconds
-        while time.perf_counter() < end or len(times) < 20:
-            start = time.perf_counter()
-            session.run(None, x)
-            times.append(time.perf_counter() - start)
-        medians.append(float(np.median(times)) * 1e6)
+        medians.append(median_seconds(lambda s=session: s.run(None, x), seconds, 20) * 1e6)
     return medians[0], medians[1]
 
 

@@ -259,6 +259,23 @@ def _make_call(runtime: str, case: Case, threads: int):
     raise ValueError(f"unknown runtime {runtime!r}; choose from {RUNTIMES}")
 
 
+def call_times(call, seconds: float, at_least: int = 5, at_most: int = 100_000) -> list[float]:
+    """Seconds taken by each of call()'s calls, made back to back for `seconds` (at least
+    `at_least` calls, at most `at_most`). Warm the call up first."""
+    times = []
+    end = time.perf_counter() + seconds
+    while len(times) < at_least or (time.perf_counter() < end and len(times) < at_most):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median_seconds(call, seconds: float, at_least: int = 5) -> float:
+    """The median of call_times(call, seconds, at_least)."""
+    return float(np.median(call_times(call, seconds, at_least)))
+
+
 def worker(runtime: str, case: Case, threads: int, seconds: float, out_path: str) -> dict:
     """Time one runtime on one case in this process; saves its output to out_path."""
     start = time.perf_counter()
@@ -269,12 +286,7 @@ def worker(runtime: str, case: Case, threads: int, seconds: float, out_path: str
     warm_until = time.perf_counter() + min(0.5, seconds / 4)
     while time.perf_counter() < warm_until:
         call()
-    times = []
-    end = time.perf_counter() + seconds
-    while len(times) < 5 or (time.perf_counter() < end and len(times) < 100_000):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    times = call_times(call, seconds)
     return {"runtime": runtime, "case": case.name, "threads": threads, "calls": len(times),
             "median_s": float(np.median(times)), "p99_s": float(np.percentile(times, 99)),
             "setup_s": first_call}

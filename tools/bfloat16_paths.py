@@ -13,25 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numba
 import numpy as np
 
 import fastgru
 from fastgru import _model
-from fastgru.benchmark import SHAPES, builtin_model
+from fastgru.benchmark import SHAPES, builtin_model, median_seconds
 from fastgru.kernels.bfloat16 import PATHS
-
-
-def median_seconds(call, seconds: float) -> float:
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 3:
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> int:
@@ -55,7 +44,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for label, model in models.items():
                 model(x)
-                rounds[label].append(median_seconds(lambda m=model, x=x: m(x), 0.4))
+                rounds[label].append(median_seconds(lambda m=model, x=x: m(x), 0.4, 3))
         us = {label: np.median(r) * 1e6 for label, r in rounds.items()}
         cells = [f"{us[p]:.0f} | {us['float32'] / us[p]:.2f}" for p in PATHS]
         print(f"| {name} | {us['float32']:.0f} | {' | '.join(cells)} |")

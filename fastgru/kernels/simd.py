@@ -296,3 +296,25 @@ def full_width_loops(typingctx):
         return context.get_dummy_value()
 
     return types.none(), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """A hint that element `index` of C-contiguous `array` (its data counted as one flat row)
+    will be read soon: its cache line is fetched without waiting for it. Never faults."""
+    if not (isinstance(array, types.Array) and array.layout == "C"
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        bytes_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        hint = builder.module.declare_intrinsic(
+            "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [bytes_pointer, i32, i32, i32]))
+        address = builder.bitcast(builder.gep(data, [args[1]]), bytes_pointer)
+        # a read, kept in every cache level, of data
+        builder.call(hint, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen

@@ -305,7 +305,8 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     fetched again. Measured on this project's AMD EPYC (family 26, 1 MiB L2), 1 thread,
     tools/ab.py, new / old: S6 (12.6 MB float32) 0.98, bfloat16 dot products 0.94, widened
     0.80. S2 gained too, though its 786 KB (float32, 0.84) and 393 KB (bfloat16, 0.72) should
-    fit L2; the batched bfloat16 shapes S3 and S4, each panel read once per 4 rows, lost 1-3%.
+    fit L2; the batched bfloat16 shapes S3 and S4 lost 1-3%, and are level since matvec_vectors
+    fetches the start of the next panel ahead.
     """
     full_width_loops()
     H = h.shape[1]

@@ -228,6 +228,33 @@ def test_kernel_arrays_start_on_a_cache_line(rng, dtype):
     assert not model._r.flags.writeable and workspace.get("a", (2, 2)).flags.writeable
 
 
+@pytest.mark.parametrize("text, expected", [("64\n", 64), ("128", 128), ("0", 32), ("48", 32),
+                                            ("", 32), (None, 32)])
+def test_cache_line_size_falls_back_on_nonsense(tmp_path, text, expected):
+    from fastgru.kernels import cpu
+
+    path = tmp_path / "coherency_line_size"
+    if text is not None:  # None: no such file
+        path.write_text(text)
+    assert cpu._cache_line_bytes(32, str(path)) == expected
+
+
+@pytest.mark.parametrize("l2_size, expected", [("2048K", 2 << 20), ("1M", 1 << 20), ("0K", 7),
+                                               ("", 7)])
+def test_cache_size_falls_back_on_nonsense(tmp_path, l2_size, expected):
+    from fastgru.kernels import cpu
+
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "32K"),
+                                                  ("2", "Unified", l2_size)]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    assert cpu._cache_bytes(1, 7, str(tmp_path)) == 48 << 10
+    assert cpu._cache_bytes(2, 7, str(tmp_path)) == expected
+    assert cpu._cache_bytes(3, 7, str(tmp_path)) == 7  # no such level
+
+
 def test_workspace_counts_the_bytes_it_holds():
     from fastgru._workspace import Workspace
 

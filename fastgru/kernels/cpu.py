@@ -9,9 +9,10 @@ import os
 import numpy as np
 
 
-def _cache_bytes(level: int, default: int) -> int:
-    """Size of cpu0's data (or unified) cache of `level`, from sysfs; `default` elsewhere."""
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+def _cache_bytes(level: int, default: int, root="/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Size of cpu0's data (or unified) cache of `level`, from sysfs; `default` where it does
+    not say, or says 0."""
+    for index in sorted(glob.glob(os.path.join(root, "index*"))):
         try:
             with open(os.path.join(index, "level")) as f:
                 if int(f.read()) != level:
@@ -25,18 +26,24 @@ def _cache_bytes(level: int, default: int) -> int:
             continue
         scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
         try:
-            return int(text.rstrip("KMG")) * scale
+            size = int(text.rstrip("KMG")) * scale
         except ValueError:
             continue
+        if size > 0:  # some virtual machines say 0
+            return size
     return default
 
 
-def _cache_line_bytes(default: int) -> int:
+def _cache_line_bytes(default: int,
+                      path="/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size") -> int:
+    """The cache line size the OS gives, if it is a power of two of at least 16 bytes (some
+    virtual machines say 0), else `default`."""
     try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size") as f:
-            return int(f.read())
+        with open(path) as f:
+            size = int(f.read())
     except (OSError, ValueError):
         return default
+    return size if size >= 16 and size & (size - 1) == 0 else default
 
 
 L2_BYTES = _cache_bytes(2, 1 << 20)  # per core; 1 MiB where the OS does not say

@@ -153,22 +153,21 @@ def matvec_vectors(v, wp, out, b0, b1, p0, p1, backwards):
     panel_size = wp.shape[1] * wp.shape[2]
     line = cpu.CACHE_LINE_BYTES // wp.itemsize
     lines = min(PREFETCH_LINES, -(-panel_size // line))
-    # The work in forward order: `twos` pairs of panels from p0 (a lone row), then single panels
+    # The work in forward order: `twos` pairs of panels from p0 (a lone row), then single
+    # panels; task t starts at panel p0 + t + min(t, twos)
     twos = (p1 - p0) // 2 if b1 - b0 == 1 else 0
-    singles_from = p0 + 2 * twos
-    count = twos + p1 - singles_from
+    count = p1 - p0 - twos
     for i in range(count):
         task = count - 1 - i if backwards else i
         if i + 1 < count:
-            after = count - 2 - i if backwards else i + 1
-            q = p0 + 2 * after if after < twos else singles_from + after - twos
+            following = task - 1 if backwards else task + 1
+            q = p0 + following + min(following, twos)
             for m in range(lines):
                 prefetch(wp, q * panel_size + m * line)
+        p = p0 + task + min(task, twos)
         if task < twos:
-            p = p0 + 2 * task
             _tile1x2(v, wp[p], wp[p + 1], out, b0, p * 4 * L, L)
             continue
-        p = singles_from + task - twos
         panel = wp[p]
         j = p * 4 * L
         b = b0

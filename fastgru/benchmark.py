@@ -383,6 +383,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="timing budget per measurement (default 1.0)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each runtime, taking turns in fresh processes; the table "
+                             "gives the median over rounds (default 1). On a machine whose speed "
+                             "moves between processes, compare with 3 or more")
 
 
 def bench(args) -> int:
@@ -404,6 +408,8 @@ def bench(args) -> int:
     if not threads or min(threads) < 1:
         raise ValueError(f"--threads takes comma-separated positive integers, got "
                          f"{args.threads!r}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be positive, got {args.rounds}")
     if args.model:
         if args.batch < 1 or args.seq < 1:
             raise ValueError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
@@ -415,7 +421,7 @@ def bench(args) -> int:
         if unknown:
             raise ValueError(f"unknown shape(s) {unknown}; choose from {list(SHAPES)}")
         cases = [SHAPES[s] for s in args.shapes.split(",")]
-    records = run(cases, ["fastgru", *peers], threads, args.seconds)
+    records = run(cases, ["fastgru", *peers], threads, args.seconds, args.rounds)
     print(table(records, cases))
     return 0
 

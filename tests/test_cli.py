@@ -87,6 +87,7 @@ def test_check_fails_when_the_file_disagrees(rng, tmp_path, capsys, monkeypatch)
      r"its header claims \(30000, 1000000\) float32 \(120000000000 bytes\)"),
     (["bench", "--threads", "0"], "--threads takes comma-separated positive integers, got '0'"),
     (["bench", "--threads", "two"], "--threads takes comma-separated positive integers"),
+    (["bench", "--rounds", "0"], "--rounds must be positive, got 0"),
     (["check", "{pt}", "--batch", "0"], "--batch and --seq must be positive, got 0, 20"),
     (["check", "{pt}", "--seq", "0"], "--batch and --seq must be positive, got 3, 0"),
     (["info", "{pt}", "--node", "gru"], r"is a PyTorch file, which takes batch_first=, dtype=, "
@@ -143,12 +144,17 @@ def test_bench_bfloat16_and_openvino_peers():
         assert 1e-5 < diffs[(shape, "fastgru-bf16")] < 1e-2
 
 
-def test_default_bench_stream_shape():
+def test_default_bench_stream_shape_in_rounds():
+    """The stream shape against the default peer, in two rounds: four worker processes, taking
+    turns, and still one row per runtime."""
     out = subprocess.run([sys.executable, "-m", "fastgru.cli", "bench", "--shapes", "S1",
-                          "--seconds", "0.05"], capture_output=True, text=True, timeout=300)
+                          "--seconds", "0.05", "--rounds", "2"],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| S1")]
     assert len(rows) == 2 and float(rows[1].split("|")[8]) == 0.0
+    progress = [line.split("] ")[1] for line in out.stderr.splitlines() if line.startswith("[")]
+    assert progress == ["S1 fastgru, 1 thread(s)", "S1 onnxruntime, 1 thread(s)"] * 2
 
 
 def test_check_a_float64_model(rng, tmp_path, capsys):

@@ -233,10 +233,10 @@ def test_kernel_arrays_start_on_a_cache_line(rng, dtype):
 def test_cache_line_size_falls_back_on_nonsense(tmp_path, text, expected):
     from fastgru.kernels import cpu
 
-    path = tmp_path / "coherency_line_size"
     if text is not None:  # None: no such file
-        path.write_text(text)
-    assert cpu._cache_line_bytes(32, str(path)) == expected
+        (tmp_path / "index0").mkdir()
+        (tmp_path / "index0" / "coherency_line_size").write_text(text)
+    assert cpu._cache_line_bytes(32, str(tmp_path)) == expected
 
 
 @pytest.mark.parametrize("l2_size, expected", [("2048K", 2 << 20), ("1M", 1 << 20), ("0K", 7),

@@ -9,7 +9,10 @@ import os
 import numpy as np
 
 
-def _cache_bytes(level: int, default: int, root="/sys/devices/system/cpu/cpu0/cache") -> int:
+_SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"  # one index* folder per cache of cpu0
+
+
+def _cache_bytes(level: int, default: int, root=_SYSFS_CACHE) -> int:
     """Size of cpu0's data (or unified) cache of `level`, from sysfs; `default` where it does
     not say, or says 0."""
     for index in sorted(glob.glob(os.path.join(root, "index*"))):
@@ -34,12 +37,11 @@ def _cache_bytes(level: int, default: int, root="/sys/devices/system/cpu/cpu0/ca
     return default
 
 
-def _cache_line_bytes(default: int,
-                      path="/sys/devices/system/cpu/cpu0/cache/index0/coherency_line_size") -> int:
+def _cache_line_bytes(default: int, root=_SYSFS_CACHE) -> int:
     """The cache line size the OS gives, if it is a power of two of at least 16 bytes (some
     virtual machines say 0), else `default`."""
     try:
-        with open(path) as f:
+        with open(os.path.join(root, "index0", "coherency_line_size")) as f:
             size = int(f.read())
     except (OSError, ValueError):
         return default

@@ -282,6 +282,27 @@ def project(x, wp, out):
                False)
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _fetch_inputs(xproj, b, b1, s, lengths, reverse, c0, n):
+    """Fetch xproj[t, b, c0:c0 + n] ahead of the gate loop that reads it: row b's inputs at
+    step s (t as in `gates`). Nothing for b >= b1 or a row past its length.
+
+    A step reads a few KB of each row's projections, at a stride of the whole batch's, from an
+    xproj larger than L2, and the CPU's prefetcher missed the first lines of every row (the
+    layer kernel on AMD EPYC family 26, 1 thread, took up to 6% (S4) and 8-15% (S5) longer a
+    step over all the steps than over a tenth of them). Fetched one row ahead, whole calls,
+    tools/ab.py, new / old: float32 S4 0.973, S5 0.968-0.971; bfloat16 S4 0.942, S5 0.959; S2,
+    S3, S6 level (bench/RESULTS.md).
+    """
+    if b >= b1 or s >= lengths[b]:
+        return
+    t = lengths[b] - 1 - s if reverse else s
+    line = cpu.CACHE_LINE_BYTES // xproj.itemsize
+    start = (t * xproj.shape[1] + b) * xproj.shape[2] + c0
+    for c in range(0, n, line):
+        prefetch(xproj, start + c)
+
+
 # gates, update and step_rows are inlined into every kernel that steps: called as functions, each
 # step passed some twenty arrays to each of them, with a reference count taken and dropped for
 # every one, about 0.5 us a step (measured, 1 thread, AMD EPYC family 26: H=64, T=200 285 ->
@@ -311,6 +332,11 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     H = h.shape[1]
     Hp = acc.shape[1] // 3
     P = r.shape[2]
+    u1 = min(j1, H)
+    n = u1 - j0
+    g = d * 3 * Hp + j0  # this direction's z columns of xproj, from unit j0
+    for gate in range(3):  # the first row's inputs arrive while the products run
+        _fetch_inputs(xproj, b0, b1, s, lengths, reverse, g + gate * Hp, n)
     hv = operand(h, r, vb, b0, b1)
     gates_here = 3 if lbr else 2
     if j1 - j0 == Hp:  # all units: the gates' panels are adjacent, one call pairs them up
@@ -319,10 +345,9 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
         for i in range(gates_here):
             gate = gates_here - 1 - i if backwards else i
             matvec(hv, r, acc, b0, b1, (gate * Hp + j0) // P, (gate * Hp + j1) // P, backwards)
-    u1 = min(j1, H)
-    n = u1 - j0
-    g = d * 3 * Hp + j0  # this direction's z columns of xproj, from unit j0
     for b in range(b0, b1):
+        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n)
+        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g + Hp, n)
         if s >= lengths[b]:
             continue
         t = lengths[b] - 1 - s if reverse else s
@@ -373,6 +398,7 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     g = d * 3 * Hp + 2 * Hp + j0  # this direction's n columns of xproj, from unit j0
     yj = d * H + j0
     for b in range(b0, b1):
+        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n)
         hb, hn = h[b, j0:u1], h_new[b, j0:u1]
         if s >= lengths[b]:
             ys = y[s, b, yj:yj + n]

@@ -101,8 +101,13 @@ def _clip_for(v, c):
 PREFETCH_LINES = 16
 
 # A 4-row tile keeps 16 vector sums, 4 weight vectors and a broadcast in registers: it needs
-# AVX-512's 32 vector registers. With 16 (AVX2) it spills (measured on this machine compiling
-# for Haswell: 38 GFLOP/s against 100 for 2-row tiles), so tiles stop at 2 rows there.
+# AVX-512's 32 vector registers. With AVX2's 16 it spills (measured on this machine compiling
+# for Haswell: 38 GFLOP/s against 100 for 2-row tiles), and a 2-row tile's 8 sums are just as
+# many as two multiply-add units of 4 cycles' latency keep busy, with no slack: 110-114 GFLOP/s
+# at H=256, B=8 and 16, where 12 independent sums reach 134-135. So AVX2 takes 6 rows times half
+# a panel (12 sums, 2 weight vectors, a broadcast: 15 registers): 122-129 GFLOP/s, and whole
+# calls S3-S5 0.88-0.93 of their time (tools/ab.py, float32 and widened bfloat16). On AVX-512
+# the half-panel tiles were slower at B=8 and 16 (231-235 against 239-247 GFLOP/s).
 FOUR_ROW_TILES = VECTOR_BYTES == 64
 
 
@@ -137,11 +142,12 @@ def _product_for(v, wp, out, b0, b1, p0, p1, backwards):
 
 @njit(**JIT_OPTIONS)
 def matvec_vectors(v, wp, out, b0, b1, p0, p1, backwards):
-    """matvec in vector registers. Register tiles of 4 rows (see FOUR_ROW_TILES), 2 rows or 1 row
-    times one panel of four vectors: per k, four vector loads and one broadcast per row feed 4
-    vector sums per row. A lone row (batch 1) takes two panels at a time: 8 sums in flight
-    rather than 4, so the fused multiply-adds' latency does not hold back the loads. Every sum
-    is one chain of fused multiply-adds over k in order, whatever tile computes it.
+    """matvec in vector registers. Register tiles of 4 rows times one panel of four vectors (6 rows
+    times half a panel with AVX2, see FOUR_ROW_TILES), then 2 rows or 1 row times a panel: per k, a
+    vector load per weight vector and a broadcast per row feed the tile's sums. A lone row (batch 1)
+    takes two panels at a time: 8 sums in flight rather than 4, so the fused multiply-adds' latency
+    does not hold back the loads. Every sum is one chain of fused multiply-adds over k in order,
+    whatever tile computes it.
 
     While one panel is multiplied, the first PREFETCH_LINES cache lines of the next one to be
     visited are fetched: read backwards, the panels no longer follow each other in memory, and
@@ -175,6 +181,11 @@ def matvec_vectors(v, wp, out, b0, b1, p0, p1, backwards):
             while b + 4 <= b1:
                 _tile4(v, panel, out, b, j, L)
                 b += 4
+        else:
+            while b + 6 <= b1:
+                _tile6_half(v, panel, out, b, j, L, 0)
+                _tile6_half(v, panel, out, b, j, L, 2 * L)
+                b += 6
         while b + 2 <= b1:
             _tile2(v, panel, out, b, j, L)
             b += 2
@@ -197,6 +208,28 @@ def _tile4(v, panel, out, b, j, L):
     _store4(out[b + 1], j, L, a10, a11, a12, a13)
     _store4(out[b + 2], j, L, a20, a21, a22, a23)
     _store4(out[b + 3], j, L, a30, a31, a32, a33)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _tile6_half(v, panel, out, b, j, L, c):
+    """Rows b..b+5 times half a panel: its two vectors from column c (0 or 2L)."""
+    v0, v1, v2, v3, v4, v5 = v[b], v[b + 1], v[b + 2], v[b + 3], v[b + 4], v[b + 5]
+    a00 = a01 = a10 = a11 = a20 = a21 = splat(out.dtype.type(0.0))
+    a30 = a31 = a40 = a41 = a50 = a51 = a00
+    for k in range(v.shape[1]):
+        w0, w1 = load_pair(panel[k], c)
+        a00, a01 = fma(v0[k], w0, a00), fma(v0[k], w1, a01)
+        a10, a11 = fma(v1[k], w0, a10), fma(v1[k], w1, a11)
+        a20, a21 = fma(v2[k], w0, a20), fma(v2[k], w1, a21)
+        a30, a31 = fma(v3[k], w0, a30), fma(v3[k], w1, a31)
+        a40, a41 = fma(v4[k], w0, a40), fma(v4[k], w1, a41)
+        a50, a51 = fma(v5[k], w0, a50), fma(v5[k], w1, a51)
+    _store2(out[b], j + c, L, a00, a01)
+    _store2(out[b + 1], j + c, L, a10, a11)
+    _store2(out[b + 2], j + c, L, a20, a21)
+    _store2(out[b + 3], j + c, L, a30, a31)
+    _store2(out[b + 4], j + c, L, a40, a41)
+    _store2(out[b + 5], j + c, L, a50, a51)
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -245,6 +278,12 @@ def _load4(row, L):
 @njit(inline="always", **JIT_OPTIONS)
 def _fma4(x, w0, w1, w2, w3, a0, a1, a2, a3):
     return fma(x, w0, a0), fma(x, w1, a1), fma(x, w2, a2), fma(x, w3, a3)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def _store2(row, j, L, a0, a1):
+    store(row, j, a0)
+    store(row, j + L, a1)
 
 
 @njit(inline="always", **JIT_OPTIONS)

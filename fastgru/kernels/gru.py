@@ -322,9 +322,10 @@ def project(x, wp, out):
 
 
 @njit(inline="always", **JIT_OPTIONS)
-def _fetch_inputs(xproj, b, b1, s, lengths, reverse, c0, n):
-    """Fetch xproj[t, b, c0:c0 + n] ahead of the gate loop that reads it: row b's inputs at
-    step s (t as in `gates`). Nothing for b >= b1 or a row past its length.
+def _fetch_inputs(xproj, b, b1, s, lengths, reverse, c0, n, gates, Hp):
+    """Fetch row b's inputs at step s ahead of the gate loop that reads them: for each of
+    `gates` gates from column c0, Hp columns apart, xproj[t, b, c0 + i*Hp:c0 + i*Hp + n] (t as in
+    `gates`). Nothing for b >= b1 or a row past its length.
 
     A step reads a few KB of each row's projections, at a stride of the whole batch's, from an
     xproj larger than L2, and the CPU's prefetcher missed the first lines of every row (the
@@ -338,8 +339,9 @@ def _fetch_inputs(xproj, b, b1, s, lengths, reverse, c0, n):
     t = lengths[b] - 1 - s if reverse else s
     line = cpu.CACHE_LINE_BYTES // xproj.itemsize
     start = (t * xproj.shape[1] + b) * xproj.shape[2] + c0
-    for c in range(0, n, line):
-        prefetch(xproj, start + c)
+    for gate in range(gates):
+        for c in range(0, n, line):
+            prefetch(xproj, start + gate * Hp + c)
 
 
 # gates, update and step_rows are inlined into every kernel that steps: called as functions, each
@@ -374,8 +376,8 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     u1 = min(j1, H)
     n = u1 - j0
     g = d * 3 * Hp + j0  # this direction's z columns of xproj, from unit j0
-    for gate in range(3):  # the first row's inputs arrive while the products run
-        _fetch_inputs(xproj, b0, b1, s, lengths, reverse, g + gate * Hp, n)
+    # the first row's inputs arrive while the products run
+    _fetch_inputs(xproj, b0, b1, s, lengths, reverse, g, n, 3, Hp)
     hv = operand(h, r, vb, b0, b1)
     gates_here = 3 if lbr else 2
     if j1 - j0 == Hp:  # all units: the gates' panels are adjacent, one call pairs them up
@@ -385,8 +387,7 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
             gate = gates_here - 1 - i if backwards else i
             matvec(hv, r, acc, b0, b1, (gate * Hp + j0) // P, (gate * Hp + j1) // P, backwards)
     for b in range(b0, b1):
-        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n)
-        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g + Hp, n)
+        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n, 2, Hp)  # z and r
         if s >= lengths[b]:
             continue
         t = lengths[b] - 1 - s if reverse else s
@@ -437,7 +438,7 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     g = d * 3 * Hp + 2 * Hp + j0  # this direction's n columns of xproj, from unit j0
     yj = d * H + j0
     for b in range(b0, b1):
-        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n)
+        _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n, 1, Hp)  # n
         hb, hn = h[b, j0:u1], h_new[b, j0:u1]
         if s >= lengths[b]:
             ys = y[s, b, yj:yj + n]

@@ -322,10 +322,16 @@ def project(x, wp, out):
 
 
 @njit(inline="always", **JIT_OPTIONS)
+def _time_index(s, length, reverse):
+    """The time index a row of `length` steps reads at step s: s, or length - 1 - s in reverse."""
+    return length - 1 - s if reverse else s
+
+
+@njit(inline="always", **JIT_OPTIONS)
 def _fetch_inputs(xproj, b, b1, s, lengths, reverse, c0, n, gates, Hp):
     """Fetch row b's inputs at step s ahead of the gate loop that reads them: for each of
-    `gates` gates from column c0, Hp columns apart, xproj[t, b, c0 + i*Hp:c0 + i*Hp + n] (t as in
-    `gates`). Nothing for b >= b1 or a row past its length.
+    `gates` gates from column c0, Hp columns apart, xproj[t, b, c0 + i*Hp:c0 + i*Hp + n] (t from
+    _time_index). Nothing for b >= b1 or a row past its length.
 
     A step reads a few KB of each row's projections, at a stride of the whole batch's, from an
     xproj larger than L2, and the CPU's prefetcher missed the first lines of every row (the
@@ -336,7 +342,7 @@ def _fetch_inputs(xproj, b, b1, s, lengths, reverse, c0, n, gates, Hp):
     """
     if b >= b1 or s >= lengths[b]:
         return
-    t = lengths[b] - 1 - s if reverse else s
+    t = _time_index(s, lengths[b], reverse)
     line = cpu.CACHE_LINE_BYTES // xproj.itemsize
     start = (t * xproj.shape[1] + b) * xproj.shape[2] + c0
     for gate in range(gates):
@@ -390,7 +396,7 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
         _fetch_inputs(xproj, b + 1, b1, s, lengths, reverse, g, n, 2, Hp)  # z and r
         if s >= lengths[b]:
             continue
-        t = lengths[b] - 1 - s if reverse else s
+        t = _time_index(s, lengths[b], reverse)
         xp = xproj[t, b]
         # Every array sliced to units j0..u1 and indexed from 0: an index LLVM can prove is not
         # negative skips Numba's wraparound, and only then are the loops vectorized (2 us more
@@ -446,7 +452,7 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
                 ys[j] = 0.0
                 hn[j] = hb[j]
             continue
-        t = lengths[b] - 1 - s if reverse else s
+        t = _time_index(s, lengths[b], reverse)
         # Sliced and indexed from 0 as in `gates`. The new state goes to y, not h_new: h_new
         # may be h, which LLVM's overlap check cannot tell from a true overlap. It is copied
         # to h_new in a loop of its own: a slice assignment (h_new[...] = ...) compiles to

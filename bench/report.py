@@ -4,10 +4,10 @@
     .venv/bin/python bench/report.py [--threads 1,2] [--seconds 1] [--rounds 2] [--quick]
 
 Each runtime runs in its own process, runtimes take turns, medians after warm-up. Besides the
-S1-S6 table it measures the machine's ceilings in the same run (a large float32 matrix product for
-FLOP/s, a batch-1 matrix-vector product over recurrent weights for bandwidth), a batch/hidden-size
-sweep against onnxruntime, and the time from process start to the first result. A PNG chart of
-the ratios is drawn when matplotlib is installed.
+S1-S6 table it measures the machine's ceilings in the same run (bench/ceilings.py: the cores'
+fused multiply-add peak, read rates, NumPy's matrix products) and from them the fastest each
+shape could run here, a batch/hidden-size sweep against onnxruntime, and the time from process
+start to the first result. A PNG chart of the ratios is drawn when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -15,37 +15,21 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import re
+import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
 
+from ceilings import recurrent_weight_bytes
 from cold_start import first_results
 from fastgru.benchmark import SHAPES, Case, run, table, thread_env
+from fastgru.kernels.cpu import L1_BYTES, L2_BYTES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-CEILINGS = r"""
-import json, sys, time
-import numpy as np
-def best(f, n):
-    f(); ts = []
-    for _ in range(n):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-rng = np.random.default_rng(0)
-a = rng.standard_normal((2048, 2048), dtype=np.float32)
-t = best(lambda: a @ a, 10)
-out = {"sgemm_gflops": 2 * 2048 ** 3 / t / 1e9}
-for H in (256, 1024):
-    r = rng.standard_normal((3 * H, H), dtype=np.float32)
-    h = rng.standard_normal(H, dtype=np.float32)
-    t = best(lambda: r @ h, 2000 if H == 256 else 200)
-    out[f"matvec_GBps_H{H}"] = r.nbytes / t / 1e9
-print(json.dumps(out))
-"""
 
 def cpu_name() -> str:
     """The CPU's model name with its family and model numbers, from /proc/cpuinfo (a name such
@@ -90,35 +74,92 @@ def _threading_layer() -> str:
 
 
 def ceilings(threads_list) -> dict:
-    import json
-
+    """bench/ceilings.py's measurements, in a process of their own for each thread count."""
     found = {}
     for threads in threads_list:
-        out = subprocess.run([sys.executable, "-c", CEILINGS], capture_output=True, text=True,
-                             env=thread_env(threads), check=True).stdout
+        out = subprocess.run([sys.executable, os.path.join(HERE, "ceilings.py")],
+                             capture_output=True, text=True, env=thread_env(threads),
+                             check=True).stdout
         found[threads] = json.loads(out)
     return found
 
 
-def ceiling_table(records, ceiling) -> str:
-    """Issue 5's yardsticks: S3, S4 as a share of the matrix product's GFLOP/s; S2, S6 as a share
-    of the matvec bandwidth over weights of the same size (the cache level that holds them),
-    counting the recurrent weights read once per step (the projection's time included)."""
-    rows = ["| case | threads | fastgru | ceiling | share |", "|---|---|---|---|---|"]
+# Issue 15's goals: the best float32 peer's time / fastgru's float32 time, per shape
+GOALS = {"S2": 1.2, "S3": 1.2, "S4": 1.05, "S5": 1.3, "S6": 1.2}
+FLOAT32_PEERS = ("onnxruntime", "torch", "openvino-f32")
+
+
+def fastest_allowed(case: Case, threads: int, ceiling: dict) -> tuple[float, str]:
+    """The least time a float32 call of `case` can take here (seconds), and what sets it.
+
+    Its multiply-adds at the measured fused multiply-add peak: no float32 code doing them can be
+    faster. Or fetching each layer-direction's recurrent weights once a step at the read rate
+    measured for their size on these threads, less what the threads' nearer caches can keep from
+    the step before: their L2s where the weights exceed them, else their L1s.
+    """
+    arithmetic = case.flops / (ceiling["fma_gflops"] * 1e9)
+    size = recurrent_weight_bytes(case.hidden_size)
+    beyond_l2 = size > threads * L2_BYTES
+    kept = threads * (L2_BYTES if beyond_l2 else L1_BYTES)
+    rate = ceiling["read_GBps"].get(str(size))
+    if rate is None or size <= kept:
+        return arithmetic, "multiply-adds"
+    passes = case.steps * case.num_layers * (2 if case.bidirectional else 1)
+    reads = passes * (size - kept) / (rate * 1e9)
+    if reads <= arithmetic:
+        return arithmetic, "multiply-adds"
+    return reads, "reads beyond L2" if beyond_l2 else "reads from L2"
+
+
+def limits_table(records, ceiling) -> str:
+    """Per shape: the fastest a float32 call can be here (fastest_allowed), fastgru's time as a
+    share of that, and the most any float32 code could be ahead of the best float32 peer, beside
+    issue 15's goal for fastgru."""
+    times = {(r["case"], r["threads"], r["runtime"]): r["median_s"] for r in records}
+    rows = ["| case | threads | fastest allowed µs | set by | fastgru µs | allowed / fastgru "
+            "| best float32 peer | its µs | peer / allowed | peer / fastgru | goal |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        case = SHAPES[r["case"]]
-        if r["runtime"] != "fastgru" or case.name not in ("S2", "S3", "S4", "S6"):
+        if r["runtime"] != "fastgru" or r["case"] not in GOALS:
             continue
-        c = ceiling[r["threads"]]
-        if case.batch == 1:
-            rate = 12 * case.hidden_size ** 2 * case.steps / r["median_s"] / 1e9
-            top = c[f"matvec_GBps_H{case.hidden_size}"]
-            unit = "GB/s of recurrent weights"
+        case, threads = SHAPES[r["case"]], r["threads"]
+        allowed, limit = fastest_allowed(case, threads, ceiling[threads])
+        peers = {p: times[(case.name, threads, p)] for p in FLOAT32_PEERS
+                 if (case.name, threads, p) in times}
+        cells = [case.name, str(threads), f"{allowed * 1e6:.0f}", limit,
+                 f"{r['median_s'] * 1e6:.0f}", f"{allowed / r['median_s']:.0%}"]
+        if peers:
+            best = min(peers, key=peers.get)
+            cells += [best, f"{peers[best] * 1e6:.0f}", f"{peers[best] / allowed:.2f}",
+                      f"{peers[best] / r['median_s']:.2f}", f"{GOALS[case.name]:.2f}"]
         else:
-            rate, top, unit = case.flops / r["median_s"] / 1e9, c["sgemm_gflops"], "GFLOP/s"
-        rows.append(f"| {case.name} | {r['threads']} | {rate:.1f} {unit} | {top:.1f} "
-                    f"| {rate / top:.0%} |")
+            cells += ["-"] * 5
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def ceilings_table(ceiling) -> str:
+    sizes = next(iter(ceiling.values()))["read_GBps"]
+    rows = ["| threads | fused multiply-add peak GFLOP/s | "
+            + " | ".join(f"read of {int(n) / 1e6:.1f} MB GB/s" for n in sizes)
+            + " | NumPy 2048² matrix product GFLOP/s | NumPy matvec over 3H×H weights, H=256 "
+            "(786 KB) GB/s | H=1024 (12.6 MB) GB/s |", "|---" * (5 + len(sizes)) + "|"]
+    for t, c in ceiling.items():
+        rows.append(f"| {t} | {c['fma_gflops']:.1f} | "
+                    + " | ".join(f"{c['read_GBps'][n]:.1f}" for n in sizes)
+                    + f" | {c['sgemm_gflops']:.1f} | {c['matvec_GBps_H256']:.1f} "
+                    f"| {c['matvec_GBps_H1024']:.1f} |")
+    return "\n".join(rows)
+
+
+LIMITS_NOTE = (
+    "\"Fastest allowed\": a shape's multiply-adds at the fused multiply-add peak above (nothing "
+    "doing them in float32 on these cores is faster), or fetching each layer-direction's "
+    "recurrent weights once a step at the read rate above for their size, less what the "
+    "threads' nearer caches can keep from the step before (their L2s where the weights exceed "
+    "them, else their L1s), whichever takes longer. "
+    "\"Peer / allowed\" is the most any float32 code could be ahead of the best float32 peer "
+    "here; issue 15's goal for fastgru is beside it.")
 
 
 def sweep_cases(quick: bool):
@@ -191,15 +232,12 @@ def main(argv=None) -> int:
     lines = [f"## {cpu_name()}", "", f"Command: `{command}`", "", f"Machine: {machine()}", "",
              "Each runtime in its own process, runtimes taking turns "
              f"({args.rounds} rounds), medians after warm-up. \"time / fastgru's\" above 1 means "
-             "fastgru is faster.", "", "### Ceilings measured in the same run", "",
-             "| threads | float32 2048² matrix product GFLOP/s | matvec over 3H×H weights, "
-             "H=256 (786 KB) GB/s | H=1024 (12.6 MB) GB/s |", "|---|---|---|---|"]
-    for t, c in ceiling.items():
-        lines.append(f"| {t} | {c['sgemm_gflops']:.1f} | {c['matvec_GBps_H256']:.1f} "
-                     f"| {c['matvec_GBps_H1024']:.1f} |")
+             "fastgru is faster.", "", "### Ceilings measured in the same run "
+             "(`python bench/ceilings.py`)", "", ceilings_table(ceiling)]
     lines += ["", "### S1-S6 (DESIGN.md)", "", table(records, list(SHAPES.values())), ""]
     lines += ["### bfloat16", "", bfloat16_table(records), ""]
-    lines += ["### fastgru against the ceilings", "", ceiling_table(records, ceiling), ""]
+    lines += ["### What the ceilings allow (float32)", "", LIMITS_NOTE, "",
+              limits_table(records, ceiling), ""]
     if has_chart:
         lines += ["![ratios](ratios.png)", ""]
     lines += ["### Sweep: T=20, D=128, 1 thread, fastgru against onnxruntime", "",

@@ -48,6 +48,7 @@ def _cache_line_bytes(default: int, root=_SYSFS_CACHE) -> int:
     return size if size >= 16 and size & (size - 1) == 0 else default
 
 
+L1_BYTES = _cache_bytes(1, 32 << 10)  # per core, data; bench/report.py's limits
 L2_BYTES = _cache_bytes(2, 1 << 20)  # per core; 1 MiB where the OS does not say
 CACHE_LINE_BYTES = _cache_line_bytes(64)
 

@@ -110,9 +110,9 @@ def read_gbps(nbytes: int, threads: int) -> float:
     block = threads * READ_SUMS * LANES
     values = empty_aligned((-(-nbytes // 4 // block) * block,), np.float32)  # as the weights are
     values[:] = 1.0
-    repeats = max(1, int(2e9 // values.nbytes))  # about 2 GB a measurement
+    repeats = max(1, int(1e9 // values.nbytes))  # about 1 GB a measurement
     out = np.zeros((threads, READ_SUMS * LANES), np.float32)
-    seconds = _fastest_seconds(lambda: _reads(values, repeats, out))
+    seconds = _fastest_seconds(lambda: _reads(values, repeats, out), 25)
     return values.nbytes * repeats / seconds / 1e9
 
 

@@ -40,7 +40,7 @@ import report  # noqa: E402
 def test_ceilings_count_every_multiply_add_and_read_every_value_once_a_pass():
     threads, repeats = 2, 1000
     sums = np.zeros((threads, ceilings.SUMS * ceilings.LANES), np.float32)
-    ceilings._multiply_adds(repeats, sums)
+    ceilings._multiply_adds(np.float32(1.0), repeats, sums)
     # each sum starts at its thread's number and gains 1 * 0.5 at each of its multiply-adds
     assert np.array_equal(sums, np.arange(threads)[:, None] + np.full(sums.shape, repeats * 0.5))
     block = threads * ceilings.READ_SUMS * ceilings.LANES

@@ -1,4 +1,4 @@
-"""The measuring tools in tools/ measure what they say."""
+"""The measuring tools in tools/ and bench/ measure what they say."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import numpy as np
 
 from fastgru.kernels import gru as kernels
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tools"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# after everything else, so that bench/conftest.py and bench/kernels.py shadow nothing
+sys.path += [os.path.join(ROOT, "tools"), os.path.join(ROOT, "bench")]
+import ceilings  # noqa: E402
 import gate_loops  # noqa: E402
+import report  # noqa: E402
 
 
 def test_gate_loops_leave_out_the_products_only(rng, tmp_path):
@@ -29,12 +32,6 @@ def test_gate_loops_leave_out_the_products_only(rng, tmp_path):
         source = f.read()
     with open(tmp_path / "gru_without_products.py") as f:
         assert f.read() == source.replace(gate_loops.PRODUCT_CALL, "    pass\n")
-
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "bench"))
-import ceilings  # noqa: E402
-import report  # noqa: E402
 
 
 def test_ceilings_count_every_multiply_add_and_read_every_value_once_a_pass():

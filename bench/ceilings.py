@@ -21,13 +21,12 @@ count, in its own process):
 from __future__ import annotations
 
 import json
-import time
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from fastgru.benchmark import SHAPES
+from fastgru.benchmark import SHAPES, call_times
 from fastgru.kernels.cpu import empty_aligned
 from fastgru.kernels.simd import fma, lanes, load_pair, splat, store
 
@@ -88,13 +87,9 @@ def _add_pair(values, i, a, b):
 
 
 def _fastest_seconds(function, rounds: int = 9) -> float:
-    function()  # compiles, and warms the caches
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    """The fastest of `rounds` calls, after one that compiles and warms the caches."""
+    function()
+    return min(call_times(function, 0.0, rounds))
 
 
 def fma_gflops(threads: int) -> float:

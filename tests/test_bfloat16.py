@@ -81,6 +81,50 @@ def test_rounding_matches_torch(rng):
         assert np.all(pairs[:, K // 2] >> 16 == 0) and np.all(pairs[:, (K + 1) // 2:] == 0)
 
 
+# NaNs whose bits a carry of the rounding took past the exponent (0x7FFFFFFF to -0, 0xFFFFFFFF to
+# +0) or into it (0x7F800001, a signalling NaN, to inf)
+NAN_BITS = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0xFF800001, 0x7FC00000], np.uint32)
+
+
+def test_rounding_keeps_nans():
+    """Operands rounded into pairs: a NaN stays a NaN of its sign, quiet (the float32 of its top
+    half: what vcvtneps2bf16 gives), at the positions rounded a vector at a time and those rounded
+    one at a time (K=37: values 0-31 by vectors, 32-36 alone)."""
+    K = 37
+    v = np.ones((len(NAN_BITS), K), np.float32)
+    for at in (0, 17, 31, 32, 35, 36):
+        v[:, at] = NAN_BITS.view(np.float32)
+    pairs = np.zeros((len(v), (K + 1) // 2), np.uint32)
+    round_to_pairs(v, pairs, 0, len(v))
+    halves = np.stack([pairs & 0xFFFF, pairs >> 16], axis=-1).reshape(len(v), -1)[:, :K]
+    expected = (NAN_BITS[:, None] >> 16) | 0x40  # the sign and payload's top, made quiet
+    nan = np.isnan(v)
+    assert np.array_equal(halves[nan], np.broadcast_to(expected, v.shape)[nan])
+    assert np.all(halves[~nan] == 0x3F80)  # 1.0
+
+
+@pytest.mark.parametrize("H", [80, 20])  # 20: units 16-19 of the state are rounded one at a time
+def test_nan_in_gives_nan_out(path, H):
+    """NaN of every bit pattern in x (at a feature rounded a vector at a time, 3, or alone, 19)
+    or in h0 (unit 2, or H-2) makes its row's outputs NaN; every other row stays finite."""
+    rng = np.random.default_rng(7)
+    spec = random_spec(rng, 21, H, 2, "forward", True, scale=0.3)
+    model = fastgru.GRU(spec, dtype="bfloat16")
+    cases = [(where, at, bits) for bits in NAN_BITS[:3] for where, at in
+             (("x", 3), ("x", 19), ("h0", 2), ("h0", H - 2))]
+    B = len(cases) + 2  # the first and last rows clean
+    x = rng.standard_normal((4, B, 21)).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (2, B, H)).astype(np.float32)
+    for b, (where, at, bits) in enumerate(cases, 1):
+        target = x[0, b] if where == "x" else h0[0, b]
+        target.view(np.uint32)[at] = bits
+    y, h_n = model(x, h0)
+    for b, case in enumerate(cases, 1):
+        assert np.isnan(y[:, b]).all() and np.isnan(h_n[:, b]).all(), (case, y[:, b])
+    for b in (0, B - 1):
+        assert np.isfinite(y[:, b]).all() and np.isfinite(h_n[:, b]).all()
+
+
 def product_case(rng, path, rows, inputs):
     """A product for the kernels of `path`: 3 gates of 40 units (panels with padding columns),
     rows x inputs random operands. Returns (operand, panels, out full of NaN, expected, scale):

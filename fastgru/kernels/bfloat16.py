@@ -64,7 +64,10 @@ def _pairs(inputs, multiple):
 @njit(inline="always", **JIT_OPTIONS)
 def _round(bits):
     """The bfloat16 nearest a float32 given by its bits (uint32), ties to even, in the low half;
-    a subnormal value gives a zero of its sign, as simd.store_bfloat16 does."""
+    a subnormal value gives a zero of its sign and a NaN the quiet NaN of its sign and top half,
+    as simd.store_bfloat16 does (rounding a NaN's bits would carry them to a zero or an inf)."""
+    if bits & np.uint32(0x7FFFFFFF) > np.uint32(0x7F800000):
+        return (bits >> np.uint32(16)) | np.uint32(0x40)
     if bits & np.uint32(0x7F800000) == 0:
         return (bits >> np.uint32(16)) & np.uint32(0x8000)
     return (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
@@ -79,9 +82,10 @@ def round_to_pairs(v, pairs, b0, b1):
 
     v: (B, K) float32, pairs: (B, >= ceil(K/2)) uint32; an odd K's last pair has a zero high
     half, and pairs past ceil(K/2) (a tile's padding) are zeros. Rounded to nearest, ties to
-    even, subnormal values (below 2^-126) to zero: a vector of values at a time by the CPU's
-    conversion (simd.store_bfloat16; the integer arithmetic that LLVM made of `_round` took
-    0.09-0.2 ns a value, half a gate's sigmoid), the rest one at a time.
+    even, subnormal values (below 2^-126) to zero, NaNs to quiet NaNs of their sign: a vector of
+    values at a time by the CPU's conversion (simd.store_bfloat16; the integer arithmetic that
+    LLVM made of `_round` took 0.09-0.2 ns a value, half a gate's sigmoid), the rest one at a
+    time.
     """
     full_width_loops()
     K = v.shape[1]

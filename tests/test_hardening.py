@@ -308,6 +308,23 @@ def test_damaged_cache_is_recompiled(tmp_path):
     assert "misses 0" in again.stdout  # the next process loads the rewritten cache
 
 
+@pytest.mark.slow
+def test_cache_follows_inlined_helpers(tmp_path):
+    """gru.py's kernels inline bfloat16.round_to_pairs: after a fix to it (NaNs kept), the
+    kernels were still loaded from Numba's cache, which is keyed on gru.py alone, with the old
+    rounding inlined. A change to any kernel module now recompiles them."""
+    root, script = _package_copy(tmp_path)
+    first = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0 and "hits 0" in first.stdout, first.stderr[-2000:]
+    with open(root / "fastgru" / "kernels" / "activations.py", "a") as f:
+        f.write("\n# a change to a helper that the kernels inline\n")
+    changed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=300)
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "hits 0" in changed.stdout and "misses 0" not in changed.stdout
+
+
 def test_small_files_that_claim_huge_weights(tmp_path):
     """A ~4 KB .pt of broadcast (stride-0) weights once reached 5.5 GB; a sparse 3 GB .onnx was
     read whole before its error. Both are refused before anything large is allocated."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import sys
 import threading
@@ -67,10 +68,32 @@ def _can_cache() -> bool:
         return False
 
 
+def _kernel_sources() -> str:
+    """A digest of every kernel module's source (this folder's .py files)."""
+    digest = hashlib.sha256()
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+_KERNEL_SOURCES = _kernel_sources()
+
+
 class RecoveringCache(caching.FunctionCache):
     """Numba's function cache, except that a cache it cannot read (a damaged index) or write
     (a read-only folder) costs a compilation, never an error: the kernel compiles in memory, a
-    damaged index is removed so the next save writes a good one, and the process says so once."""
+    damaged index is removed so the next save writes a good one, and the process says so once.
+
+    Entries are also keyed on every kernel module's source: Numba keys them on the function's
+    own file only, so a kernel that inlines a helper of another module (gru.py inlines
+    bfloat16.round_to_pairs) was loaded from the cache with the helper's old code after the
+    helper changed."""
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), _KERNEL_SOURCES)
 
     @contextlib.contextmanager
     def _guard_against_spurious_io_errors(self):

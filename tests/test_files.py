@@ -101,6 +101,27 @@ def test_save_and_load_are_bit_exact(rng, tmp_path, direction, lbr, clip, dtype)
         fastgru.GRU.from_torch(tmp_path / "model.safetensors")
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("dtype", "float16", r"dtype 'float16'; expected one of \('float32', 'float64', 'bfloat16'\)"),
+    ("dtype", "", r"dtype ''; expected one of"),
+    ("batch_first", "yes", r"batch_first 'yes'; expected one of \('0', '1'\)"),
+    ("linear_before_reset", "true", r"linear_before_reset 'true'; expected one of \('0', '1'\)"),
+])
+def test_native_metadata_that_fastgru_never_writes(rng, tmp_path, key, value, message):
+    """A fastgru file whose metadata says float16 (or another value fastgru never writes) once
+    gave GRU's own ValueError; it is a FormatError that names the field."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    path = tmp_path / "model.safetensors"
+    fastgru.GRU(random_spec(rng, 3, 5), dtype="float32").save(path)
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = f.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**metadata, key: value})
+    with pytest.raises(FormatError, match=r"is an inconsistent fastgru file: .*" + message):
+        fastgru.load(path)
+
+
 @pytest.mark.parametrize("num_layers, direction, batch_first", list(itertools.product(
     [1, 2, 3], ["forward", "reverse", "bidirectional"], [False, True])))
 def test_to_onnx_runs_in_onnxruntime_with_the_same_results(rng, tmp_path, num_layers, direction,

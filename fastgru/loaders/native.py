@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastgru._boundary import DTYPES
 from fastgru._weights import GRUSpec, LayerWeights
 from fastgru.errors import FormatError
 
 FORMAT = "fastgru"
 VERSION = "1"
+FLAGS = ("0", "1")  # how write() stores booleans
 
 
 def write(path, spec: GRUSpec, *, batch_first: bool, dtype: str) -> None:
@@ -51,6 +53,10 @@ def read(tensors: dict, metadata: dict, where: str):
             raise FormatError(f"{where}: tensor {name!r} must be floating point, "
                               f"got {tensor.dtype}")
     try:
+        for key, allowed in (("dtype", DTYPES), ("batch_first", FLAGS),
+                             ("linear_before_reset", FLAGS)):
+            if metadata[key] not in allowed:  # GRU would refuse it with its own ValueError
+                raise ValueError(f"{key} {metadata[key]!r}; expected one of {allowed}")
         num_layers = int(metadata["num_layers"])
         with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN below
             layers = tuple(LayerWeights(*(tensors[f"layers.{k}.{n}"].astype(np.float64)

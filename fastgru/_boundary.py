@@ -23,9 +23,17 @@ def resolve_dtype(dtype) -> str:
     return resolved.name
 
 
+def _detached(value):
+    """A torch tensor that requires grad as the tensor of its values (which torch.nn.GRU takes,
+    and whose NumPy conversion torch refuses); anything else as it is. Imports no torch."""
+    if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+        return value.detach()
+    return value
+
+
 def as_float_array(value, dtype: np.dtype, name: str) -> np.ndarray:
     """C-contiguous array of `dtype` (no copy when `value` already is one)."""
-    array = np.asarray(value)
+    array = np.asarray(_detached(value))
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got an array of dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=dtype)

@@ -95,6 +95,23 @@ def test_state_dict_with_two_grus_needs_a_prefix():
                  "float64", "dec weights")
 
 
+def test_tensors_that_require_grad(rng):
+    """torch.nn.GRU takes x and h0 that require grad (a model in training code, a parameter
+    as h0); fastgru once raised torch's RuntimeError for them. Also for streams."""
+    module = torch_gru(4, 5, 2, batch_first=True)
+    model = fastgru.GRU.from_torch(module)
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    h0 = torch.nn.Parameter(torch.randn(2, 3, 5))
+    y_t, h_t = module(x, h0)  # torch takes them as they are
+    y, h_n = model(x, h0)
+    assert_close(y, y_t.detach().numpy(), "float32", "y")
+    assert_close(h_n, h_t.detach().numpy(), "float32", "h_n")
+    stream = model.stream(batch_size=3)
+    stream.h = h0
+    assert_close(stream.step(x[:, 0]), y_t[:, 0].detach().numpy(), "float32", "step")
+    assert x.grad is None and h0.grad is None
+
+
 def test_gru_cell_through_a_stream(rng):
     torch.manual_seed(3)
     cell = torch.nn.GRUCell(5, 6).eval()

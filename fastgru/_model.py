@@ -65,6 +65,15 @@ _RUNNING = _RunningCalls()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_RUNNING.after_fork_in_child)
 
+# Packing input weights into panels pads each gate to a multiple of the panel width (64 float32
+# units with AVX-512): an H=1 model of 900,000 inputs (11 MB of weights) took 1.5 GB. Where
+# the padding of the first layer's input weights would exceed twice those weights and this many
+# bytes, its input product runs before the kernels instead (GRU._front_input, NumPy's product
+# on the weights unpadded), and the kernels take that product as their input, through an identity
+# of 3H inputs: the kernels' copy then stays within a small multiple of the weights. Far beyond
+# S1-S6 (whose H is a multiple of 64), so their kernels and results are unchanged.
+FRONT_MIN_PADDING_BYTES = 16 << 20
+
 # The kernel path of bfloat16 models (kernels/bfloat16.py): the fastest this CPU runs. Read when
 # a model is built, so that tests and tools can build models of every path the CPU has.
 BF16_PATH = BF16_PATHS[-1]
@@ -147,18 +156,26 @@ class GRU:
         # to Hp units, weights packed into panels; see fastgru/kernels/gru.py). Input weights of
         # all directions are stacked so one product projects the whole sequence for a layer.
         self._padded_units = kernels.padded_units(H, dt)
+        Hp, item = self._padded_units, 2 if bfloat16 else dt.itemsize
+        w0 = spec.layers[0].w.reshape(dirs * 3 * H, -1)
+        padding = dirs * 3 * (Hp - H) * w0.shape[1] * item
+        self._front = None  # the first layer's input weights, when a product before the kernels
+        if padding > max(2 * w0.size * item, FRONT_MIN_PADDING_BYTES):
+            self._front = _frozen(w0.astype(dt))
+            w0 = np.eye(dirs * 3 * H)
+        inputs = [w0.shape[1]] + [layer.w.shape[-1] for layer in spec.layers[1:]]  # kernels'
         # packed weights per batch row: the multiply-adds of one step, all layers
-        self._step_macs = sum(3 * self._padded_units * dirs * (layer.w.shape[-1] + H)
-                              for layer in spec.layers)
-        packed = self._step_macs * (2 if bfloat16 else dt.itemsize)
+        self._step_macs = sum(3 * Hp * dirs * (d_in + H) for d_in in inputs) + \
+            (0 if self._front is None else self._front.size)
+        packed = sum(3 * Hp * dirs * (d_in + H) for d_in in inputs) * item
         if packed > memory_bytes() // 2:  # checked before the packed copies are made
             raise ValueError(
                 f"this model's kernel weights would take {packed / 2**30:.1f} GiB (each gate "
                 f"padded to {self._padded_units} units), more than half this machine's memory")
         self._row_group = kernels.row_group(H, dt)
         self._unit_panels = self._padded_units // kernels.panel_width(dt)  # per gate
-        ws = [weights(kernels.pack_gate_rows(layer.w.reshape(dirs * 3 * H, -1).astype(dt), H))
-              for layer in spec.layers]
+        ws = [weights(kernels.pack_gate_rows(w.reshape(dirs * 3 * H, -1).astype(dt), H))
+              for w in [w0, *(layer.w for layer in spec.layers[1:])]]
         self._w0 = _frozen(ws[0])
         self._wrest = _frozen(np.array(ws[1:]) if len(ws) > 1 else
                               np.zeros((0, *ws[0].shape), ws[0].dtype))
@@ -212,7 +229,7 @@ class GRU:
         nn.GRU; node= reads only the GRU node of that name. batch_first defaults to what the
         graph says (layout=1, or a Transpose in front of the first layer).
         """
-        from fastgru.loaders.onnx import spec_from_onnx
+        from fastgru.loaders.onnx_stack import spec_from_onnx
 
         spec, layout_batch_first = spec_from_onnx(src, node=node)
         first = layout_batch_first if batch_first is None else batch_first
@@ -359,6 +376,8 @@ class GRU:
         elif self._batch_first:
             x = np.ascontiguousarray(x.transpose(1, 0, 2))
         T, B = x.shape[0], x.shape[1]
+        if self._front is not None:
+            x = self._front_input(x.reshape(T * B, D)).reshape(T, B, -1)
 
         h_n = np.zeros((L * dirs, B, H), dtype=self._dtype)
         if h0 is not None:
@@ -405,6 +424,18 @@ class GRU:
         finally:
             self._pool.give(ws)
         return self._outputs(y, h_n, unbatched)
+
+    def _front_input(self, x: np.ndarray) -> np.ndarray:
+        """What the kernels take as the first layer's input: x (N, D) itself, or for a model with
+        a front (see FRONT_MIN_PADDING_BYTES) x @ W^T (N, dirs*3H), the input products of every
+        gate and direction, x rounded to bfloat16 first where the kernels round operands."""
+        if self._front is None:
+            return x
+        if self._w0.dtype in PAIR_MULTIPLE:
+            pairs = np.empty((x.shape[0], (x.shape[1] + 1) // 2), np.uint32)
+            round_to_pairs(np.ascontiguousarray(x), pairs, 0, x.shape[0])
+            x = bfloat16_values(pairs.view(np.uint16)[:, :x.shape[1]])
+        return np.ascontiguousarray(x @ self._front.T)
 
     def _call_scratch(self, ws: Workspace, T: int, B: int) -> tuple:
         """(xproj (T, B, dirs*3Hp), the same as (T*B, dirs*3Hp), acc (dirs, B, 3Hp), hr and
@@ -461,7 +492,8 @@ class GRU:
         tail = (one, self._reverse, self.linear_before_reset, self._clip,
                 np.zeros((1, 1, dirs * H), dt), 1)
         with parallel_guard():
-            x0 = _operand(np.zeros((1, self.input_size), dt), self._w0, Workspace(dt))
+            x0 = _operand(self._front_input(np.zeros((1, self.input_size), dt)), self._w0,
+                          Workspace(dt))
             out = xproj.reshape(1, -1)
             kernels.project(x0, self._w0, out)  # both ways _project may go
             kernels.matvec(x0, self._w0, out, 0, 1, 0, self._w0.shape[0], False)

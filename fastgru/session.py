@@ -20,7 +20,9 @@ import numpy as np
 
 from fastgru._model import GRU
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx as onnx_loader
+from fastgru.loaders import onnx as onnx_reader
+from fastgru.loaders import onnx_stack
+from fastgru.loaders.onnx_dataflow import Size
 
 # onnxruntime's names for ONNX element types, as NodeArg.type gives them
 _ORT_TYPES = {1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
@@ -69,7 +71,7 @@ class _GRUStep:
         self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),
                          dtype=dtype)
         self.layout = read[0][2]
-        padded = [onnx_loader.gru_inputs(n) for n in nodes]
+        padded = [onnx_reader.gru_inputs(n) for n in nodes]
         self.x, self.lengths = padded[0][0], padded[0][4]
         self.h0 = [p[5] for p in padded]
         outs = [list(n.output) + [""] * (2 - len(n.output)) for n in nodes]
@@ -90,9 +92,15 @@ class _GRUStep:
         if any(self.h0):
             batch = x.shape[0 if self.layout else 1]
             h0 = np.zeros((m.num_layers, dirs, batch, H), m.dtype)
+            expected = (batch, dirs, H) if self.layout else (dirs, batch, H)
             for k, name in enumerate(self.h0):
                 if name:  # (dirs, B, H), or (B, dirs, H) with layout 1
-                    h0[k] = np.swapaxes(values[name], 0, 1) if self.layout else values[name]
+                    state = values[name]
+                    if np.shape(state) != expected:  # onnxruntime refuses it too
+                        raise ValueError(f"GRU node {self.name}: initial_h {name!r} must have "
+                                         f"shape {expected} for X of shape {x.shape}, got "
+                                         f"{np.shape(state)}")
+                    h0[k] = np.swapaxes(state, 0, 1) if self.layout else state
             h0 = h0.reshape(-1, batch, H)
         y, h_n = m(x, h0, lengths=lengths)
         if lengths is not None:  # onnxruntime's Y_h is 0 for rows of length 0
@@ -115,49 +123,78 @@ def _weight_dtype(node, values: dict) -> np.dtype:
     return values[node.input[1]].dtype
 
 
-def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, folder, opset,
-            types: dict) -> list[list]:
-    """The GRU nodes grouped into stacks: node b joins a's chain when b reads a's Y through
-    plumbing that does what a stacked export's does (checked on a probe), and no other node of
-    `nodes` (those that run) reads a's Y or that plumbing. read: id(node) -> read_gru_node's
-    result; types: the graph's value infos, for the sizes it fixes."""
-    producers = onnx_loader._producers(graph)
-    readers: dict[str, int] = {}
+def _ancestors(names, producers: dict) -> set[int]:
+    """ids of the nodes (of those that run) that the values `names` are computed from."""
+    found, pending = set(), [n for n in names if n]
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or id(node) in found:
+            continue
+        found.add(id(node))
+        pending.extend(_reads(node) if not isinstance(node, _GRUStep) else node.input)
+    return found
+
+
+def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, folder,
+            opset, types: dict) -> list[list]:
+    """The GRU nodes grouped into stacks, by onnx_stack's rule: node b joins a's chain when
+    b's X is provably a's Y as (T, B, dirs*H) (onnx_stack.reads_sequence_of), both have the
+    same options, hidden size and dtype and read the same sequence_lens, nothing else reads
+    a's Y or the moves between them, and b's initial_h and sequence_lens do not depend on the
+    chain below it (an encoder's state feeding a decoder). read: id(node) -> read_gru_node's
+    result; `grus` in topological order; types: value infos, for the sizes the graph's inputs
+    fix."""
+    flow = onnx_stack.dataflow(graph, folder, opset)
+    sources = onnx_stack.input_tensors(graph)
+    producers = {o: n for n in nodes for o in n.output if o}
+    readers: dict[str, set] = {}
     for node in nodes:
         for name in reads(node):
-            readers[name] = readers.get(name, 0) + 1
-    for out in graph.output:
-        readers[out.name] = readers.get(out.name, 0) + 2
-    inputs = {i.name for i in graph.input}
+            readers.setdefault(name, set()).add(id(node))
+    outputs = {o.name for o in graph.output}
     follows = {}  # id(lower GRU) -> upper GRU
-    for upper in grus:
-        try:
-            kind, lower, ops = onnx_loader._trace_back(upper.input[0], producers, inputs, "")
-        except FormatError:
-            continue
-        if kind != "gru" or id(lower) in follows:
-            continue
+    for lower in grus:
         low, low_options, low_layout = read[id(lower)]
-        _, options, layout = read[id(upper)]
-        dirs = 2 if options["direction"] == "bidirectional" else 1
-        steps, batch = onnx_loader.fixed_sizes(types, lower.output[0])
-        if not onnx_loader.moves_layer_output(graph, ops, dirs, low.r.shape[-1], folder, opset,
-                                              steps, batch):
-            continue  # run apart, the plumbing by onnxruntime: slower, never wrong
-        passed = [lower.output[0], *(o for op in ops for o in op.output if o)]
-        same_lengths = onnx_loader.gru_inputs(lower)[4] == onnx_loader.gru_inputs(upper)[4]
-        if options == low_options and not layout and not low_layout and same_lengths and \
-                all(readers.get(n, 0) == 1 for n in passed) and \
-                _weight_dtype(lower, values) == _weight_dtype(upper, values):
-            follows[id(lower)] = upper
-    uppers = {id(u) for u in follows.values()}
-    chains = []
+        dirs = 2 if low_options["direction"] == "bidirectional" else 1
+        hidden = low.r.shape[-1]
+        steps, batch, x, _ = onnx_stack.sequence_sizes(flow, sources, lower, low_layout)
+        dims = onnx_reader.fixed_dims(types.get(lower.output[0]))
+        if x is None and dims and len(dims) == 4:  # sizes the graph's inputs fix
+            t, b = (dims[0], dims[2]) if not low_layout else (dims[1], dims[0])
+            steps, batch = (steps if t is None else Size(t)), (batch if b is None else Size(b))
+        layer = onnx_stack.Layer.make(0, low_layout, dirs, hidden, steps, batch,
+                                      onnx_stack.elem_type(lower, values))
+        for upper in grus:
+            weights, options, layout = read[id(upper)]
+            if upper is lower or options != low_options or layout or low_layout or \
+                    weights.r.shape[-1] != hidden or \
+                    onnx_reader.gru_inputs(lower)[4] != onnx_reader.gru_inputs(upper)[4] or \
+                    _weight_dtype(lower, values) != _weight_dtype(upper, values):
+                continue
+            flow.visited = set()
+            if not onnx_stack.reads_sequence_of(flow, lower, upper, layer, sources):
+                continue
+            derived, moved = {lower.output[0]}, {id(upper)}
+            for node in nodes:  # the moves that read a's Y, directly or not
+                if id(node) in flow.visited and any(i in derived for i in node.input):
+                    derived.update(o for o in node.output if o)
+                    moved.add(id(node))
+            if all(name not in outputs and readers.get(name, set()) <= moved
+                   for name in derived):
+                follows[id(lower)] = upper
+                break
+    chains, placed = [], set()
     for gru in grus:
-        if id(gru) in uppers:
+        if id(gru) in placed:
             continue
         chain = [gru]
-        while id(chain[-1]) in follows and len(chain) <= len(grus):
-            chain.append(follows[id(chain[-1])])
+        while id(chain[-1]) in follows and id(follows[id(chain[-1])]) not in placed:
+            upper = follows[id(chain[-1])]
+            state = onnx_reader.gru_inputs(upper)[4:6]
+            if _ancestors(state, producers) & {id(g) for g in chain}:
+                break  # its state comes from the chain below: it runs after it
+            chain.append(upper)
+        placed.update(id(g) for g in chain)
         chains.append(chain)
     return chains
 
@@ -229,34 +266,46 @@ class InferenceSession:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self._threads = threads
-        model, folder = onnx_loader.load_model(src)
+        model, folder = onnx_reader.load_model(src)
         if model is src:  # the caller's ModelProto: this session edits its own copy
             model = onnx.ModelProto()
             model.CopyFrom(src)
         graph = model.graph
         for k, tensor in enumerate(graph.initializer):  # onnxruntime gets every stage as bytes
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                array = onnx_loader._decode(tensor, folder, f"initializer {tensor.name!r}")
+                array = onnx_reader.decode(tensor, folder, f"initializer {tensor.name!r}")
                 graph.initializer[k].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
         self._model = model
         self._folder = folder
-        self._opset = opset = onnx_loader._opset(model)
+        self._opset = opset = onnx_reader.opset(model)
         initializers = {t.name for t in graph.initializer}
         self._inputs = [_node_arg(i) for i in graph.input if i.name not in initializers]
         self._outputs = [_node_arg(o) for o in graph.output]
         self._feeds = [_Feed(arg) for arg in self._inputs]
         self._output_names = [o.name for o in self._outputs]
-        grus = onnx_loader.gru_nodes(graph)
-        values = onnx_loader.constant_inputs(graph, folder, grus, opset)
+        # a stage's other inputs get no shape: a value_info's fixed sizes on an intermediate
+        # value are a claim onnxruntime would enforce, and the graph's inputs decide them
+        self._feed_names = {arg.name for arg in self._inputs}
+        grus = onnx_reader.gru_nodes(graph)
+        values = onnx_reader.constant_inputs(graph, folder, grus, opset)
         for gru in grus:  # zeros are the state a GRU starts from anyway: drop such initial_h
-            h0 = onnx_loader.gru_inputs(gru)[5]
-            if h0 and isinstance(onnx_loader.stored_state(graph, h0, folder, opset), float):
+            h0 = onnx_reader.gru_inputs(gru)[5]
+            if h0 and isinstance(onnx_reader.stored_state(graph, h0, folder, opset), float):
                 gru.input[5] = ""
-        self._types = onnx_loader.value_infos(model)
+        self._types = onnx_reader.value_infos(model)
         self._elem = {v.name: v.type.tensor_type.elem_type for v in self._types.values()}
         for t in graph.initializer:
             self._elem[t.name] = t.data_type
-        self._constants = {n: values[n] for gru in grus for n in gru.input[4:6] if n in values}
+        # what the GRU steps read and the graph outputs that are constants (initializers, for
+        # which no stage runs): read from the constants at every run
+        constants = onnx_reader.constant_names(graph)
+        wanted = {onnx_reader.gru_inputs(g)[0]: f"GRU node {g.name!r}: X" for g in grus}
+        wanted.update((o.name, f"graph output {o.name!r}") for o in graph.output)
+        values.update(onnx_reader.fold_constants(
+            graph, folder, {n: w for n, w in wanted.items() if n in constants}, opset))
+        read = [n for g in grus for i, n in enumerate(onnx_reader.gru_inputs(g)) if i in (0, 4, 5)]
+        stored = [o.name for o in graph.output if o.name in initializers]
+        self._constants = {n: values[n] for n in read + stored if n in values}
         self._stages = self._plan(graph, grus, values, initializers)
 
     # ---- planning ----------------------------------------------------------------------------
@@ -268,7 +317,7 @@ class InferenceSession:
 
         def reads(node) -> list[str]:  # a GRU's weights are folded: it reads only the rest
             if id(node) in gru_ids:
-                x, _, _, _, lengths, h0 = onnx_loader.gru_inputs(node)
+                x, _, _, _, lengths, h0 = onnx_reader.gru_inputs(node)
                 return [n for n in (x, lengths, h0) if n and n not in values]
             return _reads(node)
 
@@ -282,7 +331,7 @@ class InferenceSession:
                                   f"{lacking}, which no graph input, initializer or node "
                                   f"provides")
         live_grus = [n for n in nodes if id(n) in gru_ids]
-        read = {id(g): onnx_loader.read_gru_node(g, values) for g in live_grus}  # once each
+        read = {id(g): onnx_reader.read_gru_node(g, values) for g in live_grus}  # once each
         chains = _chains(graph, nodes, live_grus, read, values, reads, self._folder,
                          self._opset, self._types)
         steps = [_GRUStep(chain, read, values) for chain in chains]
@@ -370,7 +419,8 @@ class InferenceSession:
         inits = [t for t in graph.initializer if t.name in set(reads) - produced]
         outputs = [o for n in members for o in n.output if o and last_read.get(o, -1) > stage]
         proto = helper.make_model(
-            helper.make_graph(members, f"stage{stage}", [self._value_info(n) for n in inputs],
+            helper.make_graph(members, f"stage{stage}",
+                              [self._value_info(n, shape=n in self._feed_names) for n in inputs],
                               [self._value_info(n, shape=False) for n in outputs], inits),
             opset_imports=list(self._model.opset_import), ir_version=self._model.ir_version,
             functions=list(self._model.functions))

@@ -16,7 +16,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
-from conftest import assert_close, onnx_gru_model, random_spec
+from conftest import assert_close, onnx_gru_model, random_spec, spec_layers
+from reference import reference_gru
 from fastgru.errors import FormatError
 
 
@@ -238,11 +239,21 @@ def test_from_onnx_refuses_more_than_a_stack(rng):
         fastgru.GRU.from_onnx(scaled)
     assert fastgru.GRU.from_onnx(scaled, node="gru").hidden_size == 4  # node= still reads it
 
-    shape = numpy_helper.from_array(np.array([0, 0, 3], np.int64), "shape")
+    # a Reshape in front of the GRU that provably keeps (T, B, 3) for every T and B is read;
+    # one whose fixed target holds for one length only is refused
+    same = numpy_helper.from_array(np.array([0, 0, 3], np.int64), "shape")
+    kept, spec = _one_gru_graph(rng, [helper.make_node("Reshape", ["X", "shape"], ["x1"],
+                                                       name="front")],
+                                x_name="x1", initializers=[same], outputs=("Y",))
+    x = rng.standard_normal((5, 2, 3))
+    y, _ = fastgru.GRU.from_onnx(kept)(x)
+    y_ref, _ = reference_gru(x, spec_layers(spec), linear_before_reset=False)
+    assert_close(y, y_ref, "float32", "y")  # the file stores the weights in float32
+    fixed = numpy_helper.from_array(np.array([5, 2, 3], np.int64), "shape")
     reshaped, _ = _one_gru_graph(rng, [helper.make_node("Reshape", ["X", "shape"], ["x1"],
                                                         name="front")],
-                                 x_name="x1", initializers=[shape])
-    with pytest.raises(FormatError, match=r"reaches the first GRU through \['Reshape'\]"):
+                                 x_name="x1", initializers=[fixed])
+    with pytest.raises(FormatError, match=r"that do not form one stack; fastgru.InferenceSession"):
         fastgru.GRU.from_onnx(reshaped)
 
     h0 = numpy_helper.from_array(np.ones((1, 2, 4), np.float32), "h0")

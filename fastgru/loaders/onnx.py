@@ -1,20 +1,13 @@
-"""ONNX GRU graphs to the canonical layout.
+"""ONNX files and GRU nodes: reading, constant folding, and one node's weights.
 
 ONNX stores gates as (z, r, h) with W (dirs, 3H, D), R (dirs, 3H, H), B (dirs, 6H), the canonical
-order, so weights are taken as they are. A graph may hold one GRU node or a chain of them, as
-torch.onnx.export writes a stacked nn.GRU: layer k + 1 reads layer k's Y (T, dirs, B, H) through
-Transpose(0, 2, 1, 3) + Reshape, or Squeeze(1) when unidirectional, and a leading
-Transpose(1, 0, 2) of the graph input means batch_first.
+order, so weights are taken as they are. Weights may be initializers, Constant nodes, or computed
+from those by data-movement ops (Slice, Concat, Transpose, Unsqueeze... as torch.onnx.export's
+default exporter writes them): such tensors are folded once at load by the ONNX package's
+reference evaluator. External data is read only from files inside the model's own folder, after
+checking each file's size against the tensor's shape.
 
-Weights may be initializers, Constant nodes, or computed from those by data-movement ops (Slice,
-Concat, Transpose, Unsqueeze... as torch.onnx.export's default exporter writes them): such
-tensors are folded once at load by the ONNX package's reference evaluator. External data is read
-only from files inside the model's own folder, after checking each file's size against the
-tensor's shape.
-
-Without node=, the graph must be a GRU stack and nothing more: every other node must move data
-between the graph's inputs, the layers and the graph's outputs, or compute constants. Any other
-operator is refused by name (fastgru.InferenceSession runs such graphs whole).
+Which GRU nodes form a stack is decided in onnx_stack, from the whole dataflow.
 """
 
 from __future__ import annotations
@@ -26,11 +19,11 @@ import numpy as np
 from fastgru._weights import DIRECTIONS, GRUSpec, LayerWeights
 from fastgru.errors import FormatError
 
+WHOLE_GRAPHS = ("fastgru.InferenceSession runs whole graphs, and node= reads one GRU node of "
+                "them")
 PROTOBUF_LIMIT = 2**31 - 1  # bytes a protobuf message (an ONNX file) can hold
 MIN_OPSET = 7  # GRU-7 dropped GRU-3's output_sequence attribute; the semantics since are stable
 DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh")
-# Ops that only move data between stacked layers; reading follows their first input.
-_PLUMBING = {"Transpose", "Reshape", "Squeeze", "Identity"}
 
 
 def load_model(src):
@@ -68,7 +61,41 @@ def _parse(data: bytes, what: str):
     return model
 
 
-def _producers(graph) -> dict:
+def check_dataflow(graph) -> None:
+    """FormatError unless every node input is provided (by a graph input, an initializer or a
+    node) and no node depends on itself."""
+    made_by = producers(graph)
+    provided = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        lacking = [i for i in node.input if i and i not in provided and i not in made_by]
+        if lacking:
+            raise FormatError(f"node {node.name or node.op_type!r} reads {lacking}, which no "
+                              f"graph input, initializer or node provides")
+    state: dict[int, int] = {}  # 1: on the path being followed, 2: done
+    for root in graph.node:
+        stack = [(root, iter(root.input))]
+        state.setdefault(id(root), 1)
+        while stack:
+            node, inputs = stack[-1]
+            if state[id(node)] == 2:
+                stack.pop()
+                continue
+            for name in inputs:
+                before = made_by.get(name)
+                if before is None or state.get(id(before)) == 2:
+                    continue
+                if state.get(id(before)) == 1:
+                    raise FormatError(f"the ONNX graph has a cycle through node "
+                                      f"{before.name or before.op_type!r}")
+                state[id(before)] = 1
+                stack.append((before, iter(before.input)))
+                break
+            else:
+                state[id(node)] = 2
+                stack.pop()
+
+
+def producers(graph) -> dict:
     """{tensor name: the node that outputs it}."""
     return {out: n for n in graph.node for out in n.output if out}
 
@@ -103,7 +130,7 @@ def _external_bytes(tensor, folder: str | None, expected: int, where: str) -> by
         return f.read(length)
 
 
-def _decode(tensor, folder: str | None, where: str) -> np.ndarray:
+def decode(tensor, folder: str | None, where: str) -> np.ndarray:
     """A TensorProto as an ndarray, its stored size checked against its shape before decoding."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -173,23 +200,23 @@ def fold_constants(graph, folder: str | None, names: dict, opset: int) -> dict[s
     (see constant_names); the nodes that compute them are evaluated once here. Other names are
     left out."""
     initializers = {t.name: t for t in graph.initializer}
-    producers = _producers(graph)
+    made_by = producers(graph)
     known = constant_names(graph)
     wanted = [n for n in dict.fromkeys(names) if n and n in known]
-    stored = {n: _decode(initializers[n], folder, names[n]) for n in wanted if n in initializers}
+    stored = {n: decode(initializers[n], folder, names[n]) for n in wanted if n in initializers}
     computed = [n for n in wanted if n not in initializers]
     if not computed:
         return stored
     nodes, seen, stack = [], set(), list(computed)
     while stack:  # the nodes that compute them, and the initializers those read
-        node = producers[stack.pop()]
+        node = made_by[stack.pop()]
         if id(node) in seen:
             continue
         seen.add(id(node))
         nodes.append(node)
         for i in node.input:
             if i in initializers:
-                stored.setdefault(i, _decode(initializers[i], folder, f"initializer {i!r}"))
+                stored.setdefault(i, decode(initializers[i], folder, f"initializer {i!r}"))
             elif i:
                 stack.append(i)
     order = {id(n): k for k, n in enumerate(graph.node)}
@@ -215,20 +242,22 @@ def _evaluate(nodes, feeds: dict, outputs: list, opset: int) -> dict[str, np.nda
     return {n: np.asarray(r) for n, r in zip(outputs, results, strict=True)}
 
 
-def _opset(model) -> int:
+def opset(model) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return entry.version
     return 1
 
 
-def _attributes(node) -> dict:
+def node_attributes(node) -> dict:
+    """{name: value} of a node's attributes; FormatError naming the node if one is malformed."""
     from onnx import helper
 
     try:
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
     except Exception as error:
-        raise FormatError(f"GRU node {node.name!r} has a malformed attribute: {error}") from None
+        raise FormatError(f"node {node.name or node.op_type!r} has a malformed attribute: "
+                          f"{error}") from None
 
 
 def _text(value) -> str:
@@ -244,7 +273,7 @@ def read_gru_node(node, values: dict):
     """(LayerWeights, options dict, layout == 1) of one GRU node; values: its folded constant
     inputs (fold_constants)."""
     name = node.name or "<unnamed>"
-    attrs = _attributes(node)
+    attrs = node_attributes(node)
     direction = _text(attrs.get("direction", b"forward"))
     if direction not in DIRECTIONS:
         raise FormatError(f"GRU node {name!r}: direction must be one of {DIRECTIONS}, "
@@ -288,102 +317,28 @@ def read_gru_node(node, values: dict):
     return LayerWeights(w=w, r=r, b=b), options, layout == 1
 
 
-def _trace_back(name: str, producers, graph_inputs, stop):
-    """Follow `name` back through plumbing ops to a GRU node's Y or a graph input.
-
-    Returns (kind, value, ops): kind "gru" with the GRU node, or "input" with the input name;
-    ops lists the plumbing nodes passed. Raises FormatError naming the node that is neither.
-    """
-    ops, seen = [], set()
-    while True:
-        node = producers.get(name)
-        if node is None:
-            if name in graph_inputs:
-                return "input", name, ops
-            raise FormatError(f"{stop}: its input {name!r} is neither a graph input nor produced "
-                              f"by any node")
-        if id(node) in seen:
-            raise FormatError(f"{stop}: its input comes through a cycle of nodes "
-                              f"({node.name or node.op_type!r} feeds itself)")
-        seen.add(id(node))
-        if node.op_type == "GRU":
-            if node.output[0] != name:
-                raise FormatError(f"{stop}: it reads Y_h of GRU node {node.name!r}, not a "
-                                  f"sequence")
-            return "gru", node, ops
-        if node.op_type not in _PLUMBING:
-            raise FormatError(f"{stop}: node {node.name or '<unnamed>'!r} ({node.op_type}) "
-                              f"stands between it and the previous layer; {_WHOLE_GRAPHS}")
-        if not node.input or not node.input[0]:
-            raise FormatError(f"{stop}: node {node.name or '<unnamed>'!r} ({node.op_type}) has "
-                              f"no input")
-        ops.append(node)
-        name = node.input[0]
-
-
-_WHOLE_GRAPHS = ("fastgru.InferenceSession runs whole graphs, and node= reads one GRU node of "
-                 "them")
-
-
-def _perm(node):
-    return [int(p) for p in _attributes(node).get("perm", [])]
-
-
-def _check_between_layers(ops, dirs: int, stop: str) -> None:
-    """The ops between two layers must turn Y (T, dirs, B, H) into (T, B, dirs*H)."""
-    for op in ops:
-        if op.op_type == "Transpose" and _perm(op) != [0, 2, 1, 3]:
-            raise FormatError(f"{stop}: Transpose {op.name!r} with perm {_perm(op)} between "
-                              f"layers; only (0, 2, 1, 3) keeps the time-major layout")
-    kinds = [op.op_type for op in ops if op.op_type != "Identity"]
-    if dirs == 2 and "Transpose" not in kinds:
-        raise FormatError(f"{stop}: a bidirectional layer's output must be transposed to "
-                          f"(T, B, 2, H) before the next layer reads it")
-
-
 def value_infos(model) -> dict:
-    """{name: ValueInfoProto} of the graph's inputs, outputs and inferred intermediates."""
+    """{name: ValueInfoProto} of the graph's inputs, outputs and intermediates, the
+    intermediates' shapes inferred from the inputs' alone (a value_info the file declares on an
+    intermediate value is a claim, not a fact: it is left out)."""
     import onnx
 
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
     try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+        inferred = onnx.shape_inference.infer_shapes(bare).graph.value_info
     except Exception:  # shape inference is a help, not a must
         inferred = []
     return {v.name: v for v in (*inferred, *model.graph.input, *model.graph.output)}
 
 
-def fixed_sizes(infos: dict, name: str) -> tuple[int, int]:
-    """(T, B) of a GRU's Y (T, dirs, B, H) where the graph fixes them, else (3, 2)."""
-    info = infos.get(name)
-    if info is not None and info.type.tensor_type.HasField("shape"):
-        dims = [d.dim_value for d in info.type.tensor_type.shape.dim]
-        if len(dims) == 4:
-            return dims[0] or 3, dims[2] or 2
-    return 3, 2
-
-
-def moves_layer_output(graph, ops, dirs: int, hidden: int, folder, opset: int,
-                       steps: int = 3, batch: int = 2) -> bool:
-    """Whether the plumbing `ops` (from one GRU's Y to the next one's X, as _trace_back lists
-    them) turn Y (T, dirs, B, H) into (T, B, dirs*H): checked by running them on a probe of
-    `steps` x `batch` (the sizes a graph fixes, if it does), so a Reshape to another layout is
-    never taken for a stack."""
-    if not ops:
-        return False  # Y is 4-D: a GRU cannot read it without plumbing
-    T, B = steps, batch
-    probe = np.arange(T * dirs * B * hidden, dtype=np.float32).reshape(T, dirs, B, hidden)
-    nodes = list(reversed(ops))
-    extra = {i: i for node in nodes for i in node.input[1:] if i}
-    known = fold_constants(graph, folder, extra, opset)
-    if set(extra) - set(known):
-        return False  # shapes computed at run time: not provably a stack
-    try:
-        moved = _evaluate(nodes, {nodes[0].input[0]: probe, **known}, [nodes[-1].output[0]],
-                          opset)[nodes[-1].output[0]]
-    except FormatError:
-        return False
-    expected = probe.transpose(0, 2, 1, 3).reshape(T, B, dirs * hidden)
-    return moved.shape == expected.shape and np.array_equal(moved, expected)
+def fixed_dims(info) -> list[int | None] | None:
+    """The dims of a ValueInfoProto (None where not fixed), or None without a shape."""
+    if info is None or not info.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in info.type.tensor_type.shape.dim]
 
 
 def gru_nodes(graph) -> list:
@@ -422,13 +377,13 @@ def stored_state(graph, name: str, folder, opset: int):
     """
     from onnx import numpy_helper
 
-    producers = _producers(graph)
+    made_by = producers(graph)
     constants = constant_names(graph)
 
     def constant(n):
         return fold_constants(graph, folder, {n: f"initial_h ({n!r})"}, opset).get(n)
 
-    node = producers.get(name)
+    node = made_by.get(name)
     if name in constants:
         value = constant(name)
         return 0.0 if not np.any(value) else value
@@ -441,7 +396,7 @@ def stored_state(graph, name: str, folder, opset: int):
         if not current or current in seen:
             return None
         seen.add(current)
-        node = producers.get(current)
+        node = made_by.get(current)
         if current in constants:
             if np.any(constant(current)):
                 return None
@@ -458,7 +413,7 @@ def stored_state(graph, name: str, folder, opset: int):
     return 0.0
 
 
-def _layer_state(value, dirs: int, hidden: int, where: str) -> np.ndarray:
+def layer_state(value, dirs: int, hidden: int, where: str) -> np.ndarray:
     """A stored initial_h (0.0, or a constant broadcast over the batch) as (dirs, H)."""
     if isinstance(value, float):
         return np.zeros((dirs, hidden))
@@ -466,7 +421,7 @@ def _layer_state(value, dirs: int, hidden: int, where: str) -> np.ndarray:
     if array.ndim != 3 or array.shape[1] != 1:
         raise FormatError(f"{where}: its initial_h is a constant of shape {list(array.shape)}; "
                           f"a stored initial state must be ({dirs}, 1, {hidden}), the same for "
-                          f"every batch row; {_WHOLE_GRAPHS}")
+                          f"every batch row; {WHOLE_GRAPHS}")
     try:
         return np.broadcast_to(array, (dirs, 1, hidden))[:, 0, :].copy()
     except ValueError:
@@ -474,154 +429,3 @@ def _layer_state(value, dirs: int, hidden: int, where: str) -> np.ndarray:
                           f"({dirs}, 1, {hidden})") from None
 
 
-# Ops that may carry the graph's h0 / lengths inputs to the layers' initial_h / sequence_lens
-# (torch.onnx.export and fastgru's own export slice h0 per layer).
-_STATE_PLUMBING = _PLUMBING | {"Slice", "Split", "Gather", "Cast", "Unsqueeze", "Shape", "Concat",
-                               "Expand", "ConstantOfShape", "Tile"}
-# Ops that may carry the stack's outputs to the graph's outputs (layout changes, h_n's Concat).
-_OUTPUT_PLUMBING = _PLUMBING | {"Unsqueeze", "Concat"}
-
-
-def _check_nothing_else(graph, chain, graph_inputs) -> None:
-    """Refuse a graph that computes more than the GRU stack `chain`: every node must be a layer,
-    plumbing traced between layers, constant folding, or data movement from graph inputs to the
-    layers' state inputs or from the layers' outputs to the graph's outputs."""
-    folded = constant_names(graph)
-    layers = {id(gru) for gru, _ in chain}
-    accounted = layers | {id(op) for _, ops in chain for op in ops}
-    for gru, _ in chain:
-        stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        lengths = gru_inputs(gru)[4]
-        if lengths and lengths in folded:
-            raise FormatError(f"{stop}: its sequence_lens is a constant, which a GRU stack read "
-                              f"alone cannot keep; {_WHOLE_GRAPHS}")
-    producers = _producers(graph)
-    stack_outputs = {o for gru, _ in chain for o in gru.output if o}
-    from_inputs, from_outputs = set(graph_inputs), set(stack_outputs)
-    for node in graph.node:  # nodes are in topological order in a valid graph
-        if id(node) in accounted or all(o in folded or not o for o in node.output):
-            continue
-        sources = [i for i in node.input if i and i not in folded]
-        what = f"node {node.name or '<unnamed>'!r} ({node.op_type})"
-        if node.op_type in _STATE_PLUMBING and sources and all(i in from_inputs for i in sources):
-            from_inputs.update(node.output)
-        elif node.op_type in _OUTPUT_PLUMBING and sources and \
-                all(i in from_outputs for i in sources):
-            from_outputs.update(node.output)
-        else:
-            raise FormatError(f"the ONNX graph is more than a GRU stack: {what} computes "
-                              f"something fastgru's GRU would leave out; {_WHOLE_GRAPHS}")
-    last_y = chain[-1][0].output[0]
-    for out in graph.output:
-        name = out.name
-        node = producers.get(name)
-        if name in stack_outputs - {last_y} - {g.output[1] for g, _ in chain if len(g.output) > 1}:
-            raise FormatError(f"the ONNX graph outputs {name!r}, the sequence of a layer below "
-                              f"the top; {_WHOLE_GRAPHS}")
-        if node is not None and id(node) not in accounted and name not in from_outputs \
-                and name not in folded:
-            raise FormatError(f"the ONNX graph output {name!r} is not an output of the GRU "
-                              f"stack; {_WHOLE_GRAPHS}")
-
-
-def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
-    """(spec, batch_first) of the GRU stack in an ONNX graph, or of the node named `node`."""
-    model, folder = load_model(src)
-    opset = _opset(model)
-    if opset < MIN_OPSET:
-        raise FormatError(f"ONNX opset {opset} is not supported; GRU is read from opset "
-                          f"{MIN_OPSET} on")
-    graph = model.graph
-    grus = gru_nodes(graph)
-    if not grus:
-        kinds = sorted({n.op_type for n in graph.node})
-        raise FormatError(f"the ONNX graph has no GRU node (its op types: {kinds})")
-    if node is not None:
-        named = [n for n in grus if n.name == node]
-        if not named:
-            raise ValueError(f"no GRU node named {node!r}; GRU nodes: {[n.name for n in grus]}")
-        values = constant_inputs(graph, folder, named, opset)
-        layer, options, layout = read_gru_node(named[0], values)
-        return GRUSpec((layer,), **options), layout
-
-    values = constant_inputs(graph, folder, grus, opset)
-    producers = _producers(graph)
-    initializers = {t.name for t in graph.initializer}
-    graph_inputs = {i.name for i in graph.input} - initializers
-    # Each GRU reads either the graph input (the first layer) or another GRU's Y, through
-    # plumbing ops; one stack means one first layer and no GRU read by two others.
-    firsts, after = [], {}  # after: id(previous GRU) -> (GRU, plumbing ops between them)
-    for gru in grus:
-        stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        kind, source, ops = _trace_back(gru.input[0], producers, graph_inputs, stop)
-        if kind == "input":
-            firsts.append((gru, ops))
-        elif id(source) in after:
-            firsts.append(None)  # a fork: not one stack
-        else:
-            after[id(source)] = (gru, ops)
-    if len(firsts) != 1 or firsts[0] is None:
-        raise FormatError(f"the ONNX graph has {len(grus)} GRU nodes {[n.name for n in grus]} "
-                          f"that do not form one stack; {_WHOLE_GRAPHS}")
-    chain = [firsts[0]]
-    while id(chain[-1][0]) in after:
-        chain.append(after[id(chain[-1][0])])
-        if len(chain) > len(grus):
-            raise FormatError("the ONNX graph's GRU nodes feed each other in a cycle")
-
-    layers, options, batch_first = [], None, False
-    infos = value_infos(model) if len(chain) > 1 else {}
-    for k, (gru, ops) in enumerate(chain):
-        layer, opts, layout = read_gru_node(gru, values)
-        stop = f"GRU node {gru.name or '<unnamed>'!r}"
-        if k == 0:
-            moved = [op for op in ops if op.op_type != "Identity"]
-            perms = [_perm(op) for op in moved if op.op_type == "Transpose"]
-            if len(perms) != len(moved) or perms not in ([], [[1, 0, 2]]):
-                raise FormatError(f"the graph input reaches the first GRU through "
-                                  f"{[op.op_type for op in moved]} (Transpose perms {perms}); "
-                                  f"only none or one Transpose (1, 0, 2) is understood; "
-                                  f"{_WHOLE_GRAPHS}")
-            batch_first = bool(layout) != bool(perms)
-        else:
-            if opts != options:
-                raise FormatError(f"{stop}: layer {k} has options {opts}, layer 0 has {options}")
-            if layout:
-                raise FormatError(f"{stop}: layout=1 on a layer above the first is not supported")
-            dirs = 2 if opts["direction"] == "bidirectional" else 1
-            _check_between_layers(ops, dirs, stop)
-            steps, batch = fixed_sizes(infos, chain[k - 1][0].output[0])
-            if not moves_layer_output(graph, ops, dirs, layer.r.shape[-1], folder, opset,
-                                      steps, batch):
-                raise FormatError(f"{stop}: the nodes {[op.name or op.op_type for op in ops]} "
-                                  f"between it and the layer below do not pass the sequence "
-                                  f"on as a stacked GRU reads it; {_WHOLE_GRAPHS}")
-        options = opts
-        layers.append(layer)
-    _check_nothing_else(graph, chain, graph_inputs)
-    initial_state = _stored_states(graph, chain, folder, opset, layers, options)
-    try:
-        spec = GRUSpec(tuple(layers), **options, initial_state=initial_state)
-    except ValueError as error:
-        raise FormatError(f"the GRU stack is inconsistent: {error}") from None
-    return spec, batch_first
-
-
-def _stored_states(graph, chain, folder, opset, layers, options):
-    """The stack's stored initial state (layers*dirs, H), or None: each layer's initial_h is
-    absent, zeros, or a constant broadcast over the batch (stored), or else fed by the caller
-    (h0 at call time), and the layers cannot mix stored and fed states."""
-    dirs = 2 if options["direction"] == "bidirectional" else 1
-    hidden = layers[0].r.shape[-1]
-    states, fed = [], []
-    for gru, _ in chain:
-        name = gru_inputs(gru)[5]
-        where = f"GRU node {gru.name or '<unnamed>'!r}"
-        value = stored_state(graph, name, folder, opset) if name else 0.0
-        fed.append(value is None)
-        states.append(None if value is None else _layer_state(value, dirs, hidden, where))
-    stored = [s for s in states if s is not None and np.any(s)]
-    if stored and any(fed):
-        raise FormatError(f"the GRU stack mixes stored initial states with states fed at run "
-                          f"time; {_WHOLE_GRAPHS}")
-    return np.concatenate(states) if stored else None

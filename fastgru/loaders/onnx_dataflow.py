@@ -1,0 +1,419 @@
+"""What the nodes around GRU layers do, proved from the graph's dataflow with sizes as symbols.
+
+A chain of GRU nodes is read as one stacked model only when every node between the graph's
+input, the layers and the graph's outputs provably moves data as the stack does, for every
+sequence length and batch size the graph accepts. A trial run at one size cannot prove that (a
+Reshape to a fixed shape works at one length only), so the proof is symbolic:
+
+- a tensor derived from a source (a graph input, a GRU's Y or Y_h) is a list of dims, each dim
+  a run of the source's axes ("atoms") in row-major order;
+- a size is a monomial: an integer times symbols, one symbol per size the graph leaves open
+  (a dim_param or an unknown dim stays a symbol; a fixed dim is a number);
+- a Reshape regroups atoms only where each target size is provably the product of a run of
+  them; a number never equals a symbol, so a fixed target is valid only where the graph fixes
+  that size too;
+- shape tensors (Shape, Gather, Slice, Concat, Mul... of sizes) are lists of sizes, so the
+  targets torch's default exporter computes at run time are known symbolically.
+
+Accepted ops (anything else is unknown, and what depends on it is refused):
+
+| op | on data derived from a source | on shape tensors |
+|---|---|---|
+| Identity | as is | as is |
+| Cast | to the same element type only | to int32 / int64 |
+| Transpose | any permutation | - |
+| Squeeze | axes whose size is provably 1 | a 1-element list to a scalar |
+| Unsqueeze | inserts size-1 axes | a scalar to a 1-element list |
+| Reshape | regroups runs of axes (0, -1, numbers, computed targets) | to 1-D |
+| Slice | step 1, on one axis (a state's layers) | constant starts/ends/steps |
+| Gather | a constant index on a state's layer axis | constant indices |
+| Concat | contiguous slices of one axis, in order (h_n from the layers' Y_h) | lists joined |
+| Shape | - | sizes of a traced tensor, start/end |
+| Mul | - | elementwise products |
+| Constant, initializers | - | integer constants |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_DEPTH = 200  # nodes followed back from one value: deeper chains are refused, never a crash
+INT_TYPES = (6, 7)  # ONNX INT32, INT64
+
+
+@dataclass(frozen=True)
+class Size:
+    """coef · ∏ symbols: a tensor dimension that may depend on sizes the graph leaves open."""
+
+    coef: int
+    symbols: tuple[str, ...] = ()  # sorted, with repetition
+
+    def __mul__(self, other: "Size") -> "Size":
+        return Size(self.coef * other.coef, tuple(sorted(self.symbols + other.symbols)))
+
+    def divide(self, other: "Size") -> "Size | None":
+        """self / other when it is a monomial for every value of the symbols, else None."""
+        if other.coef == 0 or self.coef % other.coef:
+            return None
+        rest = list(self.symbols)
+        for symbol in other.symbols:
+            if symbol not in rest:
+                return None
+            rest.remove(symbol)
+        return Size(self.coef // other.coef, tuple(rest))
+
+    @property
+    def fixed(self) -> int | None:
+        return None if self.symbols else self.coef
+
+
+ONE = Size(1)
+
+
+def symbol(name: str) -> Size:
+    return Size(1, (name,))
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One axis of a source, or the slice [start, start + size) of it (start None: whole)."""
+
+    axis: str
+    size: Size
+    start: int | None = None
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Data derived from sources: dims, each a run of atoms; `taken` holds the size-1 slices
+    a Gather or Squeeze removed (which layer of a state a value is)."""
+
+    dims: tuple[tuple[Atom, ...], ...]
+    elem: int
+    taken: frozenset = frozenset()
+
+    @staticmethod
+    def source(axes: list[tuple[str, Size]], elem: int) -> "Tensor":
+        return Tensor(tuple((Atom(name, size),) for name, size in axes), elem)
+
+    def sizes(self) -> list[Size]:
+        out = []
+        for dim in self.dims:
+            size = ONE
+            for atom in dim:
+                size = size * atom.size
+            out.append(size)
+        return out
+
+    def key(self) -> tuple:
+        """What the tensor holds, independent of where size-1 axes stand."""
+        dims = tuple(tuple(a for a in dim if a.size != ONE) for dim in self.dims)
+        ones = {a for dim in self.dims for a in dim if a.size == ONE and a.start is not None}
+        return dims, frozenset(ones | set(self.taken))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A 1-D integer tensor (or a scalar) of sizes."""
+
+    values: tuple[Size, ...]
+    scalar: bool = False
+
+
+def _axes(values, rank: int) -> list[int] | None:
+    try:
+        axes = [int(a) for a in np.asarray(values).reshape(-1)]
+    except (TypeError, ValueError):
+        return None
+    normal = [a + rank if a < 0 else a for a in axes]
+    if any(not 0 <= a < rank for a in normal) or len(set(normal)) != len(normal):
+        return None
+    return normal
+
+
+@dataclass
+class Dataflow:
+    """Traces values back to sources through the ops in the table above.
+
+    producers: {value name: node}; constant(name) -> ndarray or None (folded constants);
+    attributes(node) -> {name: value}; opset: the graph's default-domain opset.
+    `visited` collects the nodes every successful trace went through.
+    """
+
+    producers: dict
+    constant: object
+    attributes: object
+    opset: int
+    visited: set = field(default_factory=set)
+
+    def trace(self, name: str, sources: dict) -> "Tensor | Shape | None":
+        """What `name` is in terms of `sources` ({name: Tensor}), or None when unknown."""
+        return self._value(name, sources, {}, 0)
+
+    def _value(self, name, sources, memo, depth):
+        if name in sources:
+            return sources[name]
+        if name in memo:
+            return memo[name]
+        memo[name] = None  # a cycle reads as unknown
+        result = None
+        array = self.constant(name)
+        if array is not None:
+            if array.dtype.kind in "iu" and array.ndim <= 1 and array.size <= 64:
+                result = Shape(tuple(Size(int(v)) for v in array.reshape(-1)), array.ndim == 0)
+        else:
+            node = self.producers.get(name)
+            if node is not None and depth < MAX_DEPTH and node.domain in ("", "ai.onnx") and \
+                    list(node.output).index(name) == 0:
+                value = lambda n: self._value(n, sources, memo, depth + 1)  # noqa: E731
+                try:
+                    result = _evaluate(self, node, value)
+                except (ValueError, TypeError, IndexError, KeyError):
+                    result = None  # malformed attributes or inputs: unknown
+                if result is not None:
+                    self.visited.add(id(node))
+        memo[name] = result
+        return result
+
+    def ints(self, name: str) -> list[int] | None:
+        """A constant integer input (axes, starts...) as a list, or None."""
+        if not name:
+            return None
+        array = self.constant(name)
+        if array is None or array.dtype.kind not in "iu":
+            return None
+        return [int(v) for v in array.reshape(-1)]
+
+
+def _evaluate(flow: Dataflow, node, value):
+    op, inputs = node.op_type, list(node.input)
+    attrs = flow.attributes(node)
+    data = value(inputs[0]) if inputs and inputs[0] else None
+    if data is None:
+        return None
+    if op == "Identity":
+        return data
+    if op == "Cast":
+        to = attrs.get("to")
+        if isinstance(data, Tensor):
+            return data if to == data.elem else None
+        return data if to in INT_TYPES else None
+    if op == "Transpose" and isinstance(data, Tensor):
+        rank = len(data.dims)
+        perm = attrs.get("perm", list(range(rank))[::-1])
+        if not isinstance(perm, list) or sorted(perm) != list(range(rank)):
+            return None
+        return Tensor(tuple(data.dims[p] for p in perm), data.elem, data.taken)
+    if op in ("Squeeze", "Unsqueeze"):
+        axes = attrs.get("axes") if flow.opset < 13 else \
+            (flow.ints(inputs[1]) if len(inputs) > 1 and inputs[1] else None)
+        if len(inputs) > 1 and inputs[1] and axes is None:
+            return None  # axes computed at run time
+        return (_squeeze if op == "Squeeze" else _unsqueeze)(data, axes)
+    if op == "Reshape":
+        target = value(inputs[1]) if len(inputs) > 1 and inputs[1] else None
+        if not isinstance(target, Shape) or target.scalar:
+            return None
+        return _reshape(data, list(target.values), bool(attrs.get("allowzero", 0)))
+    if op == "Shape" and isinstance(data, Tensor):
+        sizes = data.sizes()
+        start, end = attrs.get("start", 0), attrs.get("end", len(sizes))
+        return Shape(tuple(sizes[slice(start, end)]))
+    if op == "Gather":
+        indices = flow.constant(inputs[1]) if len(inputs) > 1 else None
+        if indices is None or indices.dtype.kind not in "iu" or indices.ndim > 1:
+            return None
+        return _gather(data, [int(i) for i in indices.reshape(-1)], indices.ndim == 0,
+                       attrs.get("axis", 0))
+    if op == "Slice":
+        if flow.opset < 10:
+            starts, ends, axes, steps = attrs.get("starts"), attrs.get("ends"), \
+                attrs.get("axes"), None
+        else:
+            params = [flow.ints(inputs[k]) if len(inputs) > k and inputs[k] else None
+                      for k in range(1, 5)]
+            if any(len(inputs) > k and inputs[k] and params[k - 1] is None for k in range(1, 5)):
+                return None
+            starts, ends, axes, steps = params
+        if starts is None or ends is None:
+            return None
+        return _slice(data, starts, ends, axes, steps)
+    if op == "Concat":
+        parts = [value(i) for i in inputs]
+        return _concat(parts, attrs.get("axis"))
+    if op == "Mul" and isinstance(data, Shape):
+        other = value(inputs[1]) if len(inputs) > 1 else None
+        if not isinstance(other, Shape):
+            return None
+        a, b = data.values, other.values
+        if len(a) != len(b) and 1 not in (len(a), len(b)):
+            return None
+        n = max(len(a), len(b))
+        return Shape(tuple((a[k % len(a)] * b[k % len(b)]) for k in range(n)),
+                     data.scalar and other.scalar)
+    return None
+
+
+def _squeeze(data, axes):
+    if isinstance(data, Shape):
+        if data.scalar or len(data.values) != 1 or axes not in (None, [0], [-1]):
+            return None
+        return Shape(data.values, scalar=True)
+    sizes = data.sizes()
+    if axes is None:
+        if any(s.symbols for s in sizes):
+            return None  # which axes are 1 depends on the sizes fed at run time
+        axes = [k for k, s in enumerate(sizes) if s == ONE]
+    axes = _axes(axes, len(sizes))
+    if axes is None or any(sizes[a] != ONE for a in axes):
+        return None
+    taken = {atom for a in axes for atom in data.dims[a] if atom.start is not None}
+    dims = tuple(d for k, d in enumerate(data.dims) if k not in axes)
+    return Tensor(dims, data.elem, data.taken | frozenset(taken))
+
+
+def _unsqueeze(data, axes):
+    if axes is None:
+        return None
+    if isinstance(data, Shape):
+        return Shape(data.values) if data.scalar and _axes(axes, 1) == [0] else None
+    rank = len(data.dims) + len(axes)
+    axes = _axes(axes, rank)
+    if axes is None:
+        return None
+    dims, rest = [], iter(data.dims)
+    for k in range(rank):
+        dims.append(() if k in axes else next(rest))
+    return Tensor(tuple(dims), data.elem, data.taken)
+
+
+def _reshape(data, target: list[Size], allowzero: bool):
+    if isinstance(data, Shape):
+        if len(target) == 1 and target[0].fixed in (-1, len(data.values)):
+            return Shape(data.values)
+        return None
+    sizes = data.sizes()
+    total = ONE
+    for s in sizes:
+        total = total * s
+    target = list(target)
+    for k, t in enumerate(target):
+        if t.fixed == 0 and not allowzero:
+            if k >= len(sizes):
+                return None
+            target[k] = sizes[k]
+    unknown = [k for k, t in enumerate(target) if t.fixed == -1]
+    if len(unknown) > 1 or any(t.coef <= 0 for k, t in enumerate(target) if k not in unknown):
+        return None
+    if unknown:
+        known = ONE
+        for k, t in enumerate(target):
+            if k != unknown[0]:
+                known = known * t
+        inferred = total.divide(known)
+        if inferred is None:
+            return None
+        target[unknown[0]] = inferred
+    atoms = [a for dim in data.dims for a in dim]
+    dims, k = [], 0
+    for t in target:
+        group, size = [], ONE
+        while size != t:
+            if k == len(atoms):
+                return None
+            size = size * atoms[k].size
+            group.append(atoms[k])
+            k += 1
+            if t.divide(size) is None:
+                return None  # past the target: the target splits an axis
+        dims.append(group)
+    leftover = atoms[k:]
+    if any(a.size != ONE for a in leftover):
+        return None
+    if leftover:
+        if not dims:
+            return None
+        dims[-1].extend(leftover)
+    return Tensor(tuple(tuple(d) for d in dims), data.elem, data.taken)
+
+
+def _gather(data, indices: list[int], scalar: bool, axis):
+    if isinstance(data, Shape):
+        if data.scalar or axis not in (0, -1):
+            return None
+        n = len(data.values)
+        if any(not -n <= i < n for i in indices):
+            return None
+        return Shape(tuple(data.values[i] for i in indices), scalar)
+    rank = len(data.dims)
+    axes = _axes([axis], rank)
+    if axes is None or len(indices) != 1:
+        return None
+    sliced = _slice(data, [indices[0]], [indices[0] + 1], axes, None)
+    return _squeeze(sliced, axes) if scalar and sliced is not None else sliced
+
+
+def _slice(data, starts, ends, axes, steps):
+    if isinstance(data, Shape):
+        if data.scalar or len(starts) != 1 or (axes not in (None, [0], [-1])):
+            return None
+        step = steps[0] if steps else 1
+        if step == 0:
+            return None
+        return Shape(tuple(data.values[slice(starts[0], ends[0], step)]))
+    rank = len(data.dims)
+    axes = _axes(list(range(len(starts))) if axes is None else axes, rank)
+    if axes is None or len(starts) != len(axes) or len(ends) != len(axes) or \
+            (steps and any(s != 1 for s in steps)):
+        return None
+    dims = list(data.dims)
+    for axis, start, end in zip(axes, starts, ends):
+        if len(dims[axis]) != 1 or start < 0 or end <= start:
+            return None  # a slice of a merged or open-ended axis: not proved
+        atom = dims[axis][0]
+        length = atom.size.fixed
+        if length is not None:
+            end = min(end, length)
+            if end <= start:
+                return None
+            if start == 0 and end == length:
+                continue
+        offset = atom.start or 0
+        dims[axis] = (Atom(atom.axis, Size(end - start), offset + start),)
+    return Tensor(tuple(dims), data.elem, data.taken)
+
+
+def _concat(parts, axis):
+    if any(p is None for p in parts) or not parts:
+        return None
+    if all(isinstance(p, Shape) for p in parts):
+        if any(p.scalar for p in parts):
+            return None
+        return Shape(tuple(v for p in parts for v in p.values))
+    if not all(isinstance(p, Tensor) for p in parts) or axis is None:
+        return None
+    rank = len(parts[0].dims)
+    axes = _axes([axis], rank)
+    if axes is None or any(len(p.dims) != rank or p.elem != parts[0].elem or p.taken
+                           for p in parts):
+        return None
+    a = axes[0]
+    if any(p.dims[:a] != parts[0].dims[:a] or p.dims[a + 1:] != parts[0].dims[a + 1:]
+           for p in parts):
+        return None
+    pieces = [p.dims[a] for p in parts]
+    if any(len(piece) != 1 for piece in pieces):
+        return None
+    first = pieces[0][0]
+    if first.start is None:
+        return None
+    position, total = first.start, 0
+    for (atom,) in pieces:  # contiguous slices of one axis, in order
+        if atom.axis != first.axis or atom.start != position or atom.size.fixed is None:
+            return None
+        position += atom.size.fixed
+        total += atom.size.fixed
+    merged = Atom(first.axis, Size(total), first.start)
+    return Tensor(parts[0].dims[:a] + ((merged,),) + parts[0].dims[a + 1:], parts[0].elem)

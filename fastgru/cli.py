@@ -3,7 +3,9 @@
 ONNX files that are more than a GRU stack (a network with GRUs inside) run whole through
 fastgru.InferenceSession in info, run, check and bench.
 
-Errors about the user's files or arguments print one line and exit with status 2.
+Errors about the user's files or arguments print one line and exit with status 2: so do
+onnxruntime's own errors while running a whole graph, and sizes or thread counts beyond what
+this machine can run (checked before any work starts).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from fastgru._model import GRU
 
 # |fastgru - reference| <= ATOL + RTOL * |reference| for `fastgru check` (float32 models).
 ATOL, RTOL = 1e-5, 1e-4
+# --batch and --seq of check and bench: at most this each, and within the memory available.
+MAX_BATCH = MAX_SEQ = 1 << 20
 
 
 class UsageError(Exception):
@@ -54,9 +58,77 @@ def _open(path, args):
         if files.sniff(files.check_file(path)) != "onnx":
             raise
         try:
-            return fastgru.InferenceSession(path)
+            session = fastgru.InferenceSession(path)
         except fastgru.FormatError:
             raise error from None
+    _refuse_load_options_on_whole_graph(path, args)
+    _quiet_onnxruntime()
+    return session
+
+
+def _refuse_load_options_on_whole_graph(path, args) -> None:
+    """--dtype and --batch-first change a GRU model; fastgru.InferenceSession takes neither, so
+    a whole graph refuses them rather than run without them."""
+    for given, option in ((args.dtype != "float32", "--dtype"),
+                          (args.batch_first, "--batch-first")):
+        if given:
+            raise UsageError(f"{option} applies to GRU models; {path!r} is a whole ONNX graph, "
+                             f"run as the file says by fastgru.InferenceSession, which takes "
+                             f"no {option}")
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime logs a failing node on stderr before raising; the error line says it once."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(4)
+
+
+def _is_onnxruntime_error(error: BaseException) -> bool:
+    """onnxruntime's exceptions derive from Exception only: known by their module."""
+    return type(error).__module__.startswith("onnxruntime")
+
+
+def _available_memory() -> int:
+    """Bytes this machine can still give: MemAvailable on Linux, else the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_sizes(batch: int, seq: int, values_per_step) -> None:
+    """--batch and --seq within bounds, and the arrays of one run (about 16 bytes per value of
+    `values_per_step` per batch row and step: float32 in and out, float64 for the comparison,
+    the peer's copy) within the memory available, before any is made."""
+    if batch < 1 or seq < 1:
+        raise UsageError(f"--batch and --seq must be positive, got {batch}, {seq}")
+    for value, most, option in ((batch, MAX_BATCH, "--batch"), (seq, MAX_SEQ, "--seq")):
+        if value > most:
+            raise UsageError(f"{option} {value} is too large: at most {most}")
+    needed = 16 * batch * seq * values_per_step
+    available = _available_memory()
+    if needed > available // 2:
+        raise UsageError(f"--batch {batch} x --seq {seq} needs about {needed / 2**30:.1f} GiB; "
+                         f"this machine has {available / 2**30:.1f} GiB available: use less")
+
+
+def _values_per_step(model) -> int:
+    """Values per batch row and step a run holds: inputs, and for a GRU model its outputs and
+    gate projections; for a whole graph its inputs (fixed dims as given), eight times over for
+    the outputs unseen."""
+    if isinstance(model, GRU):
+        dirs = 2 if model.bidirectional else 1
+        return model.input_size + 4 * model.num_layers * dirs * model.hidden_size
+    per_step = 0
+    for arg in model.get_inputs():
+        dims = [d for d in (arg.shape or [])[2:] if isinstance(d, int) and d > 0]
+        per_step += int(np.prod(dims, dtype=np.int64))
+    return 8 * max(per_step, 1)
 
 
 def _info_whole_graph(path, session) -> int:
@@ -287,6 +359,7 @@ def cmd_check(args) -> int:
     if args.batch < 1 or args.seq < 1:
         raise UsageError(f"--batch and --seq must be positive, got {args.batch}, {args.seq}")
     model = _open(args.model, args)
+    _check_sizes(args.batch, args.seq, _values_per_step(model))
     if not isinstance(model, GRU):
         return _check_whole_graph(args, model)
     rng = np.random.default_rng(args.seed)
@@ -400,7 +473,25 @@ def cmd_score(args) -> int:
 def cmd_bench(args) -> int:
     from fastgru.benchmark import bench
 
+    _check_threads(args.threads)
+    if args.model:
+        _check_sizes(args.batch, args.seq, _values_per_step(_open(args.model, args)))
     return bench(args)
+
+
+def _check_threads(threads: str) -> None:
+    """Thread counts beyond Numba's pool for this machine are refused up front (a count of
+    100000 ran on for minutes); the rest of --threads is checked by fastgru.benchmark."""
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    try:
+        counts = [int(t) for t in threads.split(",")]
+    except ValueError:
+        return
+    if counts and max(counts) > most:
+        raise UsageError(f"--threads: at most {most} on this machine "
+                         f"(numba.config.NUMBA_NUM_THREADS), got {max(counts)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,9 +568,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UsageError, FormatError, FileNotFoundError, ValueError, TypeError,
-            ImportError) as error:
+    except (UsageError, FormatError, FileNotFoundError, ValueError, TypeError, ImportError,
+            MemoryError) as error:
         print(f"fastgru {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if not _is_onnxruntime_error(error):
+            raise
+        message = " ".join(str(error).split())  # one line
+        print(f"fastgru {args.command}: error: onnxruntime failed: {message}", file=sys.stderr)
         return 2
 
 

@@ -230,3 +230,70 @@ def test_layout_and_load_options_on_the_command_line(tmp_path, rng, capsys):
         f"fastgru {fastgru.__version__}"
     model = fastgru.load(path, batch_first=True, prefix="encoder.gru.")
     assert model.batch_first and model.hidden_size == 7
+
+
+@pytest.fixture
+def graph_with_an_add(tmp_path, rng):
+    """A GRU whose Y a graph input is added to: onnxruntime fails at run time when that input's
+    length does not broadcast against H (a whole graph: fastgru.InferenceSession)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import onnx_gru_model
+
+    proto = onnx_gru_model(random_spec(rng, 3, 4))
+    graph = proto.graph
+    graph.input.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["K"]))
+    graph.node.append(helper.make_node("Add", ["Y", "bias"], ["out"], name="add"))
+    graph.output.insert(0, helper.make_tensor_value_info("out", TensorProto.FLOAT, None))
+    del numpy_helper
+    path = tmp_path / "add.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return str(path)
+
+
+def test_a_whole_graph_failing_in_onnxruntime_is_one_line(graph_with_an_add, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((5, 2, 3), np.float32))
+    np.save(tmp_path / "bias.npy", np.zeros(3, np.float32))  # H is 4: no broadcast
+    np.save(tmp_path / "lens.npy", np.full(2, 5, np.int32))
+    np.save(tmp_path / "h0.npy", np.zeros((1, 2, 4), np.float32))
+    argv = ["run", graph_with_an_add, "--output", f"out={tmp_path / 'out.npy'}"]
+    for name in ("X", "bias", "sequence_lens", "initial_h"):
+        file = {"X": "x", "bias": "bias", "sequence_lens": "lens", "initial_h": "h0"}[name]
+        argv += ["--input", f"{name}={tmp_path / file}.npy"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(r"fastgru run: error: onnxruntime failed", err), err
+    np.save(tmp_path / "bias.npy", np.zeros(4, np.float32))  # the same files, broadcastable
+    assert main(argv) == 0
+
+
+@pytest.mark.parametrize("option", [["--dtype", "float64"], ["--dtype", "bfloat16"],
+                                    ["--batch-first"]])
+@pytest.mark.parametrize("command", ["info", "check", "bench"])
+def test_load_options_are_refused_on_whole_graphs(graph_with_an_add, capsys, command, option):
+    assert main([command, graph_with_an_add, *option]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{option[0]} applies to GRU models" in err and "InferenceSession" in err, err
+
+
+def test_sizes_and_threads_are_checked_against_the_machine(pt_file, capsys):
+    import numba
+
+    most = numba.config.NUMBA_NUM_THREADS
+    cases = [
+        (["bench", "--threads", "100000"], rf"--threads: at most {most} on this machine "
+                                           rf"\(numba.config.NUMBA_NUM_THREADS\), got 100000"),
+        (["bench", "--threads", f"1,{most + 1}"], rf"at most {most} on this machine"),
+        (["bench", str(pt_file), "--batch", "100000000"], r"--batch .* at most"),
+        (["bench", str(pt_file), "--seq", "100000000"], r"--seq .* at most"),
+        (["check", str(pt_file), "--batch", "100000000"], r"--batch .* at most"),
+        (["check", str(pt_file), "--batch", "50000", "--seq", "50000"],
+         r"--batch 50000 x --seq 50000 needs .* GiB; this machine has"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert re.search(message, err), (argv, err)

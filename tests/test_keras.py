@@ -377,3 +377,16 @@ def test_an_unwritten_dataset_is_not_read(tmp_path, where):
     said, mib = peak_mib(tmp_path / "m.h5")
     assert said.startswith("refused:" if where == "g" else "loaded"), said
     assert mib < 32, f"loading a small file took {mib} MiB"
+
+
+def test_training_mode_is_not_identity(tmp_path):
+    """Dropout called with training=True drops at inference too: not an identity."""
+    x = keras.Input((None, 3), name="x")
+    h = keras.layers.Dropout(0.5, name="drop")(x, training=True)
+    functional(x, keras.layers.GRU(4, name="g")(h)).save(tmp_path / "drop.keras")
+    with pytest.raises(FormatError, match=r"GRU 'g' reads the output of 'drop' \(Dropout\)"):
+        fastgru.load(tmp_path / "drop.keras")
+    y = keras.layers.GRU(4, dropout=0.5, name="g")(x, training=True)
+    functional(x, y).save(tmp_path / "gru.keras")
+    with pytest.raises(FormatError, match=r"GRU 'g' is called with training=True"):
+        fastgru.load(tmp_path / "gru.keras", layer="g")

@@ -92,7 +92,7 @@ class _Layer:
     name: str
     kind: str
     config: dict
-    calls: list  # [(inputs [(layer, tensor)], {kwarg: [(layer, tensor)]})] one per call
+    calls: list  # per call: (inputs [(layer, tensor)], {kwarg: [(layer, tensor)]}, training)
 
 
 def _ref(value, what: str):
@@ -120,23 +120,25 @@ def _tensors(value, what: str, keras2: bool) -> list:
 
 
 def _call(node, what: str):
-    """(inputs, {kwarg: tensors}) of one inbound node, Keras 3 ({args, kwargs}) or Keras 2
+    """(inputs, {kwarg: tensors}, training=True) of one inbound node, Keras 3 ({args, kwargs}) or Keras 2
     ([[name, node, tensor, kwargs], ...])."""
     if isinstance(node, dict):
         kwargs = _expect(node.get("kwargs", {}), dict, what + " kwargs")
         named = {key: _tensors(value, what, False) for key, value in kwargs.items()}
-        return _tensors(node.get("args", []), what, False), {k: v for k, v in named.items() if v}
-    inputs, named = [], {}
+        return (_tensors(node.get("args", []), what, False), {k: v for k, v in named.items() if v},
+                kwargs.get("training") is True)
+    inputs, named, training = [], {}, False
     for entry in _expect(node, list, what):
         entry = _expect(entry, list, what)
         inputs.append(_ref(entry, what))
         if len(entry) > 3:
             kwargs = _expect(entry[3], dict, what + " kwargs")
+            training = training or kwargs.get("training") is True
             for key, value in kwargs.items():
                 found = _tensors(value, what, True)
                 if found:
                     named[key] = named.get(key, []) + found
-    return inputs, named
+    return inputs, named, training
 
 
 def _graph(config) -> dict[str, _Layer]:
@@ -163,14 +165,14 @@ def _graph(config) -> dict[str, _Layer]:
             if before is None and kind != _INPUT:
                 layers["(input)"] = _Layer("(input)", _INPUT, {}, [])
                 before = "(input)"
-            calls = [] if kind == _INPUT else [([(before, 0)], {})]
+            calls = [] if kind == _INPUT else [([(before, 0)], {}, False)]
         else:
             nodes = _expect(item.get("inbound_nodes", []), list, f"layer {name!r}'s inbound_nodes")
             calls = [_call(node, f"layer {name!r}'s inbound node") for node in nodes]
         layers[name] = _Layer(name, kind, cfg, calls)
         before = name
     for layer in layers.values():
-        for inputs, named in layer.calls:
+        for inputs, named, _ in layer.calls:
             for source, _ in inputs + [t for ts in named.values() for t in ts]:
                 if source not in layers:
                     raise FormatError(f"Keras layer {layer.name!r} reads layer {source!r}, which "
@@ -200,8 +202,8 @@ def _source(layers: dict[str, _Layer], ref):
     while layers[name].kind in IDENTITY and name not in seen:
         seen.add(name)
         calls = layers[name].calls
-        if len(calls) != 1 or len(calls[0][0]) != 1 or calls[0][1]:
-            break
+        if len(calls) != 1 or len(calls[0][0]) != 1 or calls[0][1] or calls[0][2]:
+            break  # not one plain call of one tensor: training=True drops at inference too
         name, tensor = calls[0][0][0]
     return layers[name], tensor
 
@@ -209,7 +211,7 @@ def _source(layers: dict[str, _Layer], ref):
 def _mask_origin(layers: dict[str, _Layer], start: _Layer) -> _Layer | None:
     """The Masking or Embedding(mask_zero=True) layer upstream of `start`, or the layer that
     makes a mask `start` is given explicitly; None when `start` reads no mask."""
-    for _, named in start.calls:
+    for _, named, _ in start.calls:
         if named.get("mask"):
             found = _upstream_mask(layers, named["mask"][0][0])
             return found or layers[named["mask"][0][0]]
@@ -227,7 +229,7 @@ def _upstream_mask(layers, name: str, include: bool = True) -> _Layer | None:
         if check and (layer.kind == "Masking" or
                       (layer.kind == "Embedding" and layer.config.get("mask_zero"))):
             return layer
-        stack += [(source, True) for inputs, named in layer.calls
+        stack += [(source, True) for inputs, named, _ in layer.calls
                   for source, _ in inputs + [t for ts in named.values() for t in ts]]
     return None
 
@@ -306,7 +308,11 @@ def _check_reads(layers: dict[str, _Layer], layer: _Layer, alone: bool) -> None:
     if not alone and len(layer.calls) > 1:
         raise FormatError(f"Keras GRU {layer.name!r} is called {len(layer.calls)} times; pick "
                           f"it with layer=")
-    for inputs, named in layer.calls:
+    for inputs, named, training in layer.calls:
+        if training:
+            raise FormatError(f"Keras GRU {layer.name!r} is called with training=True (its "
+                              f"dropout applies at inference); fastgru computes inference "
+                              f"without dropout: save the model without training=True")
         count = len(inputs) + sum(len(ts) for ts in named.values())
         if count != 1:
             raise FormatError(f"Keras GRU {layer.name!r} reads {count} tensors (an initial state "

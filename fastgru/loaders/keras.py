@@ -39,7 +39,8 @@ Refused: two GRU layers reading one input side by side (pick one with ``layer=``
 than the identities above between the model input and the stack, or between stacked layers (pick
 one with ``layer=``: it is computed from its own input); a GRU that reads a mask (``Masking``,
 ``Embedding(mask_zero=True)`` upstream: call fastgru with ``lengths=`` instead for trailing
-padding) or an initial state from the graph (pass ``h0=``); merge modes other than "concat";
+padding) or an initial state from the graph (pass ``h0=``); a layer called with
+``training=True`` (its dropout applies at inference); merge modes other than "concat";
 activations other than tanh/sigmoid; a float16/bfloat16 dtype policy; a layer called more than
 once; GRUs nested in other models or wrappers; HDF5 external links, external or virtual datasets.
 """

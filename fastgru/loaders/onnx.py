@@ -12,6 +12,7 @@ Which GRU nodes form a stack is decided in onnx_stack, from the whole dataflow.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -141,7 +142,7 @@ def decode(tensor, folder: str | None, where: str) -> np.ndarray:
     dims = [int(d) for d in tensor.dims]
     if any(d < 0 for d in dims):
         raise FormatError(f"{where} has an invalid shape {dims}")
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # exact: int64 would wrap past 2**63 and pass the checks below
     if tensor.data_location == TensorProto.EXTERNAL:
         raw = _external_bytes(tensor, folder, count * dtype.itemsize, where)
         return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)

@@ -690,7 +690,8 @@ def generate(seed: int) -> Case:
                 else:
                     x, d = b.odd_plumbing(g)
         b.add_outputs(layers[-1], layers, clean=clean)
-        summary = f"{'plain ' if clean else ''}stack of {n} ({'same options' if same else 'options differ'})"
+        summary = f"{'plain ' if clean else ''}stack of {n} " \
+                  f"({'same options' if same else 'options differ'})"
     elif topology == "encdec":
         n = int(b.pick([1, 2]))
         opts = b.options()
@@ -1084,8 +1085,9 @@ class _Checker:
                 y, h_n = m(x, h0, lengths=lengths)
             except Exception as error:
                 self.fail("accepted, but the model cannot be called with the graph's inputs",
-                          f"feed {label}: m(x {_shape(x)}, h0 {_shape(h0) if h0 is not None else None}"
-                          f", lengths {lengths}) raised {error!r}; {m!r}")
+                          f"feed {label}: m(x {_shape(x)}, h0 "
+                          f"{None if h0 is None else _shape(h0)}, lengths {lengths}) raised "
+                          f"{error!r}; {m!r}")
                 return
             layouts = _layouts(y, h_n, m)
             for name, e in zip(names, expected):

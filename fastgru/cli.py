@@ -438,10 +438,13 @@ def cmd_score(args) -> int:
         raise UsageError(f"--workers must be positive, got {args.workers}")
     if args.chunk < 1:
         raise UsageError(f"--chunk must be positive, got {args.chunk}")
+    # the workers read and write the files: paths as this folder sees them, whatever theirs is
+    source, target = os.path.abspath(args.input), os.path.abspath(args.output_path)
+    fastgru_dask.check_output(source, target, overwrite=args.overwrite, option="--overwrite")
     model = _load(args.model, args)
-    parquet = os.path.isdir(args.input) and not args.input.rstrip("/").endswith(".zarr")
+    parquet = os.path.isdir(source) and not source.rstrip("/").endswith(".zarr")
     if not parquet:
-        x = _open_array(args.input, args.chunk)
+        x = _open_array(source, args.chunk)
         lengths = _npy(args.lengths, "lengths") if args.lengths else None
         result = fastgru_dask.predict(model, x, lengths=lengths, output=args.output)
     client, cluster = _cluster(args)
@@ -449,17 +452,19 @@ def cmd_score(args) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the progress bar goes to stderr
             if parquet:
-                count = fastgru_dask.score_parquet(model, args.input, args.output_path,
-                                                   output=args.output)
+                count = fastgru_dask.score_parquet(model, source, target, output=args.output,
+                                                   overwrite=args.overwrite)
             else:
                 count = x.shape[0]
-                to_zarr = args.output_path.rstrip("/").endswith(".zarr")
-                future = client.compute(result.to_zarr(args.output_path, overwrite=True,
-                                                       compute=False) if to_zarr else result)
-                progress(future, scheduler=client.scheduler.address, multi=False)
-                computed = future.result()
-                if not to_zarr:
-                    np.save(args.output_path, computed)
+                with fastgru_dask.write_aside(target) as aside:
+                    to_zarr = target.rstrip("/").endswith(".zarr")
+                    future = client.compute(result.to_zarr(aside, compute=False) if to_zarr
+                                            else result)
+                    progress(future, scheduler=client.scheduler.address, multi=False)
+                    computed = future.result()
+                    if not to_zarr:
+                        with open(aside, "wb") as f:
+                            np.save(f, computed)
     finally:
         client.close()
         if cluster is not None:
@@ -555,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="y (N, T, dirs*H), h_n (N, layers*dirs, H) or last (N, dirs*H)")
     p.add_argument("--lengths", help=".npy of (N,) valid lengths (array input)")
     p.add_argument("--chunk", type=int, default=256, help="sequences per task (array input)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output that exists (written aside, then renamed into place)")
     p.set_defaults(func=cmd_score)
     p = add("bench", help="time fastgru against onnxruntime (and PyTorch)")
     add_arguments(p)

@@ -236,7 +236,7 @@ def test_layout_and_load_options_on_the_command_line(tmp_path, rng, capsys):
 def graph_with_an_add(tmp_path, rng):
     """A GRU whose Y a graph input is added to: onnxruntime fails at run time when that input's
     length does not broadcast against H (a whole graph: fastgru.InferenceSession)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     from conftest import onnx_gru_model
 
@@ -245,7 +245,6 @@ def graph_with_an_add(tmp_path, rng):
     graph.input.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["K"]))
     graph.node.append(helper.make_node("Add", ["Y", "bias"], ["out"], name="add"))
     graph.output.insert(0, helper.make_tensor_value_info("out", TensorProto.FLOAT, None))
-    del numpy_helper
     path = tmp_path / "add.onnx"
     path.write_bytes(proto.SerializeToString())
     return str(path)

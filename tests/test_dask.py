@@ -5,6 +5,7 @@ nothing; bad input is refused before any work is sent."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ distributed = pytest.importorskip("distributed")
 
 import fastgru  # noqa: E402
 import fastgru.dask as fastgru_dask  # noqa: E402
-from conftest import random_spec  # noqa: E402
+from conftest import assert_close, random_spec  # noqa: E402
 from fastgru.cli import main  # noqa: E402
 
 # the cluster's own shutdown messages, not ours
@@ -43,14 +44,14 @@ def in_process(model, x, lengths=None):
 
 @pytest.mark.parametrize("variable", [False, True], ids=["fixed-lengths", "variable-lengths"])
 def test_every_output_equals_one_in_process_call(client, rng, variable):
-    model = fastgru.GRU(random_spec(rng, 5, 12, 2, "bidirectional"),
-                        initial_state=rng.standard_normal((4, 12)))
+    h0 = rng.standard_normal((4, 12))
+    model = fastgru.GRU(random_spec(rng, 5, 12, 2, "bidirectional"), initial_state=h0)
     x = rng.standard_normal((90, 16, 5)).astype(np.float32)
     lengths = rng.integers(0, 17, 90) if variable else None
     y, h_n = in_process(model, x, lengths)
     steps = np.full(90, 16) if lengths is None else lengths
     last = y[np.arange(90), np.maximum(steps - 1, 0)].copy()
-    last[steps == 0] = 0
+    last[steps == 0] = np.concatenate([h0[2], h0[3]])  # the top layer's initial state
     chunked = da.from_array(x, chunks=(13, 7, 5))  # split in time too: merged once
     for output, expected in (("y", y), ("h_n", h_n), ("last", last)):
         result = client.compute(fastgru_dask.predict(model, chunked, lengths=lengths,
@@ -171,3 +172,169 @@ def test_workers_use_their_share_of_threads(tmp_path):
                             timeout=300, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["2", "1"], result.stdout
+
+
+def _write(path, ids, xs, id_type=None):
+    """One Parquet file of rows (id, x): x a list of frames per row, as pyarrow holds them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = pa.array([None if x is None else [None if f is None else
+                                               [None if v is None else float(v) for v in f]
+                                               for f in x] for x in xs],
+                      pa.list_(pa.list_(pa.float32())))
+    pq.write_table(pa.table({"id": pa.array(ids, id_type), "x": frames}), path)
+
+
+@pytest.fixture
+def local():
+    """The dask tests below on this process's threads: no cluster."""
+    import dask
+
+    with dask.config.set(scheduler="threads"):
+        yield
+
+
+def test_an_earlier_output_is_refused_then_replaced_whole(local, rng, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = fastgru.GRU(random_spec(rng, 3, 4))
+    for part in range(3):
+        _write(tmp_path / "big" / f"part{part}.parquet", [10 * part, 10 * part + 1],
+               [rng.standard_normal((4, 3))] * 2)
+    _write(tmp_path / "small" / "part0.parquet", [7], [rng.standard_normal((2, 3))])
+    out = tmp_path / "out"
+    assert fastgru_dask.score_parquet(model, str(tmp_path / "big"), str(out)) == 6
+    with pytest.raises(ValueError, match=r"'.*out' is not empty: pass overwrite=True"):
+        fastgru_dask.score_parquet(model, str(tmp_path / "small"), str(out))
+    assert fastgru_dask.score_parquet(model, str(tmp_path / "small"), str(out),
+                                      overwrite=True) == 1
+    assert pq.read_table(out).column("id").to_pylist() == [7]  # nothing of the earlier run
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    (tmp_path / "file").write_text("a file")
+    with pytest.raises(ValueError, match="'.*file' exists: pass overwrite=True"):
+        fastgru_dask.score_parquet(model, str(tmp_path / "small"), str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("dst", ["in", "in/out", "."], ids=["same", "inside", "around"])
+def test_an_output_over_the_input_is_refused(local, rng, tmp_path, monkeypatch, dst):
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = fastgru.GRU(random_spec(rng, 3, 4))
+    _write(tmp_path / "in" / "part0.parquet", [1, 2], [rng.standard_normal((2, 3))] * 2)
+    before = sorted(p.name for p in (tmp_path / "in").iterdir())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="output .* the input"):
+        fastgru_dask.score_parquet(model, "in", dst, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
+    assert pq.read_table(tmp_path / "in").column("id").to_pylist() == [1, 2]
+
+
+@pytest.mark.parametrize("ids, id_type", [
+    ([2**53 + 1, None, -(2**63)], "int64"),
+    ([2**53 + 1, 2**63 - 1, 3], "int64"),
+    ([2**64 - 1, None, 2**53 + 1], "uint64"),
+    (["b", None, "é"], "string"),
+    ([1_700_000_000_123_456_789, None, 0], "timestamp_ns"),
+], ids=["int64-null", "int64", "uint64-null", "string-null", "timestamp-null"])
+def test_ids_come_back_exactly(local, rng, tmp_path, ids, id_type):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = fastgru.GRU(random_spec(rng, 3, 4))
+    arrow_type = pa.timestamp("ns") if id_type == "timestamp_ns" else pa.type_for_alias(id_type)
+    _write(tmp_path / "in" / "part0.parquet", ids, [rng.standard_normal((2, 3))] * 3, arrow_type)
+    assert fastgru_dask.score_parquet(model, str(tmp_path / "in"), str(tmp_path / "out"),
+                                      output="last") == 3
+    written = pq.read_table(tmp_path / "out").column("id")
+    assert written.type == arrow_type
+    assert written.to_pylist() == pa.array(ids, arrow_type).to_pylist()
+
+
+@pytest.mark.parametrize("x, message", [
+    (None, r"the row with id 8: its sequence in 'x' is null"),
+    ([[0.0, 0.0, 0.0], None], r"the row with id 8: frame 1 of its sequence in 'x' is null"),
+    ([[0.0, 0.0, 0.0], [0.0, None, 0.0]], r"the row with id 8: .*'x' holds a null number"),
+    ([[0.0, 0.0, 0.0], [0.0, 0.0]], r"the row with id 8: frame 1 of its sequence in 'x' has "
+                                    r"2 numbers; expected 3"),
+], ids=["null-sequence", "null-frame", "null-number", "short-frame"])
+def test_a_null_or_ragged_sequence_names_its_row(local, rng, tmp_path, x, message):
+    model = fastgru.GRU(random_spec(rng, 3, 4))
+    _write(tmp_path / "in" / "part0.parquet", [7, 8, 9], [[[1.0, 2.0, 3.0]], x, []])
+    with pytest.raises(ValueError, match=message):
+        fastgru_dask.score_parquet(model, str(tmp_path / "in"), str(tmp_path / "out"))
+
+
+def test_last_of_an_empty_sequence_is_the_initial_state(local, rng, tmp_path):
+    """"last" is the top layer's state once the sequence is read: for a row of length 0 the
+    initial state, both directions side by side, as h_n keeps it; the reference for the rest.
+    A partition of only empty sequences among them, and one of no rows."""
+    from conftest import spec_layers
+    from reference import reference_gru
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    spec = random_spec(rng, 3, 5, 2, "bidirectional")
+    h0 = rng.standard_normal((4, 5))
+    model = fastgru.GRU(spec, initial_state=h0)
+    xs = {1: [], 2: [], 3: rng.standard_normal((4, 3)), 4: [], 5: rng.standard_normal((1, 3))}
+    _write(tmp_path / "in" / "part0.parquet", [1, 2], [[], []])
+    _write(tmp_path / "in" / "part1.parquet", [3, 4, 5], [xs[3], [], xs[5]])
+    _write(tmp_path / "in" / "part2.parquet", [], [], pa.int64())  # no rows at all
+    assert fastgru_dask.score_parquet(model, str(tmp_path / "in"), str(tmp_path / "out"),
+                                      output="last") == 5
+    table = pq.read_table(tmp_path / "out").to_pydict()
+    for seq_id, value in zip(table["id"], table["last"], strict=True):
+        x = np.asarray(xs[seq_id], np.float64).reshape(-1, 1, 3)
+        y, _ = reference_gru(x, spec_layers(spec), direction="bidirectional", h0=h0[:, None])
+        expected = np.concatenate([h0[2], h0[3]]) if len(x) == 0 else y[-1, 0]
+        assert_close(value, expected, "float32", f"id {seq_id}")
+    # the same through predict, on lengths of 0 only and on time steps of 0
+    for x, lengths in ((np.zeros((3, 4, 3), np.float32), np.zeros(3, int)),
+                       (np.zeros((3, 0, 3), np.float32), None)):
+        last = fastgru_dask.predict(model, da.from_array(x), lengths=lengths,
+                                    output="last").compute()
+        assert np.array_equal(last, np.tile(np.concatenate([h0[2], h0[3]]), (3, 1))
+                              .astype(np.float32))
+
+
+def test_the_docstring_recipe(local, rng, tmp_path):
+    """score_parquet's example, run as written."""
+    import doctest
+
+    model = fastgru.GRU(random_spec(rng, 4, 8))
+    globs = {"model": model, "folder": str(tmp_path)}
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(fastgru_dask.score_parquet.__doc__, globs, "score_parquet",
+                              None, 0)
+    assert test.examples, "score_parquet's docstring has no example"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    result = runner.run(test, out=lambda text: pytest.fail(text))
+    assert result.failed == 0 and result.attempted >= 3
+
+
+def test_score_with_relative_paths_on_a_scheduler(client, rng, tmp_path, monkeypatch, capsys):
+    """Workers started elsewhere (their own working folder) find the files named relative to
+    the caller's; an output that exists is refused, then replaced with --overwrite; an output
+    over the input is refused always."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = fastgru.GRU(random_spec(rng, 3, 4))
+    model.save(tmp_path / "m.safetensors")
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    _write(tmp_path / "in" / "part0.parquet", [1, 2], list(x[:2]))
+    monkeypatch.chdir(tmp_path)
+    cluster = ["--scheduler", client.scheduler.address]
+    for src, dst in (("x.npy", "y.npy"), ("in", "out")):
+        assert main(["score", "m.safetensors", src, dst, *cluster, "--chunk", "4"]) == 0, \
+            capsys.readouterr().err[-500:]
+        capsys.readouterr()  # the progress bar
+        assert main(["score", "m.safetensors", src, dst, *cluster]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert re.search(r"(exists|is not empty): pass --overwrite", err), err
+        assert main(["score", "m.safetensors", src, dst, *cluster, "--overwrite"]) == 0
+        assert main(["score", "m.safetensors", src, src, *cluster, "--overwrite"]) == 2
+        assert "the output would be written over the input" in capsys.readouterr().err
+    assert np.array_equal(np.load(tmp_path / "y.npy"), in_process(model, x)[0])
+    assert pq.read_table(tmp_path / "out").column("id").to_pylist() == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "m.safetensors", "out",
+                                                          "x.npy", "y.npy"]

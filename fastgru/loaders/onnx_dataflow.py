@@ -41,6 +41,7 @@ import numpy as np
 
 MAX_DEPTH = 200  # nodes followed back from one value: deeper chains are refused, never a crash
 INT_TYPES = (6, 7)  # ONNX INT32, INT64
+TO_THE_END = 2**31 - 1  # a Slice end at least this large keeps the rest of any real axis
 
 
 @dataclass(frozen=True)
@@ -373,6 +374,8 @@ def _slice(data, starts, ends, axes, steps):
         if len(dims[axis]) != 1 or start < 0 or end <= start:
             return None  # a slice of a merged or open-ended axis: not proved
         atom = dims[axis][0]
+        if start == 0 and end >= TO_THE_END:
+            continue  # exporters' "to the end": the whole axis, whatever its size
         length = atom.size.fixed
         if length is not None:
             end = min(end, length)

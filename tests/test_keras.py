@@ -16,6 +16,7 @@ keras = pytest.importorskip("keras")  # a test dependency (pyproject's test extr
 import fastgru  # noqa: E402
 from conftest import assert_close  # noqa: E402
 from fastgru.errors import FormatError  # noqa: E402
+from fastgru.testing.fuzz_keras import keras2_form  # noqa: E402
 
 # Keras' own variables trip NumPy 2's copy= deprecation; not ours to fix
 pytestmark = pytest.mark.filterwarnings(
@@ -151,25 +152,6 @@ def functional(inputs, outputs):
         layer.set_weights([w + rng.normal(0, 0.3, w.shape).astype(w.dtype)
                            for w in layer.get_weights()])
     return model
-
-
-def keras2_form(path):
-    """Rewrite a Keras 3 .h5 file's Functional config the way Keras 2 wrote it: inbound_nodes as
-    [[[layer, node, tensor, {}], ...]], one list of inputs per call."""
-    import h5py
-
-    def refs(value):
-        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
-            return [[*value["config"]["keras_history"], {}]]
-        if isinstance(value, (list, tuple)):
-            return [ref for item in value for ref in refs(item)]
-        return []
-
-    with h5py.File(path, "r+") as f:
-        config = json.loads(f.attrs["model_config"])
-        for layer in config["config"]["layers"]:
-            layer["inbound_nodes"] = [refs(node["args"]) for node in layer["inbound_nodes"]]
-        f.attrs["model_config"] = json.dumps(config)
 
 
 @pytest.mark.parametrize("form", [".keras", ".h5", "keras2.h5"])

@@ -372,3 +372,23 @@ def test_training_mode_is_not_identity(tmp_path):
     functional(x, y).save(tmp_path / "gru.keras")
     with pytest.raises(FormatError, match=r"GRU 'g' is called with training=True"):
         fastgru.load(tmp_path / "gru.keras", layer="g")
+
+
+@pytest.mark.parametrize("link", ["external", "soft"])
+def test_links_out_of_the_file_are_not_followed(tmp_path, link):
+    """A GRU weight that is a link to another file (or a soft link, which may name one) is
+    refused: loading reads only what the file itself holds."""
+    import h5py
+
+    build([keras.layers.GRU(4, name="g")], 3).save(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as other:
+        other["kernel"] = np.ones((3, 12), np.float32)
+    with h5py.File(tmp_path / "m.h5", "r+") as f:
+        group = f["model_weights/g"]
+        kernel, _, bias = (n.decode() if isinstance(n, bytes) else n
+                           for n in group.attrs["weight_names"])
+        del group[kernel]
+        group[kernel] = (h5py.ExternalLink(str(tmp_path / "other.h5"), "/kernel")
+                         if link == "external" else h5py.SoftLink(f"{group.name}/{bias}"))
+    with pytest.raises(FormatError, match=rf"gru_cell/kernel is a {link.title()}Link"):
+        fastgru.load(tmp_path / "m.h5")

@@ -377,6 +377,11 @@ def _child(group, key: str, where: str):
     return group[key]
 
 
+def _has(group, key: str) -> bool:
+    """Whether group holds a link named key (not following it, unlike ``key in group``)."""
+    return group.get(key, getlink=True) is not None
+
+
 def _path(group, path: str, where: str):
     for key in path.split("/"):
         group = _child(group, key, where)
@@ -403,13 +408,13 @@ def _weights_keras3(f, names: list[str], limit: int, where: str) -> dict[str, li
     layers = _child(f, "layers", where)
     for key in layers:
         group = _child(layers, key, where)
-        if not isinstance(group, _h5py().Group) or "vars" not in group:
+        if not isinstance(group, _h5py().Group) or not _has(group, "vars"):
             continue
         name = _child(group, "vars", where).attrs.get("name")
         name = name.decode() if isinstance(name, bytes) else name
         if name not in names:
             continue
-        parts = [p for p in ("forward_layer", "backward_layer") if p in group] or [""]
+        parts = [p for p in ("forward_layer", "backward_layer") if _has(group, p)] or [""]
         arrays = []
         for part in parts:
             variables = _path(group, f"{part}/cell/vars".lstrip("/"), where)
@@ -421,10 +426,10 @@ def _weights_keras3(f, names: list[str], limit: int, where: str) -> dict[str, li
 
 def _weights_h5(f, names: list[str], limit: int, where: str) -> dict[str, list]:
     """{layer name: [arrays in weight_names order]} of the named layers of a legacy HDF5 file."""
-    root = _child(f, "model_weights", where) if "model_weights" in f else f
+    root = _child(f, "model_weights", where) if _has(f, "model_weights") else f
     found = {}
     for name in names:
-        if name not in root:
+        if not _has(root, name):
             continue
         group = _child(root, name, where)
         listed = [n.decode() if isinstance(n, bytes) else str(n)

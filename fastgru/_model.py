@@ -161,7 +161,7 @@ class GRU:
         padding = dirs * 3 * (Hp - H) * w0.shape[1] * item
         self._front = None  # the first layer's input weights, when a product before the kernels
         if padding > max(2 * w0.size * item, FRONT_MIN_PADDING_BYTES):
-            self._front = _frozen(w0.astype(dt))
+            self._front = _frozen(w0)  # in dt: _frozen's copy converts
             w0 = np.eye(dirs * 3 * H)
         inputs = [w0.shape[1]] + [layer.w.shape[-1] for layer in spec.layers[1:]]  # kernels'
         # packed weights per batch row: the multiply-adds of one step, all layers
@@ -435,7 +435,9 @@ class GRU:
             pairs = np.empty((x.shape[0], (x.shape[1] + 1) // 2), np.uint32)
             round_to_pairs(np.ascontiguousarray(x), pairs, 0, x.shape[0])
             x = bfloat16_values(pairs.view(np.uint16)[:, :x.shape[1]])
-        return np.ascontiguousarray(x @ self._front.T)
+        out = np.empty((x.shape[0], self._front.shape[0]), self._dtype)
+        kernels.dot_rows(np.ascontiguousarray(x), self._front, out)
+        return out
 
     def _call_scratch(self, ws: Workspace, T: int, B: int) -> tuple:
         """(xproj (T, B, dirs*3Hp), the same as (T*B, dirs*3Hp), acc (dirs, B, 3Hp), hr and

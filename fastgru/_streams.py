@@ -141,6 +141,8 @@ class Stream:
             if not x_t.flags.aligned:  # from a byte buffer at an odd offset
                 x_t = x_t.copy()
         out = _check_out(out, self._out_shape, dtype)
+        if self._model._front is not None:
+            x_t = self._model._front_input(x_t)
         if not self._stepping.acquire(blocking=False):  # cheaper than a context manager
             raise _busy("Stream")
         try:
@@ -242,7 +244,8 @@ class StreamBatch:
             h = self._workspace.get("h", (L, n, H))
             np.take(self._states, slots, axis=1, out=h)
             self._passes = kernels.gru_stream_step(
-                x, h, *stream_kernel_args(m, n, self._workspace), self._passes, out)
+                m._front_input(x), h, *stream_kernel_args(m, n, self._workspace), self._passes,
+                out)
             self._states[:, slots] = h
         finally:
             self._stepping.release()

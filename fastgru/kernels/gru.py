@@ -294,6 +294,37 @@ def _store4(row, j, L, a0, a1, a2, a3):
     store(row, j + 3 * L, a3)
 
 
+# Partial sums of each dot_rows sum: one SIMD vector of float32
+DOT_LANES = 16
+
+
+@njit(**JIT_OPTIONS)
+def dot_rows(x, w, out):
+    """out[b, j] = sum_k x[b, k] * w[j, k]: x (N, K), w (J, K), out (N, J), one dtype.
+
+    Each sum is DOT_LANES partial sums (k mod DOT_LANES) added in order at the end, then the
+    inputs past the last whole block: the same bits for a row whatever the other rows, as
+    `matvec` gives. For the unpadded input weights of narrow models (_model.FRONT_MIN_PADDING_BYTES).
+    """
+    K = x.shape[1]
+    whole = K // DOT_LANES * DOT_LANES
+    part = np.zeros(DOT_LANES, out.dtype)
+    for b in range(x.shape[0]):
+        xb = x[b]
+        for j in range(w.shape[0]):
+            wj = w[j]
+            part[:] = 0
+            for k0 in range(0, whole, DOT_LANES):
+                for i in range(DOT_LANES):
+                    part[i] += xb[k0 + i] * wj[k0 + i]
+            total = part[0]
+            for i in range(1, DOT_LANES):
+                total += part[i]
+            for k in range(whole, K):
+                total += xb[k] * wj[k]
+            out[b, j] = total
+
+
 # A task of `project`: PROJECT_ROWS rows of x (in L1/L2) times PROJECT_PANELS weight panels. Both
 # are split so a short sequence (S6: 50 rows, 48 panels) still gives every thread work.
 PROJECT_ROWS = 64

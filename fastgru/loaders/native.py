@@ -58,14 +58,14 @@ def read(tensors: dict, metadata: dict, where: str):
             if metadata[key] not in allowed:  # GRU would refuse it with its own ValueError
                 raise ValueError(f"{key} {metadata[key]!r}; expected one of {allowed}")
         num_layers = int(metadata["num_layers"])
-        with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN below
-            layers = tuple(LayerWeights(*(tensors[f"layers.{k}.{n}"].astype(np.float64)
-                                          for n in ("w", "r", "b"))) for k in range(num_layers))
+        # as stored (GRU converts them once, to the model's dtype; GRUSpec refuses NaN)
+        layers = tuple(LayerWeights(*(tensors[f"layers.{k}.{n}"] for n in ("w", "r", "b")))
+                       for k in range(num_layers))
         clip = float(metadata["clip"]) if metadata["clip"] else None
         state = tensors.get("initial_state")
         spec = GRUSpec(layers, direction=metadata["direction"],
                        linear_before_reset=metadata["linear_before_reset"] == "1", clip=clip,
-                       initial_state=None if state is None else state.astype(np.float64))
+                       initial_state=state)
         return spec, metadata["batch_first"] == "1", metadata["dtype"]
     except KeyError as missing:
         raise FormatError(f"{where} is an incomplete fastgru file: {missing} is missing") from None

@@ -97,8 +97,10 @@ class GruInfo:
     h0_kind: str = "none"
     h0_input: str = ""  # the graph input it comes from (input, combined)
     h0_value: np.ndarray | None = None  # const and stored
+    h0_slice: int = -1  # combined: the layer's part of the graph's state it reads
     lens: str = ""  # the value its sequence_lens reads
     lens_kind: str = "none"  # none | input | const
+    node: object = None  # its NodeProto while the graph is built
 
 
 @dataclass
@@ -106,6 +108,8 @@ class InputInfo:
     role: str  # "x" | "state" | "lens"
     shape: tuple  # ints and size symbols ("T", "T2", "B")
     dtype: str
+    default: np.ndarray | None = None  # an initializer of the same name: feeding it is optional
+    layout: str = ""  # "batch-first" for a state (B, dirs, H) the graph transposes
 
 
 @dataclass
@@ -137,6 +141,8 @@ class _Builder:
         self.least: dict = {}  # size symbol -> the least size it runs with
         self.grus: list = []
         self.lens_value = None
+        self.combined_layers = 0
+        self.weights = None
         self.count = 0
         self.notes: list = []
 
@@ -337,21 +343,42 @@ class _Builder:
                 "h0_kind": "zeros" if kind == "zeros_const" else "const", "h0_value": value}
         if kind == "input":
             name = self.name("h0_in")
-            self.declare(name, FLOAT, (dirs, batch, hidden), "state")
-            return self.maybe_identity(name), {"h0_kind": "input", "h0_input": name}
+            batch_first = self.chance(0.15)
+            shape = (batch, dirs, hidden) if batch_first else (dirs, batch, hidden)
+            self.declare(name, FLOAT, shape, "state")
+            if self.chance(0.04) and isinstance(self.size(batch), int):  # a default value
+                default = (0.5 * self.rng.standard_normal(_resolve(shape, self.nominal))
+                           ).astype(np.float32)
+                self.input_info[name].default = default
+                self.constant(default, "unused", node=False)
+                self.inits[-1].name = name
+                self.fix(batch)
+            h0 = name
+            if batch_first:
+                self.input_info[name].layout = "batch-first"
+                h0 = self.op("Transpose", [name], (dirs, batch, hidden), perm=[1, 0, 2])
+            return self.maybe_identity(h0), {"h0_kind": "input", "h0_input": name}
         assert kind == "combined" and combined is not None
+        if self.chance(0.1):  # the slices of another layer
+            layer = self.combined_layers - 1 - layer
+            self.notes.append("state slices swapped")
         if dirs == 1 and self.chance(0.3):
             h0 = self.op("Gather", [combined, self.ints([layer])], (1, batch, hidden), axis=0)
         else:
             h0 = self.slice(combined, [layer * dirs], [(layer + 1) * dirs], [0],
                             shape=(dirs, batch, hidden))
-        return h0, {"h0_kind": "combined", "h0_input": combined}
+        return h0, {"h0_kind": "combined", "h0_input": combined, "h0_slice": layer}
 
     def lengths(self, kind: str, x: str) -> tuple[str, str]:
-        """The value a GRU's sequence_lens reads (one per graph, shared), and its kind."""
+        """The value a GRU's sequence_lens reads (one per graph, shared; "input2": a second
+        graph input), and its kind."""
         shape = self.shapes.get(x) or (None, None)
         if kind == "none" or shape[0] != "T" or shape[1] != "B":
             return "", "none"  # only the main sequence (T, B) has lengths here
+        if kind == "input2":
+            if "sequence_lens2" not in self.input_info:
+                self.declare("sequence_lens2", INT32, ("B",), "lens")
+            return self.maybe_identity("sequence_lens2"), "input"
         if self.lens_value is None:
             if kind == "input":
                 wide = self.chance(0.4)  # torch exports int64 lengths, cast to int32
@@ -390,19 +417,22 @@ class _Builder:
             return self.axes_op("Unsqueeze", self.constant(array[0], stem), [0], array.shape)
         return self.constant(array, stem)
 
-    def gru(self, x: str, d: int, opts: dict, h0: tuple = ("", {}), lens: tuple = ("", "none")
-            ) -> GruInfo:
+    def gru(self, x: str, d: int, opts: dict, h0: tuple = ("", {}), lens: tuple = ("", "none"),
+            weights: tuple | None = None) -> GruInfo:
         from onnx import helper
 
         dirs = 2 if opts["direction"] == "bidirectional" else 1
         H, k = opts["hidden"], len(self.grus)
         rng = self.rng
-        w = self.weight(0.5 * rng.standard_normal((dirs, 3 * H, d)), f"W{k}_")
-        r = self.weight(0.5 * rng.standard_normal((dirs, 3 * H, H)), f"R{k}_")
-        b = self.weight(0.5 * rng.standard_normal((dirs, 6 * H)), f"B{k}_") \
-            if opts["bias"] else ""
-        if not opts["bias"] and self.chance(0.3):
-            b = self.constant(np.zeros((dirs, 6 * H), np.float32), f"B{k}_")
+        if weights is not None:  # another node's
+            w, r, b = weights
+        else:
+            w = self.weight(0.5 * rng.standard_normal((dirs, 3 * H, d)), f"W{k}_")
+            r = self.weight(0.5 * rng.standard_normal((dirs, 3 * H, H)), f"R{k}_")
+            b = self.weight(0.5 * rng.standard_normal((dirs, 6 * H)), f"B{k}_") \
+                if opts["bias"] else ""
+            if not opts["bias"] and self.chance(0.3):
+                b = self.constant(np.zeros((dirs, 6 * H), np.float32), f"B{k}_")
         attrs = {"hidden_size": H}
         if opts["direction"] != "forward" or self.chance(0.5):
             attrs["direction"] = opts["direction"]
@@ -412,17 +442,21 @@ class _Builder:
             attrs["clip"] = opts["clip"]
         if self.chance(0.1):
             attrs["activations"] = ["Sigmoid", "Tanh"] * dirs
+        if self.opset >= 14 and self.chance(0.1):
+            attrs["layout"] = 0
         inputs = [x, w, r, b, lens[0], h0[0]]
         while not inputs[-1]:
             inputs.pop()
-        name = f"gru{k}"
+        name = "" if self.chance(0.05) else f"gru{k}"  # node= cannot name an unnamed node
         y, y_h = self.name(f"Y{k}_"), self.name(f"Y_h{k}_")
-        self.nodes.append(helper.make_node("GRU", inputs, [y, y_h], name=name, **attrs))
+        node = helper.make_node("GRU", inputs, [y, y_h], name=name, **attrs)
+        self.nodes.append(node)
         T, B = (self.shapes.get(x) or (None, None))[:2]
         self.shapes[y], self.shapes[y_h] = (T, dirs, B, H), (dirs, B, H)
         self.types[y] = self.types[y_h] = FLOAT
         info = GruInfo(name, dirs, H, x, y, y_h, h0=h0[0], **h0[1], lens=lens[0],
-                       lens_kind=lens[1])
+                       lens_kind=lens[1], node=node)
+        self.weights = (w, r, b)
         self.grus.append(info)
         return info
 
@@ -438,14 +472,14 @@ class _Builder:
             forms += ["squeeze", "squeeze", "reshape_0", "transpose_squeeze"]
         form = self.pick(forms)
         if form == "squeeze":
-            v = self.axes_op("Squeeze", y, [1], out)
+            v = self.axes_op("Squeeze", y, [self.pick([1, -3])], out)
         elif form == "reshape_0":
             v = self.op("Reshape", [y, self.ints([0, -1, H])], out)
         else:
             t = self.op("Transpose", [y], (T, B, dirs, H), perm=[0, 2, 1, 3])
             t = self.maybe_identity(t)
             if form == "transpose_squeeze":
-                v = self.axes_op("Squeeze", t, [2], out)
+                v = self.axes_op("Squeeze", t, [self.pick([2, -2])], out)
             elif form == "dynamo":  # the target computed at run time, as torch's dynamo writes
                 rest = self.ints([self.pick([-1, dirs * H])])
                 target = self.op("Concat", [self.dims_of(t, 0, 2), rest], (3,), INT64, axis=0)
@@ -456,8 +490,8 @@ class _Builder:
                                     [0, nb, -1]])
                 v = self.op("Reshape", [t, self.ints(target)], out)
             else:
-                v = self.op("Reshape", [t, self.ints(self.pick([[0, 0, -1], [0, 0, dirs * H]]))],
-                            out)
+                target = self.pick([[0, 0, -1], [0, 0, dirs * H], [0, -1, dirs * H]])
+                v = self.op("Reshape", [t, self.ints(target)], out)
                 if form == "cast":
                     v = self.op("Cast", [v], out, to=FLOAT)
         if self.chance(0.1):  # a Slice that keeps everything
@@ -468,7 +502,7 @@ class _Builder:
         """Y turned into a valid next input that is not what a stacked layer reads."""
         y, dirs, H = g.y, g.dirs, g.hidden
         T, _, B, _ = self.shapes[y]
-        forms = ["reverse_time", "swap_tb", "scale"]
+        forms = ["reverse_time", "swap_tb", "scale", "interleave", "time_major_swap"]
         forms += ["forward_only", "raw_reshape", "raw_reshape"] if dirs == 2 else \
             ["squeeze_all"] if H > 1 and (self.size(T) or 0) > 1 and (self.size(B) or 0) > 1 \
             else []
@@ -481,6 +515,12 @@ class _Builder:
             return self.op("Reshape", [y, self.ints(target)], (T, B, 2 * H)), 2 * H
         if form == "squeeze_all":  # every axis of size 1: also T or B when they are 1
             return self.axes_op("Squeeze", y, None, (T, B, H)), H
+        if form == "interleave":  # (T, B, H, dirs): the directions interleaved unit by unit
+            t = self.op("Transpose", [y], (T, B, H, dirs), perm=[0, 2, 3, 1])
+            return self.op("Reshape", [t, self.ints([0, 0, -1])], (T, B, dirs * H)), dirs * H
+        if form == "time_major_swap":  # (B, T, dirs, H) flattened: B read as time
+            t = self.op("Transpose", [y], (B, T, dirs, H), perm=[2, 0, 1, 3])
+            return self.op("Reshape", [t, self.ints([0, 0, -1])], (B, T, dirs * H)), dirs * H
         v = self.to_sequence(g)
         if form == "reverse_time":
             return self.slice(v, [-1], [INT64_MIN], [0], [-1], shape=(T, B, dirs * H)), dirs * H
@@ -532,6 +572,15 @@ class _Builder:
         if kind == "const":
             return self.constant(self.rng.standard_normal(2).astype(np.float32), "const_out",
                                  node=False)
+        if kind == "last_step":  # Y[-1]: Y_h for a forward GRU of full-length rows only
+            last = self.slice(g.y, [-1], [2**62], [0], shape=(1, dirs, B, H))
+            return self.axes_op("Squeeze", last, [0], (dirs, B, H))
+        if kind == "Y_h_flat":  # (dirs*B, H)
+            return self.op("Reshape", [g.y_h, self.ints([-1, H])], (None, H))
+        if kind == "Y_flat" and dirs == 2:  # (T, dirs, B*H): directions not moved
+            return self.op("Reshape", [g.y, self.ints([0, 0, -1])], (T, dirs, None))
+        if kind == "input" and "X" in self.input_info:  # the graph input itself
+            return "X"
         return None
 
     def add_outputs(self, g: GruInfo, layers: list, count: int | None = None,
@@ -539,9 +588,11 @@ class _Builder:
         from onnx import helper
 
         kinds = ["Y", "Y_h", "y", "y_bf", "Y_layout1", "Y_h_bf", "Y_h_squeezed", "h_n",
-                 "head_y", "head_h", "lower", "const"]
-        p = np.array([10, 8, 10, 4, 3, 3, 3, 5, 5 * (not clean), 3 * (not clean),
-                      2 * (not clean), 1 * (not clean)], float)
+                 "head_y", "head_h", "lower", "const", "last_step", "Y_h_flat", "Y_flat",
+                 "input"]
+        odd = not clean
+        p = np.array([10, 8, 10, 4, 3, 3, 3, 5, 5 * odd, 3 * odd, 2 * odd, 1 * odd, 2 * odd,
+                      1 * odd, 1 * odd, 0.5 * odd], float)
         count = count or int(self.pick([1, 2, 3], p=[0.45, 0.4, 0.15]))
         done = {o.name for o in self.outputs}
         for _ in range(count):
@@ -557,7 +608,8 @@ class _Builder:
                 dims = [d if isinstance(d, (int, str)) else None for d in shape]
             else:
                 dims = [self.size(d) if d is not None else None for d in shape]
-            self.outputs.append(helper.make_tensor_value_info(value, FLOAT, dims))
+            self.outputs.append(helper.make_tensor_value_info(value, self.types.get(value, FLOAT),
+                                                              dims))
 
     def finish(self, seed: int, x_main, x_const, combined, summary: str) -> Case:
         """Drop what no output needs, blank some unused GRU outputs, annotate some
@@ -599,8 +651,7 @@ class _Builder:
         opsets = [helper.make_opsetid("", self.opset)]
         model = helper.make_model(graph, opset_imports=opsets,
                                   ir_version=max(7, helper.find_min_ir_version_for(opsets)))
-        names = {n.name for n in nodes}
-        grus = [g for g in self.grus if g.name in names]
+        grus = [g for g in self.grus if any(g.node is n for n in nodes)]
         kept = {i.name for i in inputs}
         info = {n: i for n, i in self.input_info.items() if n in kept}
         return Case(seed, model, grus, info, x_main if x_main in kept else None, x_const,
@@ -672,7 +723,9 @@ def generate(seed: int) -> Case:
         if n > 1 and same and b.chance(0.25):  # torch's h0 (layers*dirs, B, H), sliced per layer
             dirs = 2 if opts["direction"] == "bidirectional" else 1
             combined = b.name("state")
+            b.combined_layers = n
             b.declare(combined, FLOAT, (n * dirs, "B", opts["hidden"]), "state")
+        second_lens = n > 1 and lens_kind == "input" and b.chance(0.1)
         layers = []
         for k in range(n):
             layer_opts = opts if same or k == 0 else b.options(None if b.chance(0.5) else opts)
@@ -680,8 +733,18 @@ def generate(seed: int) -> Case:
                 layer_opts = dict(opts, hidden=int(rng.integers(1, 9)))
             dirs = 2 if layer_opts["direction"] == "bidirectional" else 1
             kind = "combined" if combined else b.pick(state_kinds, p=state_p)
-            h0 = b.initial_state(kind, x, dirs, layer_opts["hidden"], combined, k)
-            lens = b.lengths(lens_kind, x) if k == 0 or lens_everywhere else ("", "none")
+            below = layers[-1] if layers else None
+            if below is not None and not combined and b.chance(0.08) and \
+                    (below.dirs, below.hidden) == (dirs, layer_opts["hidden"]) and \
+                    b.shapes[below.y_h][1] == (b.shapes.get(x) or (0, 0))[1]:
+                h0 = (b.maybe_identity(below.y_h), {"h0_kind": "gru"})  # the state passed up
+                b.notes.append("a layer starts from the state of the one below")
+            else:
+                h0 = b.initial_state(kind, x, dirs, layer_opts["hidden"], combined, k)
+            if k > 0 and second_lens:
+                lens = b.lengths("input2", x)
+            else:
+                lens = b.lengths(lens_kind, x) if k == 0 or lens_everywhere else ("", "none")
             g = b.gru(x, d, layer_opts, h0, lens)
             layers.append(g)
             if k < n - 1:
@@ -704,9 +767,12 @@ def generate(seed: int) -> Case:
             encoder.append(g)
             if k < n - 1:
                 x, d = b.to_sequence(g), g.dirs * g.hidden
-        if b.chance(0.6):
+        reads = b.pick(["X2", "X", "encoder"], p=[0.5, 0.15, 0.35])
+        if reads == "X2":
             d2 = int(rng.integers(1, 9))
             x2 = b.sequence_input("X2", "T2", d2)
+        elif reads == "X":  # the same sequence as the encoder
+            x2, d2 = encoder[0].x, b.shapes[encoder[0].x][2]
         else:  # the decoder reads the encoder's output sequence
             x2, d2 = b.to_sequence(encoder[-1]), encoder[-1].dirs * encoder[-1].hidden
         dec_opts = dict(opts, lbr=int(rng.integers(0, 2))) if b.chance(0.4) else dict(opts)
@@ -722,16 +788,20 @@ def generate(seed: int) -> Case:
         b.add_outputs(decoder[-1], decoder)
         if b.chance(0.3):
             b.add_outputs(encoder[-1], encoder, 1)
-        summary = f"encoder ({n}) -> decoder ({m}), decoder input " \
-                  f"{'X2' if 'X2' in b.input_info else 'the encoder sequence'}"
+        summary = f"encoder ({n}) -> decoder ({m}), decoder input {reads}"
     else:
         a_opts, b_opts = b.options(), b.options()
         ga = b.gru(x, d, a_opts, b.initial_state(b.pick(state_kinds, p=state_p), x,
                                                  2 if a_opts["direction"] == "bidirectional"
                                                  else 1, a_opts["hidden"]),
                    b.lengths(lens_kind, x))
-        gb = b.gru(x, d, b_opts, ("", {}), b.lengths(lens_kind, x) if b.chance(0.5) else
-                   ("", "none"))
+        shared = b.chance(0.15)  # the same weights for both (identical nodes would be merged
+        # by onnxruntime's common subexpression elimination, which then fails to load them)
+        if shared:
+            b_opts = dict(a_opts, lbr=1 - a_opts["lbr"])
+        gb = b.gru(x, d, b_opts, ("", {}),
+                   b.lengths(lens_kind, x) if b.chance(0.5) else ("", "none"),
+                   weights=b.weights if shared else None)
         merge = b.pick(["gru", "out", "separate"])
         if merge == "separate":
             b.add_outputs(ga, [ga], 1)
@@ -751,14 +821,15 @@ def generate(seed: int) -> Case:
             else:
                 gc = b.gru(both, n, b.options())
                 b.add_outputs(gc, [gc])
-        summary = f"two GRUs side by side, merged: {merge}"
+        summary = f"two GRUs side by side{' sharing weights' if shared else ''}, merged: {merge}"
     if not b.outputs:
         b.add_outputs(b.grus[-1], [b.grus[-1]], 1)
     if not b.outputs:
         from onnx import helper
 
         b.outputs.append(helper.make_tensor_value_info(b.grus[-1].y, FLOAT, None))
-    return b.finish(seed, x_main, x_const, combined, f"opset {opset}, {summary}")
+    notes = "".join(f"; {note}" for note in dict.fromkeys(b.notes))
+    return b.finish(seed, x_main, x_const, combined, f"opset {opset}, {summary}{notes}")
 
 
 # ---- feeds --------------------------------------------------------------------------------------
@@ -773,6 +844,8 @@ def make_feeds(case: Case, size: dict, rng) -> dict:
     feeds = {}
     for name, info in case.inputs.items():
         shape = _resolve(info.shape, size)
+        if info.default is not None and rng.random() < 0.5:
+            continue  # the graph's default value
         if info.role == "lens":
             T = size["T"]
             value = np.full(shape, T) if rng.random() < 0.3 else rng.integers(1, T + 1, shape)
@@ -789,17 +862,23 @@ def session_feeds(case: Case, runs: list, rng) -> list:
     batch size than X, lengths past T) and lengths of 0 (onnxruntime's Y_h is 0 for such rows,
     where fastgru.GRU keeps the initial state: only the session promises onnxruntime's)."""
     out = []
-    states = [n for n, i in case.inputs.items() if i.role == "state"]
-    lens = [n for n, i in case.inputs.items() if i.role == "lens"]
     for label, size, feeds, _ in runs:
         B, T = size["B"], size["T"]
+        states = [n for n, i in case.inputs.items() if i.role == "state" and n in feeds and
+                  i.shape[0 if i.layout else 1] == "B"]
+        lens = [n for n, i in case.inputs.items() if i.role == "lens" and n in feeds]
+
+        def rows(name, b):  # the state `name` with b rows
+            axis = 0 if case.inputs[name].layout else 1
+            return np.ascontiguousarray(np.take(feeds[name], range(b), axis=axis))
+
         if states and B > 1:
             bad = dict(feeds)
-            bad[states[0]] = np.ascontiguousarray(feeds[states[0]][:, :1])
+            bad[states[0]] = rows(states[0], 1)
             out.append((f"{label}, {states[0]} of batch 1", bad))
             if B > 2:
                 bad = dict(feeds)
-                bad[states[-1]] = np.ascontiguousarray(feeds[states[-1]][:, :B - 1])
+                bad[states[-1]] = rows(states[-1], B - 1)
                 out.append((f"{label}, {states[-1]} of batch {B - 1}", bad))
         if lens:
             bad = dict(feeds)
@@ -1040,7 +1119,9 @@ class _Checker:
             for g in case.grus:
                 B = size["B"]
                 if g.h0_kind == "input":
-                    parts.append(feeds[g.h0_input])
+                    info = case.inputs[g.h0_input]
+                    part = feeds.get(g.h0_input, info.default)
+                    parts.append(np.swapaxes(part, 0, 1) if info.layout else part)
                     used.add(g.h0_input)
                 elif g.h0_kind in ("const", "stored"):
                     parts.append(np.broadcast_to(g.h0_value, (g.dirs, B, g.hidden)))
@@ -1052,10 +1133,10 @@ class _Checker:
             h0 = np.concatenate(parts)
         lengths = None
         if any(g.lens_kind == "input" for g in case.grus):
-            (name,) = [n for n, i in case.inputs.items() if i.role == "lens"]
+            name = next(n for n, i in case.inputs.items() if i.role == "lens")
             lengths = feeds[name]
             used.add(name)
-        return x, h0, lengths, sorted(set(case.inputs) - used)
+        return x, h0, lengths, sorted(set(feeds) - used)
 
     def check_whole(self, entry: str, read) -> None:
         import fastgru
@@ -1114,15 +1195,14 @@ class _Checker:
         inputs = {i.name for i in probe.graph.input}
         inits = {t.name: t for t in probe.graph.initializer}
         wanted = []
-        for node in probe.graph.node:
-            if node.op_type != "GRU":
-                continue
+        nodes = [n for n in probe.graph.node if n.op_type == "GRU"]
+        assert len(nodes) == len(case.grus), "the generator lost track of its GRU nodes"
+        for k, (node, g) in enumerate(zip(nodes, case.grus)):
             while len(node.output) < 2:
                 node.output.append("")
-            for k, stem in ((0, "Y"), (1, "Y_h")):
-                if not node.output[k]:
-                    node.output[k] = f"{node.name}__{stem}"
-            g = next(g for g in case.grus if g.name == node.name)
+            for j, stem in ((0, "Y"), (1, "Y_h")):
+                if not node.output[j]:
+                    node.output[j] = f"gru_{k}__{stem}"
             g.y, g.y_h = node.output[0], node.output[1]
             for name in (g.x, g.h0, g.lens, g.y, g.y_h):
                 if name and name not in inputs and name not in inits and name not in wanted:
@@ -1137,6 +1217,8 @@ class _Checker:
             result = session.run(wanted, feeds)
             values.append((label, {**known, **feeds, **dict(zip(wanted, result))}))
         for g in case.grus:
+            if not g.name:
+                continue  # an unnamed node: node= cannot pick it
             self.entry = f"from_onnx(node={g.name})"
             try:
                 m = fastgru.GRU.from_onnx(self.copy(), node=g.name)
@@ -1278,14 +1360,17 @@ def _with_outputs(case: Case, keep: list) -> Case:
     model.CopyFrom(case.model)
     graph = model.graph
     outputs = [o for o in graph.output if o.name in keep]
-    nodes, needed = _needed(list(graph.node), [o.name for o in outputs])
+    all_nodes = list(graph.node)
+    nodes, needed = _needed(all_nodes, [o.name for o in outputs])
     new = helper.make_graph(nodes, graph.name, [i for i in graph.input if i.name in needed],
                             outputs, [t for t in graph.initializer if t.name in needed],
                             value_info=[v for v in graph.value_info if v.name in needed])
     model.graph.CopyFrom(new)
-    names = {n.name for n in nodes}
+    kept = {id(n) for n in nodes}
+    grus = [replace(g) for g, n in zip(case.grus, [n for n in all_nodes if n.op_type == "GRU"])
+            if id(n) in kept]
     inputs = {n: i for n, i in case.inputs.items() if n in needed}
-    return replace(case, model=model, grus=[replace(g) for g in case.grus if g.name in names],
+    return replace(case, model=model, grus=grus,
                    inputs=inputs, x_main=case.x_main if case.x_main in inputs else None,
                    combined=case.combined if case.combined in inputs else None)
 

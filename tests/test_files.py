@@ -306,7 +306,9 @@ def test_graph_that_is_not_a_gru_stack_names_the_node(rng):
     for node in proto.graph.node:
         if node.op_type == "Transpose" and node.output[0] == "Y0_tbdh":
             node.attribute[0].CopyFrom(helper.make_attribute("perm", [2, 0, 1, 3]))
-    with pytest.raises(FormatError, match=r"Transpose .* with perm \[2, 0, 1, 3\] between layers"):
+    with pytest.raises(FormatError, match=r"GRU node 'gru_layer1': the nodes between it and the "
+                                          r"layer below \[Transpose .* \(perm \[2, 0, 1, 3\]\).*\] "
+                                          r"do not pass the sequence on"):
         fastgru.GRU.from_onnx(proto)
 
 

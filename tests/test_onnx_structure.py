@@ -133,7 +133,7 @@ def test_initial_h_of_another_batch_is_refused_as_onnxruntime_does(rng):
     x = rng.standard_normal((3, 4, 3)).astype(np.float32)
     for batch in (1, 3):
         h0 = rng.standard_normal((1, batch, 4)).astype(np.float32)
-        with pytest.raises(Exception):  # onnxruntime refuses it
+        with pytest.raises(Exception, match="initial_h|dimension|shape"):  # onnxruntime too
             onnxruntime_run(proto, {"X": x, "h0": h0})
         with pytest.raises(ValueError, match=r"GRU node 'g': initial_h 'h0' must have shape "
                                              r"\(1, 4, 4\) for X of shape \(3, 4, 3\), got"):
@@ -244,3 +244,42 @@ def test_default_exporter_with_dynamic_shapes(rng, tmp_path, layers, bidirection
         assert_close(y, y_t.numpy(), "float32", "y")
         assert_close(h_n, h_t.numpy(), "float32", "h_n")
         same_as_onnxruntime(path, {"x": x})
+
+
+def weights_computed_by(rng, nodes, stored, opset=14):
+    """A one-GRU graph (D=3, H=4) whose W is the value `W` computed by `nodes` from `stored`."""
+    spec = random_spec(rng, 3, 4)
+    layer = spec.layers[0]
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n)
+             for n, a in (("R", layer.r), ("B", layer.b))] + stored
+    node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], hidden_size=4,
+                            linear_before_reset=1)
+    return model([*nodes, node], [out("X", ["T", "B", 3])], [out("Y")], inits, opset)
+
+
+def test_weights_folded_as_onnxruntime_computes_them(rng):
+    """Slice with negative steps and ends, Gather with negative indices, Split, Flatten and
+    Squeeze between the stored tensor and W: folded at load as onnxruntime computes them."""
+    big = rng.standard_normal((2, 14, 3)).astype(np.float32)
+    nodes = [helper.make_node("Slice", ["big", "s0", "e0", "a0", "st0"], ["rev"]),
+             helper.make_node("Split", ["rev", "sizes"], ["w_a", "w_b"], axis=1),
+             helper.make_node("Gather", ["w_a", "last"], ["w_g"], axis=0),
+             helper.make_node("Flatten", ["w_g"], ["w_f"], axis=1),
+             helper.make_node("Reshape", ["w_f", "shape"], ["W"])]
+    stored = [numpy_helper.from_array(big, "big"), const("s0", [-1]),
+              const("e0", [-2**62]), const("a0", [1]), const("st0", [-1]),
+              const("sizes", [12, 2]), const("last", [-1]), const("shape", [1, 12, 3])]
+    proto = weights_computed_by(rng, nodes, stored)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    (Y,) = onnxruntime_run(proto, {"X": x})
+    assert_close(fastgru.GRU.from_onnx(proto)(x)[0], Y[:, 0], "float32")
+
+
+def test_folding_cannot_blow_a_small_file_up(rng):
+    """W as a Concat of one stored tensor with itself 2,000 times: refused before the copies are
+    made (the file holds 48 kB; the result would be 96 MB)."""
+    piece = numpy_helper.from_array(rng.standard_normal((1, 12, 1000)).astype(np.float32), "p")
+    nodes = [helper.make_node("Concat", ["p"] * 2000, ["W"], axis=0)]
+    proto = weights_computed_by(rng, nodes, [piece])
+    with pytest.raises(FormatError, match="would make"):
+        fastgru.GRU.from_onnx(proto)

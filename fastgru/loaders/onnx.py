@@ -17,8 +17,9 @@ import os
 
 import numpy as np
 
-from fastgru._weights import DIRECTIONS, GRUSpec, LayerWeights
+from fastgru._weights import DIRECTIONS, LayerWeights
 from fastgru.errors import FormatError
+from fastgru.loaders import onnx_fold
 
 WHOLE_GRAPHS = ("fastgru.InferenceSession runs whole graphs, and node= reads one GRU node of "
                 "them")
@@ -178,19 +179,13 @@ def _weight(values: dict, name: str, role: str, node_name: str) -> np.ndarray:
         return array.astype(np.float64)
 
 
-# Ops whose results are folded when all their inputs are constants: data movement and casts, what
-# exporters put between stored weights and a GRU node. Nothing that can grow data much.
-FOLDABLE = {"Identity", "Cast", "Slice", "Concat", "Transpose", "Unsqueeze", "Squeeze",
-            "Reshape", "Split", "Gather", "Flatten", "Constant"}
-
-
 def constant_names(graph) -> set[str]:
-    """Names known before run time: initializers, and outputs of FOLDABLE nodes (Constant
+    """Names known before run time: initializers, and outputs of onnx_fold.FOLDABLE nodes (Constant
     among them) whose inputs are all constant. One pass in the graph's order (ONNX requires a
     topological one), so a cycle ends as "not constant" rather than as a loop."""
     names = {t.name for t in graph.initializer}
     for node in graph.node:
-        if node.op_type in FOLDABLE and node.domain in ("", "ai.onnx") and \
+        if node.op_type in onnx_fold.FOLDABLE and node.domain in ("", "ai.onnx") and \
                 all(i in names for i in node.input if i):
             names.update(o for o in node.output if o)
     return names
@@ -222,25 +217,24 @@ def fold_constants(graph, folder: str | None, names: dict, opset: int) -> dict[s
                 stack.append(i)
     order = {id(n): k for k, n in enumerate(graph.node)}
     nodes.sort(key=lambda n: order[id(n)])
-    return {**stored, **_evaluate(nodes, stored, computed, opset)}
+    stored_values = sum(math.prod(t.dims) for t in graph.initializer)
+    values = onnx_fold.evaluate(nodes, dict(stored), opset, node_attributes,
+                                lambda node: _constant_value(node, folder),
+                                onnx_fold.limit_for(stored_values))
+    return {n: values[n] for n in wanted}
 
 
-def _evaluate(nodes, feeds: dict, outputs: list, opset: int) -> dict[str, np.ndarray]:
-    """Run `nodes` with the ONNX reference evaluator, `feeds` given, and return `outputs`."""
-    from onnx import helper
-    from onnx.reference import ReferenceEvaluator
-
-    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-              for n, a in feeds.items()]
-    sub = helper.make_graph(list(nodes), "fold", inputs,
-                            [helper.make_empty_tensor_value_info(n) for n in outputs])
-    model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
-    try:
-        results = ReferenceEvaluator(model).run(None, feeds)
-    except Exception as error:
-        raise FormatError(f"cannot fold the constant inputs {outputs[:3]} of the GRU nodes: "
-                          f"{type(error).__name__}: {error}") from None
-    return {n: np.asarray(r) for n, r in zip(outputs, results, strict=True)}
+def _constant_value(node, folder) -> np.ndarray:
+    """The tensor a Constant node holds."""
+    attrs = node_attributes(node)
+    where = f"Constant node {node.name or node.output[0]!r}"
+    if "value" in attrs:
+        return decode(attrs["value"], folder, where)
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype)
+    raise FormatError(f"{where} holds no tensor fastgru reads ({sorted(attrs)})")
 
 
 def opset(model) -> int:

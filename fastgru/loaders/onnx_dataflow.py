@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MOVES = {"Identity", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Slice", "Gather",
+         "Concat", "Shape", "Mul"}  # the ops of the table above
 MAX_DEPTH = 200  # nodes followed back from one value: deeper chains are refused, never a crash
 INT_TYPES = (6, 7)  # ONNX INT32, INT64
 TO_THE_END = 2**31 - 1  # a Slice end at least this large keeps the rest of any real axis
@@ -370,7 +372,7 @@ def _slice(data, starts, ends, axes, steps):
             (steps and any(s != 1 for s in steps)):
         return None
     dims = list(data.dims)
-    for axis, start, end in zip(axes, starts, ends):
+    for axis, start, end in zip(axes, starts, ends, strict=True):
         if len(dims[axis]) != 1 or start < 0 or end <= start:
             return None  # a slice of a merged or open-ended axis: not proved
         atom = dims[axis][0]

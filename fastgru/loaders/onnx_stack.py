@@ -29,7 +29,7 @@ import numpy as np
 from fastgru._weights import GRUSpec
 from fastgru.errors import FormatError
 from fastgru.loaders import onnx as onnx_reader
-from fastgru.loaders.onnx_dataflow import Atom, Dataflow, Size, Tensor, symbol
+from fastgru.loaders.onnx_dataflow import MOVES, Atom, Dataflow, Size, Tensor, symbol
 
 WHOLE_GRAPHS = onnx_reader.WHOLE_GRAPHS
 _ELEM = {np.dtype(np.float32): 1, np.dtype(np.float64): 11, np.dtype(np.float16): 10}
@@ -108,7 +108,7 @@ def output_layouts(top: Layer, layers: int, dirs: int) -> dict:
     return keys
 
 
-def sequence_sizes(flow: Dataflow, sources: dict, gru, layout: int) -> tuple[Size, Size, str | None, bool]:
+def sequence_sizes(flow: Dataflow, sources: dict, gru, layout: int) -> tuple:
     """(T, B, graph input, batch_first) when the GRU reads a graph input as its sequence,
     else fresh symbols and None."""
     x = onnx_reader.gru_inputs(gru)[0]
@@ -169,6 +169,28 @@ def _lengths_source(flow: Dataflow, name: str) -> str | None:
     return None
 
 
+def _path_back(producers: dict, gru) -> list:
+    """The nodes on the way back from `gru`'s X (following data inputs) to another GRU or a
+    graph input, ending early at the first that is not a move of onnx_dataflow's table."""
+    path, name = [], onnx_reader.gru_inputs(gru)[0]
+    for _ in range(64):
+        node = producers.get(name)
+        if node is None or node.op_type == "GRU":
+            break
+        path.append(node)
+        if node.op_type not in MOVES or not node.input:
+            break
+        name = node.input[0]
+    return path
+
+
+def _describe(node, flow: Dataflow) -> str:
+    what = f"{node.op_type} {node.name or '<unnamed>'!r}"
+    if node.op_type == "Transpose":
+        return f"{what} (perm {flow.attributes(node).get('perm')})"
+    return what
+
+
 @dataclass(frozen=True)
 class Stack:
     chain: list
@@ -224,6 +246,19 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
         chain.append(upper)
         layers.append(Layer.make(len(chain) - 1, 0, dirs, hidden, steps, batch, elem))
     apart = [g.name for g in grus if all(g is not c for c in chain)]
+    for gru in grus:
+        if gru.name not in apart:
+            continue
+        path = _path_back(search.producers, gru)
+        if path and path[-1].op_type not in MOVES:
+            raise FormatError(f"{_name(gru)}: node {path[-1].name or '<unnamed>'!r} "
+                              f"({path[-1].op_type}) stands between it and the previous layer; "
+                              f"{WHOLE_GRAPHS}")
+        if path:
+            moves = ", ".join(_describe(n, search) for n in reversed(path))
+            raise FormatError(f"{_name(gru)}: the nodes between it and the layer below "
+                              f"[{moves}] do not pass the sequence on as a stacked GRU reads it; "
+                              f"{WHOLE_GRAPHS}")
     if apart:
         raise FormatError(f"the GRU nodes {apart} are not layers of the stack that starts at "
                           f"{_name(first)}: the nodes between them and the layer below do not "
@@ -282,7 +317,7 @@ def _unknown_outputs(graph, flow, sources, chain, layers, dirs) -> list[str]:
     """Why each graph output that is not one of the stack's outputs (in a layout ONNX or
     PyTorch uses) is refused."""
     results = {chain[-1].output[0]: layers[-1].y}
-    for gru, layer in zip(chain, layers):
+    for gru, layer in zip(chain, layers, strict=True):
         if len(gru.output) > 1 and gru.output[1]:
             results[gru.output[1]] = layer.y_h
     known = output_layouts(layers[-1], len(chain), dirs)

@@ -19,7 +19,7 @@ import numpy as np
 
 from fastgru._weights import DIRECTIONS, LayerWeights
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx_fold
+from fastgru.loaders import onnx_fold, onnx_proto
 
 WHOLE_GRAPHS = ("fastgru.InferenceSession runs whole graphs, and node= reads one GRU node of "
                 "them")
@@ -30,9 +30,7 @@ DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh")
 
 def load_model(src):
     """(ModelProto, folder for external data or None)."""
-    import onnx
-
-    if isinstance(src, onnx.ModelProto):
+    if onnx_proto.is_model(src):
         return src, None
     if isinstance(src, (bytes, bytearray, memoryview)):
         return _parse(bytes(src), "these bytes"), None
@@ -51,9 +49,7 @@ def load_model(src):
 
 
 def _parse(data: bytes, what: str):
-    import onnx
-
-    model = onnx.ModelProto()
+    model = onnx_proto.messages().ModelProto()
     try:
         model.ParseFromString(data)
     except Exception as error:  # protobuf raises its own DecodeError types
@@ -134,31 +130,28 @@ def _external_bytes(tensor, folder: str | None, expected: int, where: str) -> by
 
 def decode(tensor, folder: str | None, where: str) -> np.ndarray:
     """A TensorProto as an ndarray, its stored size checked against its shape before decoding."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    try:
-        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    except Exception:
-        raise FormatError(f"{where} has an unknown data type {tensor.data_type}") from None
+    size = onnx_proto.itemsize(tensor.data_type)
+    if size is None or tensor.data_type == 0:
+        raise FormatError(f"{where} has an unknown data type {tensor.data_type}")
     dims = [int(d) for d in tensor.dims]
     if any(d < 0 for d in dims):
         raise FormatError(f"{where} has an invalid shape {dims}")
     count = math.prod(dims)  # exact: int64 would wrap past 2**63 and pass the checks below
-    if tensor.data_location == TensorProto.EXTERNAL:
-        raw = _external_bytes(tensor, folder, count * dtype.itemsize, where)
-        return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims)
-    if tensor.HasField("raw_data"):
-        stored = len(tensor.raw_data) // max(dtype.itemsize, 1)
-        exact = len(tensor.raw_data) % max(dtype.itemsize, 1) == 0
-    else:
-        stored, exact = max(len(tensor.float_data), len(tensor.double_data),
-                            len(tensor.int32_data), len(tensor.int64_data),
-                            len(tensor.uint64_data), len(tensor.string_data)), True
-    if dtype.kind != "O" and (stored != count or not exact):
-        raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
+    raw = None
+    if tensor.data_location == onnx_proto.EXTERNAL:
+        raw = _external_bytes(tensor, folder, count * size, where)
+    elif tensor.HasField("raw_data"):
+        stored = len(tensor.raw_data) // max(size, 1)
+        if stored != count or len(tensor.raw_data) % max(size, 1):
+            raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
+    elif tensor.data_type != 8:  # strings are counted as they are decoded
+        stored = max(len(tensor.float_data), len(tensor.double_data), len(tensor.int32_data),
+                     len(tensor.int64_data), len(tensor.uint64_data))
+        if stored != count:
+            raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
     try:
         with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
-            return numpy_helper.to_array(tensor)
+            return onnx_proto.values(tensor, dims, raw)
     except Exception as error:
         raise FormatError(f"{where} cannot be decoded: {error}") from None
 
@@ -246,10 +239,8 @@ def opset(model) -> int:
 
 def node_attributes(node) -> dict:
     """{name: value} of a node's attributes; FormatError naming the node if one is malformed."""
-    from onnx import helper
-
     try:
-        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return {a.name: onnx_proto.attribute_value(a) for a in node.attribute}
     except Exception as error:
         raise FormatError(f"node {node.name or node.op_type!r} has a malformed attribute: "
                           f"{error}") from None
@@ -370,8 +361,6 @@ def stored_state(graph, name: str, folder, opset: int):
     those: exporters write these when a model passes no state), or the constant ndarray that a
     constant initial_h holds or that an Expand broadcasts to the batch (a stored state).
     """
-    from onnx import numpy_helper
-
     made_by = producers(graph)
     constants = constant_names(graph)
 
@@ -398,7 +387,8 @@ def stored_state(graph, name: str, folder, opset: int):
         elif node is None or node.domain not in ("", "ai.onnx"):
             return None
         elif node.op_type == "ConstantOfShape":
-            fill = [numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"]
+            fill = [decode(a.t, folder, f"ConstantOfShape {node.name!r}")
+                    for a in node.attribute if a.name == "value"]
             if fill and np.any(fill[0]):
                 return None
         elif node.op_type in _KEEPS_ZEROS and node.input:

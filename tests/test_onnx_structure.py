@@ -283,3 +283,12 @@ def test_folding_cannot_blow_a_small_file_up(rng):
     proto = weights_computed_by(rng, nodes, [piece])
     with pytest.raises(FormatError, match="would make"):
         fastgru.GRU.from_onnx(proto)
+
+
+def test_an_input_that_is_also_an_output_keeps_the_inputs_declaration(rng):
+    """onnxruntime checks feeds against the input's declaration, not the output's (fuzz
+    finding onnx-03)."""
+    node, inits = gru(rng, "g", "x1", 3, 2)
+    proto = model([helper.make_node("Relu", ["X"], ["x1"]), node],
+                  [out("X", ["T", "B", 3])], [out("g_Yh"), out("X", [4, 2, 3])], inits)
+    same_as_onnxruntime(proto, {"X": rng.standard_normal((3, 3, 3)).astype(np.float32)})

@@ -316,7 +316,9 @@ def value_infos(model) -> dict:
         inferred = onnx.shape_inference.infer_shapes(bare).graph.value_info
     except Exception:  # shape inference is a help, not a must
         inferred = []
-    return {v.name: v for v in (*inferred, *model.graph.input, *model.graph.output)}
+    # a graph input that is also an output keeps the input's declaration: feeds are checked
+    # against it, never against the output's (which onnxruntime does not enforce)
+    return {v.name: v for v in (*inferred, *model.graph.output, *model.graph.input)}
 
 
 def fixed_dims(info) -> list[int | None] | None:

@@ -5,11 +5,9 @@ onnxruntime does. Each test is a minimal reproducer of one soundness hole in the
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fastgru

@@ -8,9 +8,9 @@ onnxruntime, running the graph GRU.to_onnx writes, for comparison).
 
 Endpoints, JSON in and out:
     POST   /sequence            {"x": T x D}  ->  {"y": T x dirs*H, "h": layers*dirs x H}
-    POST   /streams                           ->  {"id": n}
+    POST   /streams                           ->  {"id": n}   (503 past FASTGRU_MAX_STREAMS)
     POST   /streams/{id}/step   {"x": D}      ->  {"y": H}
-    DELETE /streams/{id}
+    DELETE /streams/{id}                      (frees the stream's slot and its state)
     GET    /health                            ->  {"backend": ..., "input_size": D, ...}
 
 Requests that arrive while a batch is computing form the next batch: one model call serves
@@ -20,9 +20,13 @@ FASTGRU_BATCH_FRAMES, shortest first, so one long request neither pads nor delay
 
 Limits (environment, defaults): FASTGRU_MAX_BODY request bytes (4,000,000: 413 beyond),
 FASTGRU_MAX_STEPS steps in one sequence (10,000: 413 beyond), FASTGRU_BATCH_FRAMES padded
-frames in one model call (65,536). Client mistakes get a 4xx with a short message (at most 300
-characters, never the whole bad input): malformed or deeply nested JSON, NaN, Infinity or
-numbers beyond float32, wrong shapes. Nothing a client sends can leave NaN in a stream's state.
+frames in one model call (65,536), FASTGRU_MAX_STREAMS streams open at once (10,000: 503
+beyond, until one closes). A stream's memory goes when it closes (the fastgru backend shrinks
+its StreamBatch once the streams open fall to a quarter of their peak). A stream id is a number
+of at most 18 digits (400 otherwise; 404 for one that is not open). Client mistakes get a 4xx
+with a short message (at most 300 characters, never the whole bad input): malformed or deeply
+nested JSON, NaN, Infinity or numbers beyond float32, wrong shapes. Nothing a client sends
+can leave NaN in a stream's state.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from fastgru.batching import by_length, pad
 from fastgru.benchmark import SHAPES, builtin_model
 
 MAX_BATCH = 64
+MAX_ID_DIGITS = 18  # stream ids stay within int64 and never reach int()'s 4300-digit limit
 
 
 def _limit(name: str, default: int) -> int:
@@ -62,29 +67,51 @@ def load_model() -> fastgru.GRU:
 
 
 class FastgruBackend:
-    """Batches through fastgru: one call for sequences, one StreamBatch step for frames."""
+    """Batches through fastgru: one call for sequences, one StreamBatch step for frames.
+
+    Streams have the service's own ids, mapped to StreamBatch clients: when the streams open
+    fall to a quarter of their peak, their states move to a new, smaller StreamBatch and the
+    old one's memory goes (a StreamBatch grows, but never shrinks)."""
 
     name = "fastgru"
 
     def __init__(self, model: fastgru.GRU) -> None:
         self.model = model.prepare()
         self.streams = model.stream_batch() if model.direction == "forward" else None
+        self.clients: dict[int, int] = {}  # service id -> StreamBatch client
+        self.next_id = 0
+        self.peak = 0
 
     def sequences(self, xs):
         y, h = self.model(pad(xs, self.model.input_size), lengths=[len(x) for x in xs])
         return [(y[:len(x), b], h[:, b]) for b, x in enumerate(xs)]
 
+    def open_streams(self) -> int:
+        return len(self.clients)
+
     def open_stream(self) -> int:
-        return self.streams.add()
+        self.next_id += 1
+        self.clients[self.next_id] = self.streams.add()
+        self.peak = max(self.peak, len(self.clients))
+        return self.next_id
 
     def close_stream(self, client) -> None:
-        self.streams.remove(client)
+        self.streams.remove(self.clients.pop(client))
+        if self.peak > 16 and len(self.clients) <= self.peak // 4:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        smaller = self.model.stream_batch(max(16, 2 * len(self.clients)))
+        self.clients = {c: smaller.add(self.streams.state(inner))
+                        for c, inner in self.clients.items()}
+        self.streams, self.peak = smaller, len(self.clients)
 
     def has_stream(self, client) -> bool:
-        return client in self.streams
+        return client in self.clients
 
     def steps(self, clients, frames):
-        return self.streams.step(clients, np.asarray(frames, np.float32))
+        return self.streams.step([self.clients[c] for c in clients],
+                                 np.asarray(frames, np.float32))
 
 
 class OnnxruntimeBackend:
@@ -112,6 +139,9 @@ class OnnxruntimeBackend:
         h0 = np.zeros((m.num_layers * dirs, len(xs), m.hidden_size), np.float32)
         y, h = self._run(pad(xs, m.input_size), [len(x) for x in xs], h0)
         return [(y[:len(x), b], h[:, b]) for b, x in enumerate(xs)]
+
+    def open_streams(self) -> int:
+        return len(self.states)
 
     def open_stream(self) -> int:
         self.next_id += 1
@@ -189,8 +219,9 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
         rounds: list[list[int]] = []
         seen: dict[int, int] = {}
         for i, item in enumerate(items):
-            if item[0] == "open":
-                results[i] = engine.open_stream()
+            if item[0] == "open":  # None past the cap
+                results[i] = engine.open_stream() if engine.open_streams() < max_streams \
+                    else None
             elif item[0] == "step" and engine.has_stream(item[1]):
                 k = seen[item[1]] = seen.get(item[1], -1) + 1
                 rounds.extend([] for _ in range(k + 1 - len(rounds)))
@@ -208,6 +239,7 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
     max_body = _limit("FASTGRU_MAX_BODY", 4_000_000)
     max_steps = _limit("FASTGRU_MAX_STEPS", 10_000)
     batch_frames = _limit("FASTGRU_BATCH_FRAMES", 65_536)
+    max_streams = _limit("FASTGRU_MAX_STREAMS", 10_000)
     sequences = Batcher(grouped_by_length(engine.sequences, batch_frames))
     streams = Batcher(run_streams)
 
@@ -264,10 +296,24 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
     async def open_stream(request):
         if model.direction != "forward":
             return error("streams need a forward model")
-        return JSONResponse({"id": await streams.submit(("open",))})
+        client = await streams.submit(("open",))
+        if client is None:
+            return error(f"at most {max_streams} open streams; close one or retry later", 503)
+        return JSONResponse({"id": client})
+
+    def stream_id(request) -> int:
+        """The path's stream id: digits only, at most MAX_ID_DIGITS of them."""
+        text = request.path_params["client"]
+        if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
+            raise ClientError(f"a stream id is a number of at most {MAX_ID_DIGITS} digits, got "
+                              f"{text[:20]!r}{'...' if len(text) > 20 else ''}")
+        return int(text)
 
     async def step(request):
-        client = int(request.path_params["client"])
+        try:
+            client = stream_id(request)
+        except ClientError as e:
+            return error(str(e), e.status)
         if not engine.has_stream(client):
             return error(f"no stream {client}", 404)
         try:
@@ -278,7 +324,10 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
         return JSONResponse({"y": y}) if y is not None else error(f"no stream {client}", 404)
 
     async def close_stream(request):
-        client = int(request.path_params["client"])
+        try:
+            client = stream_id(request)
+        except ClientError as e:
+            return error(str(e), e.status)
         if not engine.has_stream(client):
             return error(f"no stream {client}", 404)
         if await streams.submit(("close", client)) is None:
@@ -293,8 +342,8 @@ def create_app(model: fastgru.GRU | None = None, backend: str | None = None) -> 
     return Starlette(routes=[
         Route("/sequence", sequence, methods=["POST"]),
         Route("/streams", open_stream, methods=["POST"]),
-        Route("/streams/{client:int}/step", step, methods=["POST"]),
-        Route("/streams/{client:int}", close_stream, methods=["DELETE"]),
+        Route("/streams/{client}/step", step, methods=["POST"]),
+        Route("/streams/{client}", close_stream, methods=["DELETE"]),
         Route("/health", health, methods=["GET"]),
     ])
 

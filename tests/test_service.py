@@ -161,3 +161,126 @@ def test_batches_grouped_by_length_within_the_padding_budget():
     xs = [np.zeros((n, 1)) for n in (400, 3, 5, 4, 100, 3)]
     assert grouped_by_length(run, 300)(xs) == [400, 3, 5, 4, 100, 3]  # the callers' order
     assert calls == [[3, 3, 4, 5], [100], [400]]  # shortest first; the long ones alone
+
+
+@pytest.fixture
+def asgi():
+    """call(app, groups): requests (method, path, body or None) through the ASGI app in this
+    process, concurrently within each group; [(status, JSON)] per request, in order. One event
+    loop for the whole test, as a server has (the service's batchers live on it)."""
+    import asyncio
+    import json
+
+    loop = asyncio.new_event_loop()
+
+    async def one(app, method, path, body):
+        data = b"" if body is None else json.dumps(body).encode()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80),
+                 "headers": [(b"content-type", b"application/json"),
+                             (b"content-length", str(len(data)).encode())]}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+        return status, json.loads(b"".join(m.get("body", b"") for m in sent
+                                           if m["type"] == "http.response.body"))
+
+    async def together(app, group):
+        return await asyncio.wait_for(asyncio.gather(*(one(app, *c) for c in group)), 60)
+
+    def call(app, groups):
+        return [answer for group in groups
+                for answer in loop.run_until_complete(together(app, group))]
+
+    yield call
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+    loop.close()
+
+
+def test_stream_ids_are_checked(model_file, asgi):
+    from examples.service import create_app
+
+    app = create_app(fastgru.load(model_file))
+    huge = "9" * 5000
+    answers = asgi(app, [[("POST", "/streams", None)],
+                          [("POST", f"/streams/{huge}/step", {"x": [0] * 6}),
+                           ("DELETE", f"/streams/{huge}", None),
+                           ("POST", "/streams/-1/step", {"x": [0] * 6}),
+                           ("DELETE", "/streams/abc", None),
+                           ("DELETE", "/streams/12345", None)]])
+    assert answers[0][0] == 200
+    for status, body in answers[1:5]:
+        assert status == 400 and "a stream id is a number of at most 18 digits" in \
+            body["error"] and len(body["error"]) <= 300, body
+    assert answers[5] == (404, {"error": "no stream 12345"})
+
+
+def test_open_streams_are_capped_and_closing_frees_the_slot(model_file, monkeypatch, rng,
+                                                             asgi):
+    from examples.service import create_app
+
+    monkeypatch.setenv("FASTGRU_MAX_STREAMS", "2")
+    model = fastgru.load(model_file)
+    app = create_app(model)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    opened = asgi(app, [[("POST", "/streams", None)] * 3])
+    assert sorted(status for status, _ in opened) == [200, 200, 503]
+    refused = next(body for status, body in opened if status == 503)
+    assert "at most 2 open streams" in refused["error"]
+    first, second = (body["id"] for status, body in opened if status == 200)
+    answers = asgi(app, [[("POST", f"/streams/{first}/step", {"x": x[0].tolist()})],
+                          [("DELETE", f"/streams/{first}", None)],
+                          [("POST", "/streams", None)],
+                          [("POST", f"/streams/{first}/step", {"x": x[1].tolist()})]])
+    assert [status for status, _ in answers] == [200, 200, 200, 404]
+    third = answers[2][1]["id"]
+    assert third not in (first, second)
+    status, body = asgi(app, [[("POST", f"/streams/{third}/step", {"x": x[1].tolist()})]])[0]
+    assert status == 200  # a fresh state: nothing of the closed stream's
+    assert_close(body["y"], model.stream(1).step(x[1][None])[0], "float32", "fresh stream")
+    assert asgi(app, [[("POST", "/streams", None)]])[0][0] == 503  # two open again
+
+
+@pytest.mark.parametrize("backend", ["fastgru", "onnxruntime"])
+def test_closing_streams_releases_their_memory(model_file, rng, backend):
+    """The backend's memory follows the streams open: thousands opened and closed leave what a
+    few need; the streams still open keep their states."""
+    import tracemalloc
+
+    from examples.service import FastgruBackend, OnnxruntimeBackend
+
+    model = fastgru.GRU(random_spec(rng, 6, 256, 2))
+    engine = {"fastgru": FastgruBackend, "onnxruntime": OnnxruntimeBackend}[backend](model)
+    keep = [engine.open_stream() for _ in range(3)]
+    local = [model.stream(1) for _ in keep]
+    x = rng.standard_normal((2, 3, 6)).astype(np.float32)
+    for k in range(3):
+        local[k].step(x[0, k][None])
+    engine.steps(keep, x[0])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        others = [engine.open_stream() for _ in range(4000)]  # 2 * 256 * 4 bytes each
+        engine.steps(others[:64], np.zeros((64, 6), np.float32))
+        assert tracemalloc.get_traced_memory()[0] - base > 4000 * 2 * 256 * 4
+        for client in others:
+            engine.close_stream(client)
+        del others, client
+        left = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert left < 200_000, left
+    ys = engine.steps(keep, x[1])
+    for k in range(3):
+        assert_close(ys[k], local[k].step(x[1, k][None])[0], "float32", f"stream {k}")

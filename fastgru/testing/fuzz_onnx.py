@@ -279,12 +279,22 @@ class _Builder:
     def front_end(self, x: str, d: int) -> tuple[str, int]:
         """Nothing, or what a network computes before its GRU: MatMul (+Add, Tanh), Conv1d
         (Transpose, Conv, Transpose, Relu), Relu."""
-        kind = self.pick(["none", "matmul", "conv", "relu"], p=[0.6, 0.2, 0.15, 0.05])
+        kind = self.pick(["none", "matmul", "conv", "relu", "features", "reverse", "twice"],
+                         p=[0.5, 0.2, 0.12, 0.04, 0.05, 0.05, 0.04])
         T, B, _ = self.shapes[x]
         if kind == "none":
             return x, d
         if kind == "relu":
             return self.op("Relu", [x], (T, B, d)), d
+        if kind == "features" and d > 1:  # some of the features only
+            k = int(self.rng.integers(1, d))
+            start = self.pick([0, d - k])
+            return self.slice(x, [start], [start + k], [self.pick([2, -1])], shape=(T, B, k)), k
+        if kind == "reverse":  # the steps in reverse order
+            return self.slice(x, [-1], [INT64_MIN], [0], [-1], shape=(T, B, d)), d
+        if kind == "twice":  # two transposes that cancel
+            t = self.op("Transpose", [x], (B, T, d), perm=[1, 0, 2])
+            return self.op("Transpose", [t], (T, B, d), perm=[1, 0, 2]), d
         d2 = int(self.rng.integers(1, 9))
         if kind == "matmul":
             w = self.constant((0.5 * self.rng.standard_normal((d, d2))).astype(np.float32), "Wf")
@@ -482,7 +492,13 @@ class _Builder:
                 v = self.axes_op("Squeeze", t, [self.pick([2, -2])], out)
             elif form == "dynamo":  # the target computed at run time, as torch's dynamo writes
                 rest = self.ints([self.pick([-1, dirs * H])])
-                target = self.op("Concat", [self.dims_of(t, 0, 2), rest], (3,), INT64, axis=0)
+                source = t
+                if self.chance(0.3) and "X" in self.input_info and \
+                        self.shapes["X"][:2] == (T, B):  # the same (T, B) from the graph input
+                    source = "X"
+                    self.notes.append("a Reshape target from the input's shape")
+                target = self.op("Concat", [self.dims_of(source, 0, 2), rest], (3,), INT64,
+                                 axis=0)
                 v = self.op("Reshape", [t, target], out)
             elif form == "fixed":
                 nt, nb = self.size(T) or -1, self.size(B) or -1
@@ -503,6 +519,8 @@ class _Builder:
         y, dirs, H = g.y, g.dirs, g.hidden
         T, _, B, _ = self.shapes[y]
         forms = ["reverse_time", "swap_tb", "scale", "interleave", "time_major_swap"]
+        if "X" in self.input_info and self.shapes["X"][:2] == (B, T):
+            forms.append("input_target")
         forms += ["forward_only", "raw_reshape", "raw_reshape"] if dirs == 2 else \
             ["squeeze_all"] if H > 1 and (self.size(T) or 0) > 1 and (self.size(B) or 0) > 1 \
             else []
@@ -515,6 +533,11 @@ class _Builder:
             return self.op("Reshape", [y, self.ints(target)], (T, B, 2 * H)), 2 * H
         if form == "squeeze_all":  # every axis of size 1: also T or B when they are 1
             return self.axes_op("Squeeze", y, None, (T, B, H)), H
+        if form == "input_target":  # a batch-first input's (B, T) as the target: rows mixed
+            t = self.op("Transpose", [y], (T, B, dirs, H), perm=[0, 2, 1, 3])
+            target = self.op("Concat", [self.dims_of("X", 0, 2), self.ints([-1])], (3,), INT64,
+                             axis=0)
+            return self.op("Reshape", [t, target], (B, T, dirs * H)), dirs * H
         if form == "interleave":  # (T, B, H, dirs): the directions interleaved unit by unit
             t = self.op("Transpose", [y], (T, B, H, dirs), perm=[0, 2, 3, 1])
             return self.op("Reshape", [t, self.ints([0, 0, -1])], (T, B, dirs * H)), dirs * H
@@ -581,6 +604,15 @@ class _Builder:
             return self.op("Reshape", [g.y, self.ints([0, 0, -1])], (T, dirs, None))
         if kind == "input" and "X" in self.input_info:  # the graph input itself
             return "X"
+        if kind == "h_n_reversed" and len(layers) > 1 and \
+                len({self.shapes[x.y_h] for x in layers}) == 1:  # top layer first
+            return self.op("Concat", [x.y_h for x in layers[::-1]], (len(layers) * dirs, B, H),
+                           axis=0)
+        if kind == "one_direction" and dirs == 2:
+            k = int(self.rng.integers(0, 2))
+            if self.chance(0.5):
+                return self.slice(g.y_h, [k], [k + 1], [0], shape=(1, B, H))
+            return self.op("Gather", [g.y_h, self.ints([k])], (1, B, H), axis=0)
         return None
 
     def add_outputs(self, g: GruInfo, layers: list, count: int | None = None,
@@ -589,10 +621,10 @@ class _Builder:
 
         kinds = ["Y", "Y_h", "y", "y_bf", "Y_layout1", "Y_h_bf", "Y_h_squeezed", "h_n",
                  "head_y", "head_h", "lower", "const", "last_step", "Y_h_flat", "Y_flat",
-                 "input"]
+                 "input", "h_n_reversed", "one_direction"]
         odd = not clean
         p = np.array([10, 8, 10, 4, 3, 3, 3, 5, 5 * odd, 3 * odd, 2 * odd, 1 * odd, 2 * odd,
-                      1 * odd, 1 * odd, 0.5 * odd], float)
+                      1 * odd, 1 * odd, 0.5 * odd, 2, 1.5], float)
         count = count or int(self.pick([1, 2, 3], p=[0.45, 0.4, 0.15]))
         done = {o.name for o in self.outputs}
         for _ in range(count):
@@ -943,7 +975,9 @@ def _layouts(y, h_n, m) -> dict:
     Y = y_tm.reshape(T, B, dirs, H).transpose(0, 2, 1, 3)
     out = {"y (T, B, dirs*H)": y_tm, "y batch-first (B, T, dirs*H)": np.swapaxes(y_tm, 0, 1),
            "Y (T, dirs, B, H)": Y, "Y layout 1 (B, T, dirs, H)": Y.transpose(2, 0, 1, 3),
-           "h_n (layers*dirs, B, H)": h_n}
+           "y.view(T, B, dirs, H)": y_tm.reshape(T, B, dirs, H),
+           "h_n (layers*dirs, B, H)": h_n,
+           "h_n.view(layers, dirs, B, H)": h_n.reshape(L, dirs, B, H)}
     for k in range(L):  # each layer's Y_h: the top one, and h_n's slices of the others
         state = h_n[k * dirs:(k + 1) * dirs]
         which = "the top layer's Y_h" if k == L - 1 else f"layer {k}'s Y_h (h_n's slice)"

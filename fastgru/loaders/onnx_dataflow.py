@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastgru.loaders.onnx_fold import slice_bounds
+
 MOVES = {"Identity", "Cast", "Transpose", "Squeeze", "Unsqueeze", "Reshape", "Slice", "Gather",
          "Concat", "Shape", "Mul"}  # the ops of the table above
 MAX_DEPTH = 200  # nodes followed back from one value: deeper chains are refused, never a crash
@@ -173,8 +175,8 @@ class Dataflow:
                 value = lambda n: self._value(n, sources, memo, depth + 1)  # noqa: E731
                 try:
                     result = _evaluate(self, node, value)
-                except (ValueError, TypeError, IndexError, KeyError):
-                    result = None  # malformed attributes or inputs: unknown
+                except Exception:  # malformed attributes or inputs: unknown, never a crash
+                    result = None
                 if result is not None:
                     self.visited.add(id(node))
         memo[name] = result
@@ -253,7 +255,7 @@ def _evaluate(flow: Dataflow, node, value):
         a, b = data.values, other.values
         if len(a) != len(b) and 1 not in (len(a), len(b)):
             return None
-        n = max(len(a), len(b))
+        n = 0 if 0 in (len(a), len(b)) else max(len(a), len(b))  # NumPy's broadcasting
         return Shape(tuple((a[k % len(a)] * b[k % len(b)]) for k in range(n)),
                      data.scalar and other.scalar)
     return None
@@ -261,11 +263,11 @@ def _evaluate(flow: Dataflow, node, value):
 
 def _squeeze(data, axes):
     if isinstance(data, Shape):
-        if data.scalar or len(data.values) != 1 or axes not in (None, [0], [-1]):
+        if data.scalar or len(data.values) != 1 or axes not in (None, [], [0], [-1]):
             return None
         return Shape(data.values, scalar=True)
     sizes = data.sizes()
-    if axes is None:
+    if not axes:  # absent or empty: every axis of size 1, as onnxruntime does
         if any(s.symbols for s in sizes):
             return None  # which axes are 1 depends on the sizes fed at run time
         axes = [k for k, s in enumerate(sizes) if s == ONE]
@@ -362,10 +364,8 @@ def _slice(data, starts, ends, axes, steps):
     if isinstance(data, Shape):
         if data.scalar or len(starts) != 1 or (axes not in (None, [0], [-1])):
             return None
-        step = steps[0] if steps else 1
-        if step == 0:
-            return None
-        return Shape(tuple(data.values[slice(starts[0], ends[0], step)]))
+        bounds = slice_bounds(len(data.values), starts[0], ends[0], steps[0] if steps else 1)
+        return Shape(tuple(data.values[bounds]))
     rank = len(data.dims)
     axes = _axes(list(range(len(starts))) if axes is None else axes, rank)
     if axes is None or len(starts) != len(axes) or len(ends) != len(axes) or \

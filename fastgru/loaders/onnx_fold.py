@@ -92,7 +92,7 @@ def _run(op, inputs, attrs, opset, node, room, outputs):
         return [x]
     if op == "Squeeze":
         axes = _axes_input(node, inputs, attrs, opset, 13)
-        if axes is None:
+        if not axes:  # absent or empty: every axis of size 1, as onnxruntime does
             return [np.squeeze(x)]
         if any(x.shape[a] != 1 for a in axes):
             raise ValueError(f"Squeeze of axes {axes} of shape {x.shape}")
@@ -129,6 +129,24 @@ def _check_room(count: int, room: int) -> None:
                           f"at once, more than the file stores allow")
 
 
+INT_MAXES = (2**31 - 1, 2**63 - 1)  # ends onnxruntime reads as "past the last" in either way
+
+
+def slice_bounds(dim: int, start: int, end: int, step: int) -> slice:
+    """ONNX Slice's clamping on an axis of `dim` values, as onnxruntime applies it (an end of
+    INT32_MAX or INT64_MAX with a negative step runs to the first value)."""
+    if step == 0:
+        raise ValueError("Slice step 0")
+    if step < 0 and end in INT_MAXES:
+        end = -dim - 1
+    start, end = (start + dim if start < 0 else start), (end + dim if end < 0 else end)
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+    else:
+        start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    return slice(start, end if end >= 0 else None, step)
+
+
 def _slice(x, inputs, attrs, opset):
     if opset < 10:
         starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
@@ -140,15 +158,7 @@ def _slice(x, inputs, attrs, opset):
     steps = [1] * len(starts) if steps is None else steps
     index = [slice(None)] * x.ndim
     for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
-        dim = x.shape[axis]
-        if step == 0:
-            raise ValueError("Slice step 0")
-        start, end = (start + dim if start < 0 else start), (end + dim if end < 0 else end)
-        if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-        else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
-        index[axis] = slice(start, end if end >= 0 else None, step)
+        index[axis] = slice_bounds(x.shape[axis], start, end, step)
     return x[tuple(index)]
 
 

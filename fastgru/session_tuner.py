@@ -1,0 +1,117 @@
+"""Which plan an InferenceSession runs for an input signature: timed on the first calls, then kept.
+
+A session has two plans that compute the same graph: "staged" (the GRUs by fastgru, the rest by
+onnxruntime, in stages) and "onnxruntime" (onnxruntime alone on the whole graph). Neither is the
+faster everywhere: the staged plan wins where the GRUs take the time, onnxruntime where each
+stage boundary costs more than fastgru wins on the GRU (one frame at a time). As cuDNN's
+benchmark mode and onnxruntime's tunable ops do, the tuner times both on the first calls of each
+input signature (the feeds' shapes and dtypes) and keeps the faster one:
+
+    call 1: staged, not timed (its first call warms it); call 2: onnxruntime, not timed (builds
+    its session); then blocks of `block` timed calls of each plan in turn, until each plan has
+    `calls` timings and either `seconds` of them or `most` timings; the lower median wins.
+
+Blocks rather than strict alternation: onnxruntime's idle workers spin for a while after a run
+and would slow the staged call that follows, which only the first call of each block pays (the
+median ignores it). The signatures remembered are bounded (least recently used first out). All
+state is behind one lock: sessions are called from many threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+PLANS = ("staged", "onnxruntime")
+CHOICES = ("auto", *PLANS)
+
+
+class _Trial:
+    """One signature: calls handed out, timings per plan, and the choice once made."""
+
+    __slots__ = ("issued", "times", "choice")
+
+    def __init__(self) -> None:
+        self.issued = 0
+        self.times: dict[str, list[float]] = {plan: [] for plan in PLANS}
+        self.choice: str | None = None
+
+
+class PlanTuner:
+    """Chooses a plan per input signature from the times of the first calls.
+
+    Parameters
+    ----------
+    calls : int
+        Timed calls of each plan at least before choosing.
+    seconds : float
+        Time measured per plan after which `calls` timings suffice; until then up to `most`.
+    most : int
+        Timed calls per plan at most.
+    block : int
+        Consecutive calls of one plan while timing.
+    signatures : int
+        Signatures remembered; the least recently used is forgotten beyond it (and timed again
+        if it comes back).
+    clock : callable
+        Seconds, monotonic (time.perf_counter); tests give their own.
+    """
+
+    def __init__(self, *, calls: int = 4, seconds: float = 0.005, most: int = 32,
+                 block: int = 4, signatures: int = 32, clock=time.perf_counter) -> None:
+        if calls < 1 or most < calls or block < 1 or signatures < 1:
+            raise ValueError(f"PlanTuner needs 1 <= calls <= most, block >= 1 and signatures "
+                             f">= 1, got calls={calls}, most={most}, block={block}, "
+                             f"signatures={signatures}")
+        self.calls, self.seconds, self.most, self.block = calls, seconds, most, block
+        self.signatures, self.clock = signatures, clock
+        self._trials: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def next(self, signature) -> tuple[str, bool]:
+        """(plan, timed): the plan this call runs, and whether to time it and `record` it."""
+        with self._lock:
+            trial = self._trials.get(signature)
+            if trial is None:
+                trial = self._trials[signature] = _Trial()
+                if len(self._trials) > self.signatures:
+                    self._trials.popitem(last=False)
+            else:
+                self._trials.move_to_end(signature)
+            if trial.choice is not None:
+                return trial.choice, False
+            k = trial.issued
+            trial.issued += 1
+        if k < len(PLANS):  # each plan's first call warms it up
+            return PLANS[k], False
+        return PLANS[(k - len(PLANS)) // self.block % len(PLANS)], True
+
+    def record(self, signature, plan: str, seconds: float) -> None:
+        """One timed call's duration; chooses once both plans have enough."""
+        with self._lock:
+            trial = self._trials.get(signature)
+            if trial is None or trial.choice is not None:
+                return  # forgotten meanwhile, or chosen by another thread's record
+            trial.times[plan].append(seconds)
+            if all(len(t) >= self.most or (len(t) >= self.calls and sum(t) >= self.seconds)
+                   for t in trial.times.values()):
+                medians = {p: _median(t) for p, t in trial.times.items()}
+                trial.choice = min(PLANS, key=lambda p: medians[p])  # a tie: staged
+
+    def chosen(self) -> dict:
+        """{signature: plan, or None while still timing}, least recently used first."""
+        with self._lock:
+            return {s: trial.choice for s, trial in self._trials.items()}
+
+    def choice(self, signature) -> str | None:
+        """The plan kept for `signature`, or None (not seen, or still timing)."""
+        with self._lock:
+            trial = self._trials.get(signature)
+            return None if trial is None else trial.choice
+
+
+def _median(times: list[float]) -> float:
+    ordered = sorted(times)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2

@@ -202,7 +202,7 @@ class Stages:
         self.feed_names, self.threads = feed_names, threads
 
     def build(self, grus: list, initializers: set) -> list:
-        """[("onnxruntime", session, input names, output names, description) |
+        """[("onnxruntime", session, input names, output names, description, direct_run(session)) |
         ("gru", GRUStep)], in the order they run."""
         graph, values = self.model.graph, self.values
         gru_ids = {id(g) for g in grus}
@@ -276,7 +276,8 @@ class Stages:
         session = onnxruntime_session(proto.SerializeToString(), self.threads, spinning=False,
                                       what=f"the nodes {names}")
         kinds = sorted({n.op_type for n in members})
-        return ("onnxruntime", session, inputs, outputs, f"{len(members)} node(s): {kinds}")
+        return ("onnxruntime", session, inputs, outputs, f"{len(members)} node(s): {kinds}",
+                direct_run(session))
 
     def _value_info(self, name: str, shape: bool = True):
         from onnx import helper
@@ -305,6 +306,16 @@ def onnxruntime_session(data: bytes, threads: int | None, spinning: bool, what: 
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own exception types
         raise FormatError(f"onnxruntime cannot load {what}: {error}") from None
+
+
+def direct_run(session):
+    """session.run(output names, feeds) without onnxruntime's Python checks of the feeds, which
+    the session has made already: its compiled session's run, where onnxruntime has one (1.5 µs
+    less per call, 2-3% of a one-frame network), else its public run."""
+    compiled = getattr(session, "_sess", None)
+    if compiled is None or not callable(getattr(compiled, "run", None)):
+        return session.run
+    return lambda names, feeds: compiled.run(names, feeds, None)
 
 
 def live(graph, nodes, reads) -> list:

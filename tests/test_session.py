@@ -315,3 +315,166 @@ def test_plumbing_that_is_not_a_stack_is_never_fused(rng):
     expected = ort.InferenceSession(model.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
     assert_close(session.run(None, {"X": x})[0], expected, "float32", "Y1")
+
+
+# ---- plans: staged, onnxruntime alone, and the tuner that picks one per input signature --------
+
+@pytest.fixture(scope="module")
+def streaming_path(tmp_path_factory):
+    """A small streaming network (states in and out), legacy exporter, dynamic batch."""
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("plans") / "stream.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(StreamingNet().eval(), (torch.zeros(1, 2, 10), torch.zeros(2, 2, 20)),
+                          str(path), input_names=["frame", "state_in"],
+                          output_names=["out", "state_out"], dynamo=False, opset_version=14,
+                          dynamic_axes={"frame": {1: "B"}, "state_in": {1: "B"}})
+    return str(path)
+
+
+def _stream_feeds(rng, batch):
+    return {"frame": rng.standard_normal((1, batch, 10)).astype(np.float32),
+            "state_in": rng.standard_normal((2, batch, 20)).astype(np.float32)}
+
+
+def _costed(session, costs, counts):
+    """Replace the session's clock and plans: each plan advances a fake clock by costs[plan]
+    (read at call time) and counts its calls, then runs for real."""
+    from fastgru.session_tuner import PlanTuner
+
+    now = [0.0]
+    session._tuner = PlanTuner(calls=3, seconds=0.0, block=2, clock=lambda: now[0])
+    real = dict(session._runners)
+
+    def runner(plan):
+        def run(names, feeds):
+            now[0] += costs[plan]
+            counts[plan] = counts.get(plan, 0) + 1
+            return real[plan](names, feeds)
+        return run
+    session._runners = {plan: runner(plan) for plan in real}
+
+
+def test_plan_option_is_checked(streaming_path):
+    for bad in ("fast", "ORT", None, 1):
+        with pytest.raises(ValueError, match=r"plan must be one of \['auto', 'staged', "
+                                             r"'onnxruntime'\], got"):
+            fastgru.InferenceSession(streaming_path, plan=bad)
+
+
+@pytest.mark.parametrize("plan", ["staged", "onnxruntime"])
+def test_pinned_plans_match_onnxruntime(rng, streaming_path, plan):
+    session = fastgru.InferenceSession(streaming_path, threads=1, plan=plan)
+    peer = ort.InferenceSession(streaming_path, providers=["CPUExecutionProvider"])
+    counts = {}
+    _costed(session, {"staged": 1.0, "onnxruntime": 1.0}, counts)
+    for batch in (1, 3, 1):
+        feeds = _stream_feeds(rng, batch)
+        for _ in range(3):
+            for ours, theirs, meta in zip(session.run(None, feeds), peer.run(None, feeds),
+                                          peer.get_outputs(), strict=True):
+                assert_close(ours, theirs, "float32", meta.name)
+    assert counts == {plan: 9}  # the pinned plan, every call
+    assert session.plan == plan and session.plans == {}
+    assert session.describe()[-1] == f"plan: {plan} (pinned)"
+    assert (session._whole is None) == (plan == "staged")  # never built when not needed
+
+
+def test_auto_times_both_plans_and_keeps_the_faster_per_signature(rng, streaming_path):
+    session = fastgru.InferenceSession(streaming_path, threads=1)
+    peer = ort.InferenceSession(streaming_path, providers=["CPUExecutionProvider"])
+    costs, counts = {"staged": 1.0, "onnxruntime": 3.0}, {}
+    _costed(session, costs, counts)
+    assert session.plan == "auto" and session.plans == {}
+
+    def calls(batch, n):
+        for _ in range(n):
+            feeds = _stream_feeds(rng, batch)
+            for ours, theirs in zip(session.run(None, feeds), peer.run(None, feeds),
+                                    strict=True):
+                assert_close(ours, theirs, "float32", f"batch {batch}")
+
+    # one warm-up call each, then blocks of 2 until each plan has 3 timings: 2 + 8 calls
+    calls(1, 10)
+    assert counts == {"staged": 6, "onnxruntime": 4}
+    one = (("frame", (1, 1, 10), "float32"), ("state_in", (2, 1, 20), "float32"))
+    assert session.plans == {one: "staged"}
+    calls(1, 5)
+    assert counts == {"staged": 11, "onnxruntime": 4}  # kept: no more timing
+    # another signature is timed on its own, and here onnxruntime wins
+    costs.update(staged=5.0, onnxruntime=2.0)
+    calls(2, 3)
+    two = (("frame", (1, 2, 10), "float32"), ("state_in", (2, 2, 20), "float32"))
+    assert session.plans == {one: "staged", two: None}  # still timing
+    assert session.describe()[-1].endswith("-> staged; frame [1, 2, 10] float32, state_in "
+                                           "[2, 2, 20] float32 -> timing")
+    calls(2, 7)
+    assert session.plans == {one: "staged", two: "onnxruntime"}
+    before = dict(counts)
+    calls(2, 4)
+    calls(1, 4)
+    assert counts == {"staged": before["staged"] + 4, "onnxruntime": before["onnxruntime"] + 4}
+    assert "-> onnxruntime" in session.describe()[-1]
+
+
+def test_tuner_forgets_the_least_recently_used_signature():
+    from fastgru.session_tuner import PlanTuner
+
+    tuner = PlanTuner(calls=1, seconds=0.0, block=1, signatures=2)
+
+    def settle(signature, staged, alone):
+        while tuner.choice(signature) is None:
+            plan, timed = tuner.next(signature)
+            if timed:
+                tuner.record(signature, plan, staged if plan == "staged" else alone)
+
+    settle("a", 1.0, 2.0)
+    settle("b", 2.0, 1.0)
+    assert tuner.chosen() == {"a": "staged", "b": "onnxruntime"}
+    assert tuner.next("a") == ("staged", False)  # "a" is now the most recent
+    settle("c", 1.0, 2.0)
+    assert tuner.chosen() == {"a": "staged", "c": "staged"}  # "b" forgotten
+    assert tuner.next("b") == ("staged", False)  # and timed again: its warm-up call first
+    with pytest.raises(ValueError, match="PlanTuner needs"):
+        PlanTuner(calls=0)
+
+
+def test_tuner_under_many_threads(rng, streaming_path):
+    """A fresh auto session called from 8 threads at once, on two signatures: every result is
+    right, and each signature ends with one plan."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = fastgru.InferenceSession(streaming_path, threads=1)
+    peer = ort.InferenceSession(streaming_path, providers=["CPUExecutionProvider"])
+    cases = []
+    for k in range(8):
+        feeds = _stream_feeds(np.random.default_rng(k), 1 + k % 2)
+        cases.append((feeds, peer.run(None, feeds)))
+
+    def work(case):
+        feeds, expected = case
+        for _ in range(40):
+            for ours, theirs in zip(session.run(None, feeds), expected, strict=True):
+                assert_close(ours, theirs, "float32", "threaded")
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, cases))
+    plans = session.plans
+    assert len(plans) == 2 and set(plans.values()) <= {"staged", "onnxruntime"}
+
+
+@pytest.mark.parametrize("plan", ["auto", "staged", "onnxruntime"])
+def test_a_result_is_never_overwritten_by_a_later_call(rng, streaming_path, plan):
+    """Whatever buffers the plans reuse, a result kept from one call stays as it was after the
+    calls that follow (through the auto plan's timing calls too)."""
+    session = fastgru.InferenceSession(streaming_path, threads=1, plan=plan)
+    kept = session.run(None, _stream_feeds(rng, 2))
+    copies = [k.copy() for k in kept]
+    for _ in range(30):
+        later = session.run(None, _stream_feeds(rng, 2))
+        assert all(not np.shares_memory(k, x) for k in kept for x in later)
+    for k, c in zip(kept, copies, strict=True):
+        np.testing.assert_array_equal(k, c)

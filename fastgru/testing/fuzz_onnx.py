@@ -279,8 +279,9 @@ class _Builder:
     def front_end(self, x: str, d: int) -> tuple[str, int]:
         """Nothing, or what a network computes before its GRU: MatMul (+Add, Tanh), Conv1d
         (Transpose, Conv, Transpose, Relu), Relu."""
-        kind = self.pick(["none", "matmul", "conv", "relu", "features", "reverse", "twice"],
-                         p=[0.5, 0.2, 0.12, 0.04, 0.05, 0.05, 0.04])
+        kind = self.pick(["none", "matmul", "conv", "relu", "features", "reverse", "twice",
+                          "reshape", "half"], p=[0.46, 0.18, 0.1, 0.04, 0.05, 0.05, 0.04, 0.05,
+                                                 0.03])
         T, B, _ = self.shapes[x]
         if kind == "none":
             return x, d
@@ -290,6 +291,13 @@ class _Builder:
             k = int(self.rng.integers(1, d))
             start = self.pick([0, d - k])
             return self.slice(x, [start], [start + k], [self.pick([2, -1])], shape=(T, B, k)), k
+        if kind == "reshape":  # exact, or with a fixed size (exact at the nominal sizes)
+            target = self.pick([[0, 0, -1], [0, -1, d], [-1, self.size(B) or -1, d],
+                                [self.size(T) or -1, -1, d]])
+            return self.op("Reshape", [x, self.ints(target)], (T, B, d)), d
+        if kind == "half":  # through float16 and back: not a move, it rounds
+            h = self.op("Cast", [x], (T, B, d), 10, to=10)
+            return self.op("Cast", [h], (T, B, d), to=FLOAT), d
         if kind == "reverse":  # the steps in reverse order
             return self.slice(x, [-1], [INT64_MIN], [0], [-1], shape=(T, B, d)), d
         if kind == "twice":  # two transposes that cancel
@@ -372,10 +380,13 @@ class _Builder:
         if self.chance(0.1):  # the slices of another layer
             layer = self.combined_layers - 1 - layer
             self.notes.append("state slices swapped")
+        shift = -self.combined_layers * dirs if self.chance(0.3) else 0  # negative indices
         if dirs == 1 and self.chance(0.3):
-            h0 = self.op("Gather", [combined, self.ints([layer])], (1, batch, hidden), axis=0)
+            h0 = self.op("Gather", [combined, self.ints([layer + shift])], (1, batch, hidden),
+                         axis=0)
         else:
-            h0 = self.slice(combined, [layer * dirs], [(layer + 1) * dirs], [0],
+            end = (layer + 1) * dirs + shift
+            h0 = self.slice(combined, [layer * dirs + shift], [end if end else 2**62], [0],
                             shape=(dirs, batch, hidden))
         return h0, {"h0_kind": "combined", "h0_input": combined, "h0_slice": layer}
 
@@ -497,6 +508,9 @@ class _Builder:
                         self.shapes["X"][:2] == (T, B):  # the same (T, B) from the graph input
                     source = "X"
                     self.notes.append("a Reshape target from the input's shape")
+                if self.chance(0.25):  # the last size as dirs times H, computed
+                    rest = self.op("Mul", [self.dims_of(t, 2, 3), self.dims_of(t, 3, 4)], (1,),
+                                   INT64)
                 target = self.op("Concat", [self.dims_of(source, 0, 2), rest], (3,), INT64,
                                  axis=0)
                 v = self.op("Reshape", [t, target], out)
@@ -521,6 +535,8 @@ class _Builder:
         forms = ["reverse_time", "swap_tb", "scale", "interleave", "time_major_swap"]
         if "X" in self.input_info and self.shapes["X"][:2] == (B, T):
             forms.append("input_target")
+        if dirs == 2:
+            forms.append("dirs_into_batch")
         forms += ["forward_only", "raw_reshape", "raw_reshape"] if dirs == 2 else \
             ["squeeze_all"] if H > 1 and (self.size(T) or 0) > 1 and (self.size(B) or 0) > 1 \
             else []
@@ -533,6 +549,11 @@ class _Builder:
             return self.op("Reshape", [y, self.ints(target)], (T, B, 2 * H)), 2 * H
         if form == "squeeze_all":  # every axis of size 1: also T or B when they are 1
             return self.axes_op("Squeeze", y, None, (T, B, H)), H
+        if form == "dirs_into_batch":  # (T, dirs*B, H): each direction a row of its own
+            batch = self.op("Mul", [self.dims_of(y, 1, 2), self.dims_of(y, 2, 3)], (1,), INT64)
+            target = self.op("Concat", [self.dims_of(y, 0, 1), batch, self.ints([H])], (3,),
+                             INT64, axis=0)
+            return self.op("Reshape", [y, target], (T, None, H)), H
         if form == "input_target":  # a batch-first input's (B, T) as the target: rows mixed
             t = self.op("Transpose", [y], (T, B, dirs, H), perm=[0, 2, 1, 3])
             target = self.op("Concat", [self.dims_of("X", 0, 2), self.ints([-1])], (3,), INT64,
@@ -580,8 +601,6 @@ class _Builder:
             return self.op("Transpose", [g.y], (B, T, dirs, H), perm=[2, 0, 1, 3])
         if kind == "Y_h_bf":
             return self.op("Transpose", [g.y_h], (B, dirs, H), perm=[1, 0, 2])
-        if kind == "Y_h_squeezed" and dirs == 1:
-            return self.axes_op("Squeeze", g.y_h, [0], (B, H))
         if kind == "h_n" and len(layers) > 1 and len({self.shapes[x.y_h] for x in layers}) == 1:
             return self.op("Concat", [x.y_h for x in layers], (len(layers) * dirs, B, H), axis=0)
         if kind == "head_y":
@@ -608,6 +627,12 @@ class _Builder:
                 len({self.shapes[x.y_h] for x in layers}) == 1:  # top layer first
             return self.op("Concat", [x.y_h for x in layers[::-1]], (len(layers) * dirs, B, H),
                            axis=0)
+        if kind == "Y_h_unsqueezed":  # (1, dirs, B, H): h_n.view of a 1-layer model only
+            return self.axes_op("Unsqueeze", g.y_h, [0], (1, dirs, B, H))
+        if kind == "Y_odd_perm":  # (dirs, T, B, H): no layout anyone uses
+            return self.op("Transpose", [g.y], (dirs, T, B, H), perm=[1, 0, 2, 3])
+        if kind == "Y_h_squeezed" and dirs == 1:
+            return self.axes_op("Squeeze", g.y_h, [self.pick([0, -3])], (B, H))
         if kind == "one_direction" and dirs == 2:
             k = int(self.rng.integers(0, 2))
             if self.chance(0.5):
@@ -621,10 +646,10 @@ class _Builder:
 
         kinds = ["Y", "Y_h", "y", "y_bf", "Y_layout1", "Y_h_bf", "Y_h_squeezed", "h_n",
                  "head_y", "head_h", "lower", "const", "last_step", "Y_h_flat", "Y_flat",
-                 "input", "h_n_reversed", "one_direction"]
+                 "input", "h_n_reversed", "one_direction", "Y_h_unsqueezed", "Y_odd_perm"]
         odd = not clean
         p = np.array([10, 8, 10, 4, 3, 3, 3, 5, 5 * odd, 3 * odd, 2 * odd, 1 * odd, 2 * odd,
-                      1 * odd, 1 * odd, 0.5 * odd, 2, 1.5], float)
+                      1 * odd, 1 * odd, 0.5 * odd, 2, 1.5, 1.5, 1], float)
         count = count or int(self.pick([1, 2, 3], p=[0.45, 0.4, 0.15]))
         done = {o.name for o in self.outputs}
         for _ in range(count):

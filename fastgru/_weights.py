@@ -12,6 +12,19 @@ import numpy as np
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
 
+def num_directions(direction: str) -> int:
+    """How many directions a GRU of `direction` runs: 2 for "bidirectional", else 1."""
+    return 2 if direction == "bidirectional" else 1
+
+
+def step_macs(inputs, hidden_size: int, directions: int, units: int | None = None) -> int:
+    """Multiply-adds of one step of one batch row, all layers and directions: three gates of
+    `units` outputs each (hidden_size, or the kernels' padded count) over each layer's inputs
+    (`inputs`: one size per layer) and the state. Twice this is the step's FLOPs."""
+    units = hidden_size if units is None else units
+    return sum(3 * units * directions * (d_in + hidden_size) for d_in in inputs)
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """One layer, all directions, as ONNX stores a GRU node.
@@ -47,7 +60,7 @@ class GRUSpec:
             raise ValueError("a GRU needs at least one layer, got none")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be a positive number or None, got {self.clip!r}")
-        dirs = 2 if self.direction == "bidirectional" else 1
+        dirs = self.num_directions
         hidden = self.layers[0].r.shape[-1]
         for k, layer in enumerate(self.layers):
             d_in = self.layers[0].w.shape[-1] if k == 0 else dirs * hidden
@@ -72,7 +85,7 @@ class GRUSpec:
 
     @property
     def num_directions(self) -> int:
-        return 2 if self.direction == "bidirectional" else 1
+        return num_directions(self.direction)
 
     @property
     def hidden_size(self) -> int:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
 import threading
 import weakref
 
 import numpy as np
 
+from fastgru._fork import after_fork_in_child
 from fastgru.kernels.cpu import empty_aligned
 
 # The idle workspaces a model keeps hold at most this many bytes together; a workspace beyond
 # that (a very long or very wide call) is freed after its call: one T=200,000 call would
 # otherwise pin hundreds of MB to the model for its lifetime. Large enough for the scratch of a
-# batch of 256 sequences of 100 steps at H=256 (105 MB), whose reallocation at every call (page
-# faults over fresh memory) cost 7% of the call (1 thread, AMD EPYC).
+# batch of 256 sequences of 100 steps at H=256, whose reallocation at every call (page faults
+# over fresh memory) showed in the call's time (bench/RESULTS.md, "Thresholds in the code").
 KEEP_BYTES = 256 << 20
 
 # Entries a workspace keeps in `derived`: enough for the shapes of a steady load.
@@ -99,12 +99,7 @@ class WorkspacePool:
 _POOLS: weakref.WeakSet = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
-    # A thread of the parent may have held a pool's lock at the fork: in the child that thread
-    # does not exist, and the lock would stay held forever.
+@after_fork_in_child
+def _fresh_locks() -> None:
     for pool in list(_POOLS):
         pool._lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,4 +1,4 @@
-"""Compile options and the threading guard shared by every kernel.
+"""Numba's runtime for every kernel: compile options, the on-disk cache, the threading guard.
 
 fastmath is limited to flags that keep NaN and inf semantics ("nnan" and "ninf" are left out), so a
 NaN in one batch row propagates inside that row instead of being optimized into garbage.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import logging
 import os
 import sys
 import threading
@@ -17,9 +18,17 @@ import warnings
 import numba
 from numba.core import caching
 
+from fastgru._fork import after_fork_in_child
+
 FASTMATH = {"contract", "nsz", "arcp", "afn"}
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _warned: set[str] = set()
+# Where fastgru says what it is doing (compiling, warming up). No NullHandler on purpose: the
+# first compile on a machine takes long enough that a user thinks the process hung, so its
+# WARNING reaches stderr through logging's last-resort handler when the application configured
+# no logging, and goes wherever the application's logging goes when it did.
+LOG = logging.getLogger("fastgru")
+_told_compiling = False
 
 
 def _say_once(key: str, message: str) -> None:
@@ -95,6 +104,13 @@ class RecoveringCache(caching.FunctionCache):
     def _index_key(self, sig, codegen):
         return (*super()._index_key(sig, codegen), _KERNEL_SOURCES)
 
+    def load_overload(self, sig, target_context):
+        # Numba asks the cache before it compiles: a miss means a compilation starts now
+        loaded = super().load_overload(sig, target_context)
+        if loaded is None:
+            _say_compiling(self._cache_path)
+        return loaded
+
     @contextlib.contextmanager
     def _guard_against_spurious_io_errors(self):
         try:
@@ -107,6 +123,24 @@ class RecoveringCache(caching.FunctionCache):
                                  f"({type(error).__name__}: {error}); recompiling")
             with contextlib.suppress(OSError):
                 os.remove(self._cache_file._index_path)
+
+
+def _say_compiling(cache_path: str) -> None:
+    """Say once per process, before the first kernel compiles, what is happening: a one-time
+    cost of this CPU, kept in Numba's cache. Logged, not warned: it is news, not a fault the
+    caller should fix, and `-W error` must not turn a first call into an exception."""
+    global _told_compiling
+    if _told_compiling:
+        return
+    _told_compiling = True
+    from llvmlite import binding
+
+    LOG.warning(
+        "fastgru: compiling its kernels for this CPU (%s), once: tens of seconds for each dtype "
+        "(about 45 s of CPU time per dtype on an AMD EPYC Zen 4), kept in Numba's cache at %s "
+        "so that later processes on this CPU load them in about 0.1 s. Run `fastgru warmup` "
+        "(or fastgru.warmup()) ahead of time, e.g. when building an image.",
+        binding.get_host_cpu_name(), cache_path)
 
 
 def recover_caches(namespace: dict) -> None:
@@ -145,8 +179,9 @@ _make_tbb_loadable()
 
 def _import_numpy_support_without_scipy() -> None:
     """Import numba.np.arraymath (which Numba imports at its first compile or cache load)
-    without the SciPy import its module code does to check for BLAS: ~0.27 s of a cold start
-    where SciPy is installed, spent for np.dot, which fastgru's kernels never call. Whether
+    without the SciPy import its module code does to check for BLAS: a large part of a cold
+    start where SciPy is installed (bench/RESULTS.md, "Cold start, with SciPy installed"),
+    spent for np.dot, which fastgru's kernels never call. Whether
     SciPy is there is found without importing it; its BLAS is imported when a function that
     uses np.dot is compiled, as before."""
     import importlib.util
@@ -195,7 +230,8 @@ def parallel_guard() -> contextlib.AbstractContextManager:
     return _guard
 
 
-def _after_fork_in_child() -> None:
+@after_fork_in_child
+def _fresh_guard() -> None:
     # The workqueue guard may have been held by a parent thread inside a call at the fork: the
     # child's first call would wait for it forever. Children start with a fresh one.
     global _guard, _guard_lock
@@ -203,6 +239,3 @@ def _after_fork_in_child() -> None:
     if isinstance(_guard, type(threading.Lock())):
         _guard = threading.Lock()
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -10,37 +10,22 @@ import numba
 import numpy as np
 
 from fastgru._boundary import as_float_array, check_shape
+from fastgru._execution import front_input, stream_kernel_args
+from fastgru._packed import PackedWeights
 from fastgru._workspace import Workspace
 from fastgru.kernels import gru as kernels
 
 
-def _check_streamable(model) -> None:
-    if model.direction != "forward":
+def _check_streamable(packed: PackedWeights) -> None:
+    if packed.direction != "forward":
         raise ValueError(f"streams need a forward (unidirectional) model, this one is "
-                         f"{model.direction}: a {model.direction} GRU reads the whole sequence")
+                         f"{packed.direction}: a {packed.direction} GRU reads the whole sequence")
 
 
 def _positive(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def stream_kernel_args(model, n: int, ws: Workspace) -> tuple:
-    """What gru_stream_step takes between x (n, D) and h (L, n, H) and out (n, H), its scratch
-    arrays taken from ws. Made once per batch size and kept by ws: a one-step call spends
-    microseconds, and making these took 3 of them."""
-
-    def make():
-        L, H, Hp = model.num_layers, model.hidden_size, model._padded_units
-        ones = ws.get("ones", (n,), np.int64)
-        ones[:] = 1  # every row takes its one step
-        return (model._w0, model._wrest, model._bx, model._r, model._rbn,
-                ws.get("xproj", (1, n, 3 * Hp)), ws.get("acc", (n, 3 * Hp)),
-                ws.get("hr", (n, H)), ones, model.linear_before_reset, model._clip,
-                ws.get("ys", (L, 1, n, H)), model._row_group)
-
-    return ws.derived(("stream", n), make)
 
 
 def _busy(what: str) -> RuntimeError:
@@ -50,11 +35,11 @@ def _busy(what: str) -> RuntimeError:
                         f"one caller at a time: give each thread its own, or lock around it")
 
 
-def _start(model) -> np.ndarray:
+def _start(packed: PackedWeights) -> np.ndarray:
     """Where a stream starts: (num_layers, H), the stored initial state or zeros."""
-    if model.initial_state is not None:
-        return model.initial_state
-    return np.zeros((model.num_layers, model.hidden_size), model.dtype)
+    if packed.initial_state is not None:
+        return packed.initial_state
+    return np.zeros((packed.num_layers, packed.hidden_size), packed.dtype)
 
 
 def _fits(array, shape, dtype) -> bool:
@@ -87,19 +72,19 @@ class Stream:
     assigning it restores one.
     """
 
-    def __init__(self, model, batch_size: int = 1) -> None:
-        _check_streamable(model)
+    def __init__(self, packed: PackedWeights, batch_size: int = 1) -> None:
+        _check_streamable(packed)
         B = _positive(batch_size, "batch_size")
-        self._model = model
-        self._h = np.zeros((model.num_layers, B, model.hidden_size), dtype=model.dtype)
+        self._packed = packed
+        self._h = np.zeros((packed.num_layers, B, packed.hidden_size), dtype=packed.dtype)
         self.reset()
         # made once: a step allocates nothing and passes the kernel ready-made arguments
-        self._args = (self._h, *stream_kernel_args(model, B, Workspace(model.dtype)))
-        self._x_shape = (B, model.input_size)
-        self._out_shape = (B, model.hidden_size)
+        self._args = (self._h, *stream_kernel_args(packed, B, Workspace(packed.dtype)))
+        self._x_shape = (B, packed.input_size)
+        self._out_shape = (B, packed.hidden_size)
         self._passes = 0  # over the weights so far: the kernel alternates their order
-        self._kernel = _entry_point(kernels.gru_stream_step, np.empty(self._x_shape, model.dtype),
-                                    *self._args, 0, np.empty(self._out_shape, model.dtype))
+        self._kernel = _entry_point(kernels.gru_stream_step, np.empty(self._x_shape, packed.dtype),
+                                    *self._args, 0, np.empty(self._out_shape, packed.dtype))
         self._stepping = threading.Lock()
 
     @property
@@ -113,13 +98,13 @@ class Stream:
 
     @h.setter
     def h(self, value) -> None:
-        value = as_float_array(value, self._model.dtype, "h")
+        value = as_float_array(value, self._packed.dtype, "h")
         check_shape(value, self._h.shape, "h", " (num_layers, batch_size, hidden_size)")
         self._h[...] = value
 
     def reset(self) -> None:
         """Set the state back to the model's stored initial state (zeros without one)."""
-        self._h[...] = _start(self._model)[:, None, :]
+        self._h[...] = _start(self._packed)[:, None, :]
 
     def step(self, x_t, out=None) -> np.ndarray:
         """Advance every layer by one step.
@@ -134,15 +119,15 @@ class Stream:
         -------
         ndarray, shape (batch_size, H): the top layer's new state (``out`` when given).
         """
-        dtype = self._model.dtype
+        dtype = self._packed.dtype
         if not _fits(x_t, self._x_shape, dtype):
             x_t = as_float_array(x_t, dtype, "x_t")
             check_shape(x_t, self._x_shape, "x_t", " (batch_size, input_size)")
             if not x_t.flags.aligned:  # from a byte buffer at an odd offset
                 x_t = x_t.copy()
         out = _check_out(out, self._out_shape, dtype)
-        if self._model._front is not None:
-            x_t = self._model._front_input(x_t)
+        if self._packed.front is not None:
+            x_t = front_input(self._packed, x_t)
         if not self._stepping.acquire(blocking=False):  # cheaper than a context manager
             raise _busy("Stream")
         try:
@@ -154,7 +139,8 @@ class Stream:
 
 def _entry_point(kernel, *args):
     """kernel's compiled code for arguments of exactly the types of `args`, to call without
-    the dispatcher: typing a stream step's 16 arguments took 0.4 us of its 3.7 (S1, AMD EPYC).
+    the dispatcher, whose typing of a stream step's 16 arguments is a tenth of the step
+    (bench/RESULTS.md, "Thresholds in the code").
     It checks no types, so callers must pass arrays of exactly those types (`_fits`,
     `_check_out`), which the kernel only reads, or writes in place."""
     return kernel.compile(tuple(numba.typeof(a) for a in args))
@@ -168,15 +154,15 @@ class StreamBatch:
     its own state, which `state` reads and `set_state` restores. One caller at a time.
     """
 
-    def __init__(self, model, capacity: int = 16) -> None:
-        _check_streamable(model)
-        self._model = model
+    def __init__(self, packed: PackedWeights, capacity: int = 16) -> None:
+        _check_streamable(packed)
+        self._packed = packed
         capacity = _positive(capacity, "capacity")
-        self._states = np.zeros((model.num_layers, capacity, model.hidden_size), model.dtype)
+        self._states = np.zeros((packed.num_layers, capacity, packed.hidden_size), packed.dtype)
         self._slots: dict[int, int] = {}
         self._free = list(range(capacity - 1, -1, -1))
         self._ids = itertools.count()
-        self._workspace = Workspace(model.dtype)
+        self._workspace = Workspace(packed.dtype)
         self._passes = 0  # as Stream's
         self._stepping = threading.Lock()
 
@@ -189,7 +175,7 @@ class StreamBatch:
     def add(self, h=None) -> int:
         """A new client, starting from state h (num_layers, H), else from the model's stored
         initial state (zeros without one); returns its id."""
-        start = _start(self._model) if h is None else self._checked_state(h)  # before any slot
+        start = _start(self._packed) if h is None else self._checked_state(h)  # before any slot
         if not self._free:
             self._grow()
         slot = self._free.pop()
@@ -210,7 +196,7 @@ class StreamBatch:
         self._states[:, self._slot_of(client)] = self._checked_state(h)
 
     def _checked_state(self, h) -> np.ndarray:
-        m = self._model
+        m = self._packed
         h = as_float_array(h, m.dtype, "h")
         check_shape(h, (m.num_layers, m.hidden_size), "h", " (num_layers, hidden_size)")
         return h
@@ -228,7 +214,7 @@ class StreamBatch:
         -------
         ndarray, shape (n, H): row i is clients[i]'s top-layer output.
         """
-        m = self._model
+        m = self._packed
         slots = [self._slot_of(c) for c in clients]
         if len(set(slots)) != len(slots):
             raise ValueError("a client may appear only once per step")
@@ -244,7 +230,7 @@ class StreamBatch:
             h = self._workspace.get("h", (L, n, H))
             np.take(self._states, slots, axis=1, out=h)
             self._passes = kernels.gru_stream_step(
-                m._front_input(x), h, *stream_kernel_args(m, n, self._workspace), self._passes,
+                front_input(m, x), h, *stream_kernel_args(m, n, self._workspace), self._passes,
                 out)
             self._states[:, slots] = h
         finally:

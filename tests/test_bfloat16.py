@@ -21,7 +21,7 @@ import torch
 
 import fastgru
 from conftest import assert_close, random_spec, spec_layers
-from fastgru import _model
+from fastgru import _packed
 from fastgru._weights import bfloat16_bits
 from fastgru.cli import main
 from fastgru.kernels import gru as kernels
@@ -36,7 +36,7 @@ WEIGHTS = {"widen": np.uint16, "dot": np.uint32, "tiles": np.int32}
 @pytest.fixture(params=PATHS)
 def path(request, monkeypatch):
     """Models built in the test use this kernel path."""
-    monkeypatch.setattr(_model, "BF16_PATH", request.param)
+    monkeypatch.setattr(_packed, "BF16_PATH", request.param)
     return request.param
 
 
@@ -244,7 +244,7 @@ def test_every_entry_point(rng, path, tmp_path, capsys):
     model = fastgru.GRU.from_torch(module, dtype="bfloat16").prepare()  # every kernel it can use
     assert model.precision == "bfloat16" and model.dtype == np.float32
     assert "dtype=bfloat16" in repr(model)
-    assert model._r.dtype == WEIGHTS[path]
+    assert model._packed.r.dtype == WEIGHTS[path]
     y, _ = model(x)
     assert y.dtype == np.float32
     # the spec shows the rounded weights that run: a float32 model of them is the same network

@@ -123,7 +123,7 @@ def test_weights_are_held_once_in_the_models_dtype_and_once_packed(rng):
         model = fastgru.GRU(spec, dtype=dtype)
         held = sum(a.nbytes for layer in model.spec.layers for a in (layer.w, layer.r, layer.b))
         assert held == weights, dtype  # float32 values (bfloat16 ones exact), not float64
-        packed = model._w0.nbytes + model._wrest.nbytes + model._r.nbytes
+        packed = model._packed.w0.nbytes + model._packed.wrest.nbytes + model._packed.r.nbytes
         assert packed <= (1 if dtype == "bfloat16" else 2) * weights, dtype
 
 

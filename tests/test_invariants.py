@@ -140,7 +140,7 @@ def test_one_thread_does_every_unit_slice_when_alone(rng, lbr):
     """gru_layer_columns with more slices than threads: a task that finds no thread takes no
     slice, the running task claims them all, and nothing waits forever."""
     model = fastgru.GRU(random_spec(rng, 5, 200, 1, "bidirectional", lbr), dtype="float64")
-    T, B, dirs, H, Hp = 7, 2, 2, 200, model._padded_units
+    T, B, dirs, H, Hp = 7, 2, 2, 200, model._packed.padded_units
     xproj = rng.standard_normal((T, B, dirs * 3 * Hp))
     h0 = rng.standard_normal((dirs, B, H))
     lengths = np.array([7, 4])
@@ -148,8 +148,9 @@ def test_one_thread_does_every_unit_slice_when_alone(rng, lbr):
     def run(kernel, spare, tail):
         h, y = h0.copy(), np.zeros((T, B, dirs * H))
         scratch = (np.zeros((dirs, B, 3 * Hp)), np.zeros((dirs, B, H)))
-        kernel(xproj, model._bx[0], model._r[0], model._rbn[0], h, *spare, *scratch,
-               lengths, model._reverse, lbr, model._clip, y, *tail)
+        packed = model._packed
+        kernel(xproj, packed.bx[0], packed.r[0], packed.rbn[0], h, *spare, *scratch,
+               lengths, packed.reverse, lbr, packed.clip, y, *tail)
         return y, h
 
     y_serial, h_serial = run(kernels.gru_layer_serial, (), (1, 4))
@@ -220,12 +221,13 @@ def test_kernel_arrays_start_on_a_cache_line(rng, dtype):
     from fastgru.kernels.cpu import CACHE_LINE_BYTES
 
     model = fastgru.GRU(random_spec(rng, 5, 20, 2, "bidirectional"), dtype=dtype)
-    arrays = [model._w0, model._wrest, model._r, model._bx, model._rbn]
+    packed = model._packed
+    arrays = [packed.w0, packed.wrest, packed.r, packed.bx, packed.rbn]
     workspace = Workspace(np.float32)
     arrays += [workspace.get("a", (3, 7)), workspace.get("b", (1,), np.uint32),
                workspace.get("a", (50, 9))]  # the last one replaces the first's buffer
     assert all(a.ctypes.data % CACHE_LINE_BYTES == 0 for a in arrays)
-    assert not model._r.flags.writeable and workspace.get("a", (2, 2)).flags.writeable
+    assert not model._packed.r.flags.writeable and workspace.get("a", (2, 2)).flags.writeable
 
 
 @pytest.mark.parametrize("text, expected", [("64\n", 64), ("128", 128), ("0", 32), ("48", 32),
@@ -294,7 +296,7 @@ def test_model_is_immutable(rng):
     with pytest.raises(AttributeError):
         model.hidden_size = 8
     with pytest.raises(ValueError, match="read-only"):
-        model._r[...] = 0
+        model._packed.r[...] = 0
 
 
 def test_forked_children_can_run_a_warm_model():

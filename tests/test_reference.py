@@ -155,10 +155,11 @@ def test_gate_loops_at_full_width_on_intel_servers(tmp_path):
         from fastgru.kernels import gru
         from conftest import random_spec
         model = fastgru.GRU(random_spec(np.random.default_rng(0), 5, 64))
-        T, B, H, Hp = 2, 3, 64, model._padded_units
+        T, B, H, Hp = 2, 3, 64, model._packed.padded_units
         f32 = lambda *shape: np.zeros(shape, np.float32)
-        args = (f32(T, B, 3 * Hp), *model._layer_arrays[0], f32(1, B, H), f32(1, B, 3 * Hp),
-                f32(1, B, H), np.full(B, T, np.int64), model._reverse, True, model._clip,
+        packed = model._packed
+        args = (f32(T, B, 3 * Hp), *packed.layer_arrays[0], f32(1, B, H), f32(1, B, 3 * Hp),
+                f32(1, B, H), np.full(B, T, np.int64), packed.reverse, True, packed.clip,
                 f32(T, B, H), 1, 4)
         signature = tuple(numba.typeof(a) for a in args)
         gru.gru_layer_serial.compile(signature)

@@ -37,12 +37,15 @@ sys.path.insert(0, tree)
 import numba, numpy as np
 numba.set_num_threads(int(threads))
 import fastgru
-from fastgru import _model
 from fastgru.benchmark import SHAPES, builtin_model
 assert fastgru.__file__.startswith(tree), fastgru.__file__
 case = SHAPES[shape]
 if path != "default":
-    _model.BF16_PATH = path
+    try:
+        from fastgru import _packed as packing
+    except ImportError:  # a tree from before the packed weights had their own module
+        from fastgru import _model as packing
+    packing.BF16_PATH = path
 model = fastgru.GRU(builtin_model(case).spec, dtype=dtype)
 x = np.random.default_rng(1).standard_normal((case.steps, case.batch, case.input_size))
 x = x.astype(np.float32)

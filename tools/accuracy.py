@@ -167,7 +167,7 @@ def bfloat16_long_sequences() -> None:
     import copy
     import importlib.util
 
-    from fastgru import _model
+    from fastgru import _packed
     from fastgru.kernels.bfloat16 import PATHS
 
     paths = [f"fastgru-bf16 {path}" for path in PATHS]
@@ -181,10 +181,10 @@ def bfloat16_long_sequences() -> None:
         module.float()
         errors = {}
         for kernel_path, label in zip(PATHS, paths, strict=True):
-            _model.BF16_PATH = kernel_path
+            _packed.BF16_PATH = kernel_path
             model = fastgru.GRU.from_torch(module, dtype="bfloat16")
             errors[label] = max_error(model(x), truth)
-        _model.BF16_PATH = PATHS[-1]
+        _packed.BF16_PATH = PATHS[-1]
         rounded = fastgru.GRU(model.spec, dtype="float64")
         errors[peers[-3]] = max_error(rounded(x.astype(np.float64)), truth)
         with torch.no_grad():

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 
 import fastgru
-from fastgru import _model
+from fastgru import _packed
 from fastgru.benchmark import SHAPES, builtin_model, median_seconds
 from fastgru.kernels.bfloat16 import PATHS
 
@@ -35,9 +35,9 @@ def main() -> int:
         case = SHAPES[name]
         models = {"float32": builtin_model(case)}
         for path in PATHS:
-            _model.BF16_PATH = path
+            _packed.BF16_PATH = path
             models[path] = fastgru.GRU(models["float32"].spec, dtype="bfloat16")
-        _model.BF16_PATH = PATHS[-1]
+        _packed.BF16_PATH = PATHS[-1]
         x = np.random.default_rng(1).standard_normal(
             (case.steps, case.batch, case.input_size)).astype(np.float32)
         rounds = {label: [] for label in models}

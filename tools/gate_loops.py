@@ -46,7 +46,8 @@ def kernels_without_products(folder: str):
 def ns_per_unit(kernels, case, rounds: int) -> list[float]:
     model = builtin_model(case)
     T, B, H = case.steps, case.batch, case.hidden_size
-    dirs, Hp = model.spec.num_directions, model._padded_units
+    packed = model._packed
+    dirs, Hp = packed.num_directions, packed.padded_units
     rng = np.random.default_rng(3)
     xproj = (2 * rng.standard_normal((T, B, dirs * 3 * Hp))).astype(np.float32)
     h, hr = np.zeros((dirs, B, H), np.float32), np.zeros((dirs, B, H), np.float32)
@@ -55,9 +56,9 @@ def ns_per_unit(kernels, case, rounds: int) -> list[float]:
     lengths = np.full(B, T, np.int64)
 
     def layer():  # h and acc carry over from call to call, bounded: no reset is timed
-        kernels.gru_layer_serial(xproj, *model._layer_arrays[0], h, acc, hr, lengths,
-                                 model._reverse, model.linear_before_reset, model._clip, y, 1,
-                                 model._row_group)
+        kernels.gru_layer_serial(xproj, *packed.layer_arrays[0], h, acc, hr, lengths,
+                                 packed.reverse, model.linear_before_reset, packed.clip, y, 1,
+                                 packed.row_group)
 
     layer()  # compiles
     return [median_seconds(layer, 0.4, 3) / (T * B * H * dirs) * 1e9 for _ in range(rounds)]

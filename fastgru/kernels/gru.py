@@ -304,7 +304,7 @@ def dot_rows(x, w, out):
 
     Each sum is DOT_LANES partial sums (k mod DOT_LANES) added in order at the end, then the
     inputs past the last whole block: the same bits for a row whatever the other rows, as
-    `matvec` gives. For the unpadded input weights of narrow models (_model.FRONT_MIN_PADDING_BYTES).
+    `matvec` gives. For the unpadded input weights of narrow models (_packed.FRONT_MIN_PADDING_BYTES).
     """
     K = x.shape[1]
     whole = K // DOT_LANES * DOT_LANES

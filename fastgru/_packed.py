@@ -1,0 +1,140 @@
+"""A model's weights as the kernels read them: packed once from a GRUSpec for one precision and
+this CPU, then read-only (shared by every call and stream of the model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastgru._boundary import memory_bytes
+from fastgru._weights import GRUSpec, bfloat16_bits, step_macs
+from fastgru.kernels import gru as kernels
+from fastgru.kernels.bfloat16 import PATHS as BF16_PATHS
+from fastgru.kernels.bfloat16 import pack as pack_bfloat16
+from fastgru.kernels.cpu import empty_aligned
+
+# Packing input weights into panels pads each gate to a multiple of the panel width (64 float32
+# units with AVX-512), which for a very narrow, very wide model (H=1, hundreds of thousands of
+# inputs) multiplies the weights' size many times over. Where the padding of the first layer's
+# input weights would exceed twice those weights and this many bytes, its input product runs
+# before the kernels instead (execution.front_input, NumPy's product on the weights unpadded),
+# and the kernels take that product as their input, through an identity of 3H inputs: the
+# kernels' copy then stays within a small multiple of the weights. Far beyond S1-S6 (whose H is
+# a multiple of 64), so their kernels and results are unchanged. What it cost before:
+# bench/RESULTS.md, "Thresholds in the code" (narrow models).
+FRONT_MIN_PADDING_BYTES = 16 << 20
+
+# The kernel path of bfloat16 models (kernels/bfloat16.py): the fastest this CPU runs. Read when
+# a model is packed without a path named, so that tests and tools can build models of every
+# path the CPU has.
+BF16_PATH = BF16_PATHS[-1]
+
+
+def frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only copy of `array` for the kernels, starting on a cache line."""
+    copy = empty_aligned(array.shape, array.dtype)
+    copy[...] = array
+    copy.setflags(write=False)
+    return copy
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeights:
+    """The kernel operands of one model, in the kernels' gate-column layout (each gate padded to
+    `padded_units` units, weights packed into panels; see fastgru/kernels/gru.py).
+
+    w0 : the first layer's input weights, all directions stacked so that one product projects
+        the whole sequence (an identity of dirs*3H inputs when `front` holds them instead)
+    wrest : the other layers' input weights, stacked (empty for one layer)
+    r : the recurrent weights, (layers, dirs, ...)
+    bx, rbn : the biases folded into the input products, and Rb_n kept apart, per layer
+    front : the first layer's unpadded input weights (dirs*3H, D) when their product runs
+        before the kernels (see FRONT_MIN_PADDING_BYTES), else None
+    step_macs : the kernels' multiply-adds of one step of one batch row, all layers
+    bf16_path : the bfloat16 kernel variant (kernels/bfloat16.py), None for float32/float64
+    """
+
+    precision: str
+    dtype: np.dtype  # of inputs, states, outputs and biases
+    direction: str
+    num_directions: int
+    num_layers: int
+    input_size: int
+    hidden_size: int
+    linear_before_reset: bool
+    clip: object  # the clip in the kernels' dtype, or None (kernels compiled without it)
+    padded_units: int
+    unit_panels: int  # weight panels per gate
+    row_group: int
+    step_macs: int
+    bf16_path: str | None
+    front: np.ndarray | None
+    w0: np.ndarray
+    wrest: np.ndarray
+    r: np.ndarray
+    bx: np.ndarray
+    rbn: np.ndarray
+    layer_arrays: tuple  # (bx, r, rbn) of each layer
+    reverse: np.ndarray  # (dirs,) bool: which directions run backwards
+    initial_state: np.ndarray | None  # (num_layers*dirs, H), read-only
+
+    @classmethod
+    def pack(cls, spec: GRUSpec, precision: str, bf16_path: str | None = None) -> PackedWeights:
+        """Pack `spec`, whose arrays already hold the model's values (bfloat16 weights as exact
+        float32), for `precision` ("float32", "float64" or "bfloat16"); bf16_path picks the
+        bfloat16 variant (default BF16_PATH, as it is now)."""
+        bfloat16 = precision == "bfloat16"
+        dt = np.dtype(np.float32 if bfloat16 else precision)
+        path = (BF16_PATH if bf16_path is None else bf16_path) if bfloat16 else None
+        dirs, H = spec.num_directions, spec.hidden_size
+
+        def weights(a):  # packed weights as the kernels read them (see kernels/bfloat16.py)
+            return a if path is None else pack_bfloat16(bfloat16_bits(a), path)
+
+        Hp = kernels.padded_units(H, dt)
+        item = 2 if bfloat16 else dt.itemsize
+        w0 = spec.layers[0].w.reshape(dirs * 3 * H, -1)
+        padding = dirs * 3 * (Hp - H) * w0.shape[1] * item
+        front = None
+        if padding > max(2 * w0.size * item, FRONT_MIN_PADDING_BYTES):
+            front = frozen(w0.astype(dt))
+            w0 = np.eye(dirs * 3 * H)
+        inputs = [w0.shape[1]] + [layer.w.shape[-1] for layer in spec.layers[1:]]  # kernels'
+        packed = step_macs(inputs, H, dirs, Hp)  # weights per batch row
+        if packed * item > memory_bytes() // 2:  # checked before the packed copies are made
+            raise ValueError(
+                f"this model's kernel weights would take {packed * item / 2**30:.1f} GiB (each "
+                f"gate padded to {Hp} units), more than half this machine's memory")
+        ws = [weights(kernels.pack_gate_rows(w.reshape(dirs * 3 * H, -1).astype(dt), H))
+              for w in [w0, *(layer.w for layer in spec.layers[1:])]]
+        r = frozen(np.array([[weights(kernels.pack_gate_rows(r.astype(dt), H))
+                              for r in layer.r] for layer in spec.layers]))
+        bx, rbn = [], []
+        for layer in spec.layers:
+            wb, rb = layer.b[:, :3 * H], layer.b[:, 3 * H:]
+            folded = wb + rb
+            if spec.linear_before_reset:  # R_n h + Rb_n is multiplied by r: keep Rb_n apart
+                folded[:, 2 * H:] = wb[:, 2 * H:]
+            bx.append(kernels.pad_gate_columns(folded.astype(dt), H))
+            rbn.append(rb[:, 2 * H:])
+        bx, rbn = frozen(np.array(bx, dtype=dt)), frozen(np.array(rbn, dtype=dt))
+        reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
+        return cls(
+            precision=precision, dtype=dt, direction=spec.direction, num_directions=dirs,
+            num_layers=len(spec.layers), input_size=spec.input_size, hidden_size=H,
+            linear_before_reset=spec.linear_before_reset,
+            # None compiles kernels without the clip's comparisons (the reason and its cost:
+            # bench/RESULTS.md, "How it computes", Gates)
+            clip=None if spec.clip is None else dt.type(spec.clip),
+            padded_units=Hp, unit_panels=Hp // kernels.panel_width(dt),
+            row_group=kernels.row_group(H, dt),
+            step_macs=packed + (0 if front is None else front.size), bf16_path=path,
+            front=front, w0=frozen(ws[0]),
+            wrest=frozen(np.array(ws[1:]) if len(ws) > 1 else
+                         np.zeros((0, *ws[0].shape), ws[0].dtype)),
+            r=r, bx=bx, rbn=rbn,
+            layer_arrays=tuple((bx[k], r[k], rbn[k]) for k in range(len(spec.layers))),
+            reverse=frozen(np.array(reverse[spec.direction], dtype=np.bool_)),
+            initial_state=None if spec.initial_state is None else
+            frozen(spec.initial_state.astype(dt)))

@@ -218,7 +218,7 @@ def _ours(model, x, info) -> list | None:
     if sequences is None:
         return None
     y, h_n = model(x)
-    top = list(h_n[len(h_n) - (2 if bidirectional else 1):])
+    top = list(h_n[len(h_n) - model.spec.num_directions:])
     out = (y[:, ::-1] if backwards else y) if sequences else np.concatenate(top, -1)
     return [np.asarray(a, np.float64) for a in ([out, *top] if state else [out])]
 

@@ -234,14 +234,15 @@ def test_product_matches_the_rule_bit_for_bit(rng, path, B, rows, K, H):
 
 
 def test_integer_sums_exact_at_the_extremes(path):
-    """Activations -128..127 over a row (s_a = 1, z = 128, a_q = a + 128), weights at +-127 with
-    scale 1: every output is its integer sum, exactly, for both paths."""
+    """Activations -128..127 over a row (s_a = 1, z = 128, a_q = a + 128), weights at +-127 and
+    -128 with scale 1: every output is its integer sum, exactly, for both paths."""
     K, rows = 512, 64
     v = np.tile(np.arange(-128, 128, dtype=np.float32), (3, K // 256))
     v[1] = v[1, ::-1]
     v[2] = np.where(np.arange(K) % 2, -128, 127)
     q = np.where((np.arange(rows)[:, None] + np.arange(K)) % 3 == 0, -127, 127).astype(np.int8)
     q[0], q[1] = 127, -127
+    q[2] = -128  # int8 values imported as they are (torch's quantize_dynamic) may hold -128
     ones = np.ones(rows, np.float32)
     S = v.astype(np.int64) @ q.astype(np.int64).T
     assert np.abs(S).max() < 2 ** 24  # exact in float32

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx as onnx_reader
+from fastgru.loaders import onnx_graph, onnx_node
 from fastgru.session_plan import Stages, direct_run, onnxruntime_session
 from fastgru.session_tuner import CHOICES, PlanTuner
 
@@ -114,18 +114,18 @@ class InferenceSession:
             raise ValueError(f"plan must be one of {list(CHOICES)}, got {plan!r}")
         self._threads = threads
         self._plan = plan
-        model, folder = onnx_reader.load_model(src)
+        model, folder = onnx_graph.load_model(src)
         if model is src:  # the caller's ModelProto: this session edits its own copy
             model = onnx.ModelProto()
             model.CopyFrom(src)
         graph = model.graph
         for k, tensor in enumerate(graph.initializer):  # onnxruntime gets every stage as bytes
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                array = onnx_reader.decode(tensor, folder, f"initializer {tensor.name!r}")
+                array = onnx_graph.decode(tensor, folder, f"initializer {tensor.name!r}")
                 graph.initializer[k].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
         self._model = model
         self._folder = folder
-        self._opset = opset = onnx_reader.opset(model)
+        self._opset = opset = onnx_graph.opset(model)
         initializers = {t.name for t in graph.initializer}
         self._inputs = [_node_arg(i) for i in graph.input if i.name not in initializers]
         self._outputs = [_node_arg(o) for o in graph.output]
@@ -134,24 +134,24 @@ class InferenceSession:
         # a stage's other inputs get no shape: a value_info's fixed sizes on an intermediate
         # value are a claim onnxruntime would enforce, and the graph's inputs decide them
         self._feed_names = {arg.name for arg in self._inputs}
-        grus = onnx_reader.gru_nodes(graph)
-        values = onnx_reader.constant_inputs(graph, folder, grus, opset)
+        grus = onnx_node.gru_nodes(graph)
+        values = onnx_node.constant_inputs(graph, folder, grus, opset)
         for gru in grus:  # zeros are the state a GRU starts from anyway: drop such initial_h
-            h0 = onnx_reader.gru_inputs(gru)[5]
-            if h0 and isinstance(onnx_reader.stored_state(graph, h0, folder, opset), float):
+            h0 = onnx_node.gru_inputs(gru)[5]
+            if h0 and isinstance(onnx_node.stored_state(graph, h0, folder, opset), float):
                 gru.input[5] = ""
-        self._types = onnx_reader.value_infos(model)
+        self._types = onnx_graph.value_infos(model)
         self._elem = {v.name: v.type.tensor_type.elem_type for v in self._types.values()}
         for t in graph.initializer:
             self._elem[t.name] = t.data_type
         # what the GRU steps read and the graph outputs that are constants (initializers, for
         # which no stage runs): read from the constants at every run
-        constants = onnx_reader.constant_names(graph)
-        wanted = {onnx_reader.gru_inputs(g)[0]: f"GRU node {g.name!r}: X" for g in grus}
+        constants = onnx_graph.constant_names(graph)
+        wanted = {onnx_node.gru_inputs(g)[0]: f"GRU node {g.name!r}: X" for g in grus}
         wanted.update((o.name, f"graph output {o.name!r}") for o in graph.output)
-        values.update(onnx_reader.fold_constants(
+        values.update(onnx_graph.fold_constants(
             graph, folder, {n: w for n, w in wanted.items() if n in constants}, opset))
-        read = [n for g in grus for i, n in enumerate(onnx_reader.gru_inputs(g)) if i in (0, 4, 5)]
+        read = [n for g in grus for i, n in enumerate(onnx_node.gru_inputs(g)) if i in (0, 4, 5)]
         stored = [o.name for o in graph.output if o.name in initializers]
         self._constants = {n: values[n] for n in read + stored if n in values}
         self._stages = Stages(model, folder, opset, values, self._types, self._elem,
@@ -231,7 +231,18 @@ class InferenceSession:
         run = self._whole or self._whole_session()
         if run is None:  # onnxruntime refused the whole graph (it runs its stages)
             return self._run_staged(names, feeds)
-        return run(names, feeds)
+        if self._plan != "auto":
+            return run(names, feeds)
+        try:
+            return run(names, feeds)
+        except Exception as error:  # onnxruntime raises its own types
+            failure = str(error)
+        # onnxruntime alone cannot run what the staged plan may (a GRU with layout=1): if the
+        # staged plan runs these feeds, it runs from then on; if not, its error is the caller's
+        results = self._run_staged(names, feeds)
+        self._whole_refused = f"onnxruntime failed on the whole graph: {failure}"
+        self._plan = "staged"
+        return results
 
     def _whole_session(self):
         """The run of onnxruntime's session on the whole graph, made once (with its own
@@ -243,7 +254,7 @@ class InferenceSession:
                 try:
                     self._whole = direct_run(onnxruntime_session(
                         self._model.SerializeToString(), self._threads, spinning=True,
-                        what="the whole graph"))
+                        what="the whole graph", quiet=self._plan == "auto"))
                 except FormatError as error:
                     if self._plan == "onnxruntime":
                         raise
@@ -279,7 +290,7 @@ class InferenceSession:
             else:
                 lines.append(f"onnxruntime: {stage[4]}")
         if self._whole_refused is not None:
-            lines.append(f"plan: staged (onnxruntime alone refused it: {self._whole_refused})")
+            lines.append(f"plan: staged (onnxruntime alone: {self._whole_refused})")
             return lines
         if self._plan != "auto":
             lines.append(f"plan: {self._plan} (pinned)")

@@ -12,9 +12,9 @@ import numpy as np
 
 from fastgru._model import GRU
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx as onnx_reader
+from fastgru.loaders import onnx_graph, onnx_node
 from fastgru.loaders import onnx_stack
-from fastgru.loaders.onnx_dataflow import Size
+from fastgru.loaders.onnx_symbols import Size
 
 
 class GRUStep:
@@ -39,7 +39,7 @@ class GRUStep:
         self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),
                          dtype=dtype)
         self.layout = read[0][2]
-        padded = [onnx_reader.gru_inputs(n) for n in nodes]
+        padded = [onnx_node.gru_inputs(n) for n in nodes]
         self.x, self.lengths = padded[0][0], padded[0][4]
         self.h0 = [p[5] for p in padded]
         outs = [list(n.output) + [""] * (2 - len(n.output)) for n in nodes]
@@ -126,7 +126,7 @@ def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, fol
         dirs = 2 if low_options["direction"] == "bidirectional" else 1
         hidden = low.r.shape[-1]
         steps, batch, x, _ = onnx_stack.sequence_sizes(flow, sources, lower, low_layout)
-        dims = onnx_reader.fixed_dims(types.get(lower.output[0]))
+        dims = onnx_graph.fixed_dims(types.get(lower.output[0]))
         if x is None and dims and len(dims) == 4:  # sizes the graph's inputs fix
             t, b = (dims[0], dims[2]) if not low_layout else (dims[1], dims[0])
             steps, batch = (steps if t is None else Size(t)), (batch if b is None else Size(b))
@@ -136,7 +136,7 @@ def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, fol
             weights, options, layout = read[id(upper)]
             if upper is lower or options != low_options or layout or low_layout or \
                     weights.r.shape[-1] != hidden or \
-                    onnx_reader.gru_inputs(lower)[4] != onnx_reader.gru_inputs(upper)[4] or \
+                    onnx_node.gru_inputs(lower)[4] != onnx_node.gru_inputs(upper)[4] or \
                     _weight_dtype(lower, values) != _weight_dtype(upper, values):
                 continue
             flow.visited = set()
@@ -158,7 +158,7 @@ def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, fol
         chain = [gru]
         while id(chain[-1]) in follows and id(follows[id(chain[-1])]) not in placed:
             upper = follows[id(chain[-1])]
-            state = onnx_reader.gru_inputs(upper)[4:6]
+            state = onnx_node.gru_inputs(upper)[4:6]
             if _ancestors(state, producers) & {id(g) for g in chain}:
                 break  # its state comes from the chain below: it runs after it
             chain.append(upper)
@@ -209,7 +209,7 @@ class Stages:
 
         def reads(node) -> list[str]:  # a GRU's weights are folded: it reads only the rest
             if id(node) in gru_ids:
-                x, _, _, _, lengths, h0 = onnx_reader.gru_inputs(node)
+                x, _, _, _, lengths, h0 = onnx_node.gru_inputs(node)
                 return [n for n in (x, lengths, h0) if n and n not in values]
             return _reads(node)
 
@@ -223,7 +223,7 @@ class Stages:
                                   f"{lacking}, which no graph input, initializer or node "
                                   f"provides")
         live_grus = [n for n in nodes if id(n) in gru_ids]
-        read = {id(g): onnx_reader.read_gru_node(g, values) for g in live_grus}  # once each
+        read = {id(g): onnx_node.read_gru_node(g, values) for g in live_grus}  # once each
         chains = _chains(graph, nodes, live_grus, read, values, reads, self.folder,
                          self.opset, self.types)
         steps = [GRUStep(chain, read, values) for chain in chains]
@@ -288,9 +288,11 @@ class Stages:
         return helper.make_tensor_value_info(name, self.elem.get(name, 0) or 1, None)
 
 
-def onnxruntime_session(data: bytes, threads: int | None, spinning: bool, what: str):
+def onnxruntime_session(data: bytes, threads: int | None, spinning: bool, what: str,
+                        quiet: bool = False):
     """onnxruntime's CPU session on a serialized model: `threads` intra-op threads (None: its
-    default), one inter-op; idle workers spin or not. FormatError if it refuses the model."""
+    default), one inter-op; idle workers spin or not. FormatError if it refuses the model (quiet:
+    without onnxruntime's own log line, for a refusal the caller handles)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -300,6 +302,8 @@ def onnxruntime_session(data: bytes, threads: int | None, spinning: bool, what: 
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.inter_op_num_threads = 1
+    if quiet:
+        options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     try:

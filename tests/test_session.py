@@ -478,3 +478,29 @@ def test_a_result_is_never_overwritten_by_a_later_call(rng, streaming_path, plan
         assert all(not np.shares_memory(k, x) for k in kept for x in later)
     for k, c in zip(kept, copies, strict=True):
         np.testing.assert_array_equal(k, c)
+
+
+def test_auto_falls_back_to_staged_where_onnxruntime_alone_cannot_run(rng):
+    """onnxruntime's CPU GRU refuses layout=1, which fastgru runs: auto keeps the staged plan
+    and says why; a plan pinned to onnxruntime is refused at construction."""
+    spec = random_spec(rng, 3, 4, linear_before_reset=False)
+    layer = spec.layers[0]
+    inits = [numpy_helper.from_array(np.asarray(a, np.float32), n)
+             for n, a in (("W", layer.w), ("R", layer.r), ("B", layer.b))]
+    graph = helper.make_graph(
+        [helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], hidden_size=4, layout=1),
+         helper.make_node("Relu", ["Y"], ["Z"])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", "T", 3])],
+        [helper.make_tensor_value_info("Z", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    session = fastgru.InferenceSession(model, threads=1)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    y, _ = fastgru.GRU(spec, batch_first=True)(x)
+    for _ in range(3):
+        (z,) = session.run(None, {"X": x})
+        assert_close(z, np.maximum(y, 0).reshape(2, 5, 1, 4), "float32", "Z")
+    assert session.plan == "staged"
+    assert session.describe()[-1].startswith("plan: staged (onnxruntime alone: onnxruntime "
+                                             "cannot load the whole graph")
+    with pytest.raises(FormatError, match="onnxruntime cannot load the whole graph"):
+        fastgru.InferenceSession(model, plan="onnxruntime")

@@ -1,418 +1,69 @@
-"""ONNX files and GRU nodes: reading, constant folding, and one node's weights.
+"""ONNX GRU graphs to the canonical layout: the stack a graph holds, or one of its GRU nodes.
 
-ONNX stores gates as (z, r, h) with W (dirs, 3H, D), R (dirs, 3H, H), B (dirs, 6H), the canonical
-order, so weights are taken as they are. Weights may be initializers, Constant nodes, or computed
-from those by data-movement ops (Slice, Concat, Transpose, Unsqueeze... as torch.onnx.export's
-default exporter writes them): such tensors are folded once at load by the ONNX package's
-reference evaluator. External data is read only from files inside the model's own folder, after
-checking each file's size against the tensor's shape.
-
-Which GRU nodes form a stack is decided in onnx_stack, from the whole dataflow.
+The file is read without the onnx package (onnx_graph, onnx_proto); what the nodes mean is
+decided from the whole dataflow (onnx_stack, onnx_dataflow; docs/onnx-patterns.md lists the
+rules); a node's weights and options are read by onnx_node.
 """
 
 from __future__ import annotations
 
-import math
-import os
-
 import numpy as np
 
-from fastgru._weights import DIRECTIONS, LayerWeights
+from fastgru._weights import GRUSpec
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx_fold, onnx_proto
-
-WHOLE_GRAPHS = ("fastgru.InferenceSession runs whole graphs, and node= reads one GRU node of "
-                "them")
-PROTOBUF_LIMIT = 2**31 - 1  # bytes a protobuf message (an ONNX file) can hold
-MIN_OPSET = 7  # GRU-7 dropped GRU-3's output_sequence attribute; the semantics since are stable
-DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh")
+from fastgru.loaders import onnx_graph, onnx_node
+from fastgru.loaders.onnx_stack import name_of, read_stack
 
 
-def load_model(src):
-    """(ModelProto, folder for external data or None)."""
-    if onnx_proto.is_model(src):
-        return src, None
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return _parse(bytes(src), "these bytes"), None
-    if isinstance(src, (str, os.PathLike)):
-        path = os.fspath(src)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no ONNX file at {path!r}")
-        if os.path.getsize(path) > PROTOBUF_LIMIT:  # refused before reading gigabytes
-            raise FormatError(f"{path!r} is {os.path.getsize(path) / 2**30:.1f} GiB; an ONNX "
-                              f"file holds at most 2 GiB (protobuf's limit): larger models keep "
-                              f"their weights as external data")
-        with open(path, "rb") as f:
-            data = f.read()
-        return _parse(data, repr(path)), os.path.dirname(os.path.abspath(path))
-    raise TypeError(f"from_onnx takes a path, bytes or onnx.ModelProto, got {type(src).__name__}")
-
-
-def _parse(data: bytes, what: str):
-    model = onnx_proto.messages().ModelProto()
+def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
+    """(spec, batch_first) of the GRU stack in an ONNX graph, or of the node named `node`."""
+    model, folder = onnx_graph.load_model(src)
+    opset = onnx_graph.opset(model)
+    if opset < onnx_node.MIN_OPSET:
+        raise FormatError(f"ONNX opset {opset} is not supported; GRU is read from opset "
+                          f"{onnx_node.MIN_OPSET} on")
+    graph = model.graph
+    grus = onnx_node.gru_nodes(graph)
+    if not grus:
+        kinds = sorted({n.op_type for n in graph.node})
+        raise FormatError(f"the ONNX graph has no GRU node (its op types: {kinds})")
+    if node is not None:
+        named = [n for n in grus if n.name == node]
+        if not named:
+            raise ValueError(f"no GRU node named {node!r}; GRU nodes: {[n.name for n in grus]}")
+        grus = named[:1]
+    values = onnx_node.constant_inputs(graph, folder, grus, opset)
+    read = {id(g): onnx_node.read_gru_node(g, values) for g in grus}
+    if node is not None:
+        return _single_node(graph, folder, opset, grus[0], read[id(grus[0])])
+    stack = read_stack(graph, folder, opset, grus, values, read)
+    first = read[id(stack.chain[0])]
+    stored = [s for s in stack.states if s is not None]
+    initial = np.concatenate(stored) if stored and len(stored) == len(stack.states) and \
+        any(np.any(s) for s in stored) else None
     try:
-        model.ParseFromString(data)
-    except Exception as error:  # protobuf raises its own DecodeError types
-        raise FormatError(f"{what} is not an ONNX model: {error}") from None
-    if not model.HasField("graph"):
-        raise FormatError(f"{what} is not an ONNX model: it has no graph")
-    return model
+        spec = GRUSpec(tuple(read[id(g)][0] for g in stack.chain), **first[1],
+                       initial_state=initial)
+    except ValueError as error:
+        raise FormatError(f"the GRU stack is inconsistent: {error}") from None
+    return spec, stack.batch_first
 
 
-def check_dataflow(graph) -> None:
-    """FormatError unless every node input is provided (by a graph input, an initializer or a
-    node) and no node depends on itself."""
-    made_by = producers(graph)
-    provided = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        lacking = [i for i in node.input if i and i not in provided and i not in made_by]
-        if lacking:
-            raise FormatError(f"node {node.name or node.op_type!r} reads {lacking}, which no "
-                              f"graph input, initializer or node provides")
-    state: dict[int, int] = {}  # 1: on the path being followed, 2: done
-    for root in graph.node:
-        stack = [(root, iter(root.input))]
-        state.setdefault(id(root), 1)
-        while stack:
-            node, inputs = stack[-1]
-            if state[id(node)] == 2:
-                stack.pop()
-                continue
-            for name in inputs:
-                before = made_by.get(name)
-                if before is None or state.get(id(before)) == 2:
-                    continue
-                if state.get(id(before)) == 1:
-                    raise FormatError(f"the ONNX graph has a cycle through node "
-                                      f"{before.name or before.op_type!r}")
-                state[id(before)] = 1
-                stack.append((before, iter(before.input)))
-                break
-            else:
-                state[id(node)] = 2
-                stack.pop()
-
-
-def producers(graph) -> dict:
-    """{tensor name: the node that outputs it}."""
-    return {out: n for n in graph.node for out in n.output if out}
-
-
-def _external_bytes(tensor, folder: str | None, expected: int, where: str) -> bytes:
-    """The bytes of an external-data tensor, read only from inside `folder`."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    if folder is None:
-        raise FormatError(f"{where} is stored as external data, which can only be read when the "
-                          f"model is loaded from a path")
-    location = info.get("location", "")
-    parts = location.replace("\\", "/").split("/")
-    if not location or os.path.isabs(location) or ".." in parts:
-        raise FormatError(f"{where}: external data location {location!r} points outside the "
-                          f"model's folder")
-    path = os.path.realpath(os.path.join(folder, location))
-    if os.path.commonpath([path, os.path.realpath(folder)]) != os.path.realpath(folder):
-        raise FormatError(f"{where}: external data location {location!r} leads outside the "
-                          f"model's folder (through a link)")
-    if not os.path.isfile(path):
-        raise FormatError(f"{where}: external data file {location!r} does not exist")
+def _single_node(graph, folder, opset, gru, read) -> tuple[GRUSpec, bool]:
+    """One GRU node as a model: its constant initial_h is the stored state; a constant
+    sequence_lens cannot be kept."""
+    layer, options, layout = read
+    _, _, _, _, lengths, h0 = onnx_node.gru_inputs(gru)
+    if lengths and lengths in onnx_graph.constant_names(graph):
+        raise FormatError(f"{name_of(gru)}: its sequence_lens is a constant, which a GRU model "
+                          f"read alone cannot keep; pass lengths= when calling it, or use "
+                          f"fastgru.InferenceSession")
+    dirs = 2 if options["direction"] == "bidirectional" else 1
+    value = onnx_node.stored_state(graph, h0, folder, opset) if h0 else 0.0
+    initial = None
+    if value is not None and not isinstance(value, float):
+        initial = onnx_node.layer_state(value, dirs, layer.r.shape[-1], name_of(gru))
     try:
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", expected))
-    except ValueError:
-        raise FormatError(f"{where}: external data offset/length are not integers") from None
-    if length != expected or offset < 0 or offset + length > os.path.getsize(path):
-        raise FormatError(f"{where}: external data needs {expected} bytes at offset {offset} of "
-                          f"{location!r}, which has {os.path.getsize(path)} (length {length})")
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
-
-
-def decode(tensor, folder: str | None, where: str) -> np.ndarray:
-    """A TensorProto as an ndarray, its stored size checked against its shape before decoding."""
-    size = onnx_proto.itemsize(tensor.data_type)
-    if size is None or tensor.data_type == 0:
-        raise FormatError(f"{where} has an unknown data type {tensor.data_type}")
-    dims = [int(d) for d in tensor.dims]
-    if any(d < 0 for d in dims):
-        raise FormatError(f"{where} has an invalid shape {dims}")
-    count = math.prod(dims)  # exact: int64 would wrap past 2**63 and pass the checks below
-    raw = None
-    if tensor.data_location == onnx_proto.EXTERNAL:
-        raw = _external_bytes(tensor, folder, count * size, where)
-    elif tensor.HasField("raw_data"):
-        stored = len(tensor.raw_data) // max(size, 1)
-        if stored != count or len(tensor.raw_data) % max(size, 1):
-            raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
-    elif tensor.data_type != 8:  # strings are counted as they are decoded
-        stored = max(len(tensor.float_data), len(tensor.double_data), len(tensor.int32_data),
-                     len(tensor.int64_data), len(tensor.uint64_data))
-        if stored != count:
-            raise FormatError(f"{where} has shape {dims} ({count} values) but stores {stored}")
-    try:
-        with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
-            return onnx_proto.values(tensor, dims, raw)
-    except Exception as error:
-        raise FormatError(f"{where} cannot be decoded: {error}") from None
-
-
-def _weight(values: dict, name: str, role: str, node_name: str) -> np.ndarray:
-    """A GRU weight input as float64, from the folded constants."""
-    where = f"GRU node {node_name!r}: {role} ({name!r})"
-    array = values.get(name)
-    if array is None:
-        raise FormatError(f"GRU node {node_name!r}: input {role} ({name!r}) must be a constant "
-                          f"(an initializer, a Constant, or computed from those), but it is "
-                          f"computed or fed at run time")
-    if array.dtype.kind != "f":
-        raise FormatError(f"{where} must be floating point, got {array.dtype.name.upper()}")
-    if array.ndim > 3:
-        raise FormatError(f"{where} has an invalid shape {list(array.shape)}")
-    with np.errstate(invalid="ignore"):  # a signalling NaN; GRUSpec refuses NaN later
-        return array.astype(np.float64)
-
-
-def constant_names(graph) -> set[str]:
-    """Names known before run time: initializers, and outputs of onnx_fold.FOLDABLE nodes (Constant
-    among them) whose inputs are all constant. One pass in the graph's order (ONNX requires a
-    topological one), so a cycle ends as "not constant" rather than as a loop."""
-    names = {t.name for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type in onnx_fold.FOLDABLE and node.domain in ("", "ai.onnx") and \
-                all(i in names for i in node.input if i):
-            names.update(o for o in node.output if o)
-    return names
-
-
-def fold_constants(graph, folder: str | None, names: dict, opset: int) -> dict[str, np.ndarray]:
-    """{name: ndarray} for each of `names` ({name: what it is, for errors}) that is constant
-    (see constant_names); the nodes that compute them are evaluated once here. Other names are
-    left out."""
-    initializers = {t.name: t for t in graph.initializer}
-    made_by = producers(graph)
-    known = constant_names(graph)
-    wanted = [n for n in dict.fromkeys(names) if n and n in known]
-    stored = {n: decode(initializers[n], folder, names[n]) for n in wanted if n in initializers}
-    computed = [n for n in wanted if n not in initializers]
-    if not computed:
-        return stored
-    nodes, seen, stack = [], set(), list(computed)
-    while stack:  # the nodes that compute them, and the initializers those read
-        node = made_by[stack.pop()]
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        for i in node.input:
-            if i in initializers:
-                stored.setdefault(i, decode(initializers[i], folder, f"initializer {i!r}"))
-            elif i:
-                stack.append(i)
-    order = {id(n): k for k, n in enumerate(graph.node)}
-    nodes.sort(key=lambda n: order[id(n)])
-    stored_values = sum(math.prod(t.dims) for t in graph.initializer)
-    values = onnx_fold.evaluate(nodes, dict(stored), opset, node_attributes,
-                                lambda node: _constant_value(node, folder),
-                                onnx_fold.limit_for(stored_values))
-    return {n: values[n] for n in wanted}
-
-
-def _constant_value(node, folder) -> np.ndarray:
-    """The tensor a Constant node holds."""
-    attrs = node_attributes(node)
-    where = f"Constant node {node.name or node.output[0]!r}"
-    if "value" in attrs:
-        return decode(attrs["value"], folder, where)
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                       ("value_int", np.int64), ("value_ints", np.int64)):
-        if key in attrs:
-            return np.asarray(attrs[key], dtype)
-    raise FormatError(f"{where} holds no tensor fastgru reads ({sorted(attrs)})")
-
-
-def opset(model) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return entry.version
-    return 1
-
-
-def node_attributes(node) -> dict:
-    """{name: value} of a node's attributes; FormatError naming the node if one is malformed."""
-    try:
-        return {a.name: onnx_proto.attribute_value(a) for a in node.attribute}
-    except Exception as error:
-        raise FormatError(f"node {node.name or node.op_type!r} has a malformed attribute: "
-                          f"{error}") from None
-
-
-def _text(value) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def gru_inputs(node) -> list[str]:
-    """A GRU node's six inputs X, W, R, B, sequence_lens, initial_h ("" where absent)."""
-    return (list(node.input) + [""] * 6)[:6]
-
-
-def read_gru_node(node, values: dict):
-    """(LayerWeights, options dict, layout == 1) of one GRU node; values: its folded constant
-    inputs (fold_constants)."""
-    name = node.name or "<unnamed>"
-    attrs = node_attributes(node)
-    direction = _text(attrs.get("direction", b"forward"))
-    if direction not in DIRECTIONS:
-        raise FormatError(f"GRU node {name!r}: direction must be one of {DIRECTIONS}, "
-                          f"got {direction!r}")
-    dirs = 2 if direction == "bidirectional" else 1
-    activations = [_text(a) for a in attrs.get("activations", [])]
-    if activations and tuple(activations) != DEFAULT_ACTIVATIONS * dirs:
-        other = sorted(set(activations) - set(DEFAULT_ACTIVATIONS)) or activations
-        raise FormatError(f"GRU node {name!r}: only the default activations "
-                          f"{list(DEFAULT_ACTIVATIONS)} are supported, got {other}")
-    layout = attrs.get("layout", 0)
-    if layout not in (0, 1):
-        raise FormatError(f"GRU node {name!r}: layout must be 0 or 1, got {layout}")
-    lbr = attrs.get("linear_before_reset", 0)
-    if lbr not in (0, 1):
-        raise FormatError(f"GRU node {name!r}: linear_before_reset must be 0 or 1, got {lbr}")
-    clip = attrs.get("clip")
-    if clip is not None and not (isinstance(clip, float) and clip > 0):
-        raise FormatError(f"GRU node {name!r}: clip must be a positive number, got {clip!r}")
-
-    inputs = gru_inputs(node)
-    if not inputs[1] or not inputs[2]:
-        raise FormatError(f"GRU node {name!r} lacks its W or R input")
-    r = _weight(values, inputs[2], "R", name)
-    if r.ndim != 3 or r.shape[0] != dirs or r.shape[1] != 3 * r.shape[2] or r.shape[2] == 0:
-        raise FormatError(f"GRU node {name!r}: R must have shape ({dirs}, 3*H, H) for direction "
-                          f"{direction!r}, got {r.shape}")
-    H = r.shape[2]
-    if "hidden_size" in attrs and attrs["hidden_size"] != H:
-        raise FormatError(f"GRU node {name!r}: hidden_size={attrs['hidden_size']} but R has "
-                          f"shape {r.shape} (H={H})")
-    w = _weight(values, inputs[1], "W", name)
-    if w.ndim != 3 or w.shape[:2] != (dirs, 3 * H) or w.shape[2] == 0:
-        raise FormatError(f"GRU node {name!r}: W must have shape ({dirs}, {3 * H}, input_size), "
-                          f"got {w.shape}")
-    b = _weight(values, inputs[3], "B", name) if inputs[3] else np.zeros((dirs, 6 * H))
-    if b.shape != (dirs, 6 * H):
-        raise FormatError(f"GRU node {name!r}: B must have shape {(dirs, 6 * H)}, got {b.shape}")
-    options = {"direction": direction, "linear_before_reset": bool(lbr),
-               "clip": None if clip is None else float(clip)}
-    return LayerWeights(w=w, r=r, b=b), options, layout == 1
-
-
-def value_infos(model) -> dict:
-    """{name: ValueInfoProto} of the graph's inputs, outputs and intermediates, the
-    intermediates' shapes inferred from the inputs' alone (a value_info the file declares on an
-    intermediate value is a claim, not a fact: it is left out)."""
-    import onnx
-
-    bare = onnx.ModelProto()
-    bare.CopyFrom(model)
-    del bare.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(bare).graph.value_info
-    except Exception:  # shape inference is a help, not a must
-        inferred = []
-    # a graph input that is also an output keeps the input's declaration: feeds are checked
-    # against it, never against the output's (which onnxruntime does not enforce)
-    return {v.name: v for v in (*inferred, *model.graph.output, *model.graph.input)}
-
-
-def fixed_dims(info) -> list[int | None] | None:
-    """The dims of a ValueInfoProto (None where not fixed), or None without a shape."""
-    if info is None or not info.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in info.type.tensor_type.shape.dim]
-
-
-def gru_nodes(graph) -> list:
-    return [n for n in graph.node if n.op_type == "GRU" and n.domain in ("", "ai.onnx")]
-
-
-def constant_inputs(graph, folder, grus, opset: int) -> dict[str, np.ndarray]:
-    """The folded constant inputs (W, R, B, and sequence_lens / initial_h when constant) of
-    the GRU nodes `grus`."""
-    for gru in grus:
-        if len(gru.input) < 3 or len(gru.output) < 1:
-            raise FormatError(f"GRU node {gru.name or '<unnamed>'!r} needs at least the inputs "
-                              f"X, W, R and one output, got {len(gru.input)} and "
-                              f"{len(gru.output)}")
-    roles = {}
-    for gru in grus:
-        for name, role in zip(gru.input[1:], ("W", "R", "B", "sequence_lens", "initial_h"),
-                              strict=False):
-            roles.setdefault(name, f"GRU node {gru.name or '<unnamed>'!r}: {role} ({name!r})")
-    return fold_constants(graph, folder, roles, opset)
-
-
-# Ops whose result is all zeros when their data input (the first; every input for Concat) is:
-# they only move, select or replicate values.
-_KEEPS_ZEROS = {"Identity", "Cast", "Slice", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
-                "Expand", "Tile", "Gather", "Flatten", "Concat"}
-
-
-def stored_state(graph, name: str, folder, opset: int):
-    """What a GRU's initial_h `name` is whatever the graph's inputs, or None when it depends on
-    them (a state the caller passes).
-
-    Returns 0.0 for zeros of any shape (a constant of zeros, ConstantOfShape 0, or moves of
-    those: exporters write these when a model passes no state), or the constant ndarray that a
-    constant initial_h holds or that an Expand broadcasts to the batch (a stored state).
-    """
-    made_by = producers(graph)
-    constants = constant_names(graph)
-
-    def constant(n):
-        return fold_constants(graph, folder, {n: f"initial_h ({n!r})"}, opset).get(n)
-
-    node = made_by.get(name)
-    if name in constants:
-        value = constant(name)
-        return 0.0 if not np.any(value) else value
-    if node is not None and node.op_type == "Expand" and node.input[0] in constants:
-        value = constant(node.input[0])
-        return 0.0 if not np.any(value) else value
-    pending, seen = [name], set()
-    while pending:  # zeros shaped at run time
-        current = pending.pop()
-        if not current or current in seen:
-            return None
-        seen.add(current)
-        node = made_by.get(current)
-        if current in constants:
-            if np.any(constant(current)):
-                return None
-        elif node is None or node.domain not in ("", "ai.onnx"):
-            return None
-        elif node.op_type == "ConstantOfShape":
-            fill = [decode(a.t, folder, f"ConstantOfShape {node.name!r}")
-                    for a in node.attribute if a.name == "value"]
-            if fill and np.any(fill[0]):
-                return None
-        elif node.op_type in _KEEPS_ZEROS and node.input:
-            pending.extend(node.input if node.op_type == "Concat" else node.input[:1])
-        else:
-            return None
-    return 0.0
-
-
-def layer_state(value, dirs: int, hidden: int, where: str) -> np.ndarray:
-    """A stored initial_h (0.0, or a constant broadcast over the batch) as (dirs, H)."""
-    if isinstance(value, float):
-        return np.zeros((dirs, hidden))
-    array = np.asarray(value, np.float64)
-    if array.ndim != 3 or array.shape[1] != 1:
-        raise FormatError(f"{where}: its initial_h is a constant of shape {list(array.shape)}; "
-                          f"a stored initial state must be ({dirs}, 1, {hidden}), the same for "
-                          f"every batch row; {WHOLE_GRAPHS}")
-    try:
-        return np.broadcast_to(array, (dirs, 1, hidden))[:, 0, :].copy()
-    except ValueError:
-        raise FormatError(f"{where}: its initial_h has shape {list(array.shape)}, expected "
-                          f"({dirs}, 1, {hidden})") from None
-
-
+        return GRUSpec((layer,), **options, initial_state=initial), bool(layout)
+    except ValueError as error:
+        raise FormatError(f"{name_of(gru)}: {error}") from None

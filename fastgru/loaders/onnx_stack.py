@@ -26,29 +26,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastgru._weights import GRUSpec
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx as onnx_reader
-from fastgru.loaders.onnx_dataflow import MOVES, Atom, Dataflow, Size, Tensor, symbol
+from fastgru.loaders import onnx_graph, onnx_node
+from fastgru.loaders.onnx_dataflow import Dataflow
+from fastgru.loaders.onnx_moves import MOVES
+from fastgru.loaders.onnx_symbols import Atom, Size, Tensor, symbol
 
-WHOLE_GRAPHS = onnx_reader.WHOLE_GRAPHS
+WHOLE_GRAPHS = onnx_node.WHOLE_GRAPHS
 _ELEM = {np.dtype(np.float32): 1, np.dtype(np.float64): 11, np.dtype(np.float16): 10}
 
 
 def dataflow(graph, folder, opset: int) -> Dataflow:
     """A Dataflow over `graph` whose constants are folded on demand (once each)."""
-    known = onnx_reader.constant_names(graph)
+    known = onnx_graph.constant_names(graph)
     cache: dict = {}
 
     def constant(name):
         if name not in known:
             return None
         if name not in cache:
-            cache[name] = onnx_reader.fold_constants(graph, folder, {name: f"{name!r}"},
+            cache[name] = onnx_graph.fold_constants(graph, folder, {name: f"{name!r}"},
                                                      opset).get(name)
         return cache[name]
 
-    return Dataflow(onnx_reader.producers(graph), constant, onnx_reader.node_attributes, opset)
+    return Dataflow(onnx_graph.producers(graph), constant, onnx_graph.node_attributes, opset)
 
 
 def input_tensors(graph) -> dict[str, Tensor]:
@@ -111,7 +112,7 @@ def output_layouts(top: Layer, layers: int, dirs: int) -> dict:
 def sequence_sizes(flow: Dataflow, sources: dict, gru, layout: int) -> tuple:
     """(T, B, graph input, batch_first) when the GRU reads a graph input as its sequence,
     else fresh symbols and None."""
-    x = onnx_reader.gru_inputs(gru)[0]
+    x = onnx_node.gru_inputs(gru)[0]
     for name, source in sources.items():
         value = flow.trace(x, {name: source})
         if not isinstance(value, Tensor) or len(source.dims) != 3:
@@ -126,16 +127,17 @@ def sequence_sizes(flow: Dataflow, sources: dict, gru, layout: int) -> tuple:
 
 
 def elem_type(gru, values: dict) -> int:
-    return _ELEM.get(values[onnx_reader.gru_inputs(gru)[1]].dtype, 0)
+    return _ELEM.get(values[onnx_node.gru_inputs(gru)[1]].dtype, 0)
 
 
 def reads_sequence_of(flow: Dataflow, lower, upper, layer: Layer, sources: dict) -> bool:
     """Whether `upper`'s X is provably `lower`'s Y as (T, B, dirs*H)."""
-    value = flow.trace(onnx_reader.gru_inputs(upper)[0], {**sources, lower.output[0]: layer.y})
+    value = flow.trace(onnx_node.gru_inputs(upper)[0], {**sources, lower.output[0]: layer.y})
     return isinstance(value, Tensor) and value.key() == layer.sequence
 
 
-def _name(node) -> str:
+def name_of(node) -> str:
+    """How errors name a GRU node."""
     return f"GRU node {node.name or '<unnamed>'!r}"
 
 
@@ -172,7 +174,7 @@ def _lengths_source(flow: Dataflow, name: str) -> str | None:
 def _path_back(producers: dict, gru) -> list:
     """The nodes on the way back from `gru`'s X (following data inputs) to another GRU or a
     graph input, ending early at the first that is not a move of onnx_dataflow's table."""
-    path, name = [], onnx_reader.gru_inputs(gru)[0]
+    path, name = [], onnx_node.gru_inputs(gru)[0]
     for _ in range(64):
         node = producers.get(name)
         if node is None or node.op_type == "GRU":
@@ -203,7 +205,7 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
 
     read: id(node) -> onnx.read_gru_node's (LayerWeights, options, layout) for each of `grus`.
     """
-    onnx_reader.check_dataflow(graph)
+    onnx_graph.check_dataflow(graph)
     sources = input_tensors(graph)
     search = dataflow(graph, folder, opset)
     firsts = []
@@ -233,13 +235,13 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
         if not uppers:
             break
         if len(uppers) > 1:
-            raise FormatError(f"{_name(lower)}'s sequence is read by several GRU nodes "
+            raise FormatError(f"{name_of(lower)}'s sequence is read by several GRU nodes "
                               f"{[g.name for g in uppers]}: not one stack; {WHOLE_GRAPHS}")
         upper = uppers[0]
         weights, opts, layout = read[id(upper)]
         if opts != options or layout or weights.r.shape[-1] != hidden or \
                 elem_type(upper, values) != elem:
-            raise FormatError(f"{_name(upper)} reads the sequence of {_name(lower)} but has "
+            raise FormatError(f"{name_of(upper)} reads the sequence of {name_of(lower)} but has "
                               f"other options (hidden size {weights.r.shape[-1]} against "
                               f"{hidden}; {opts} against {options}; layout {layout}): a "
                               f"fastgru stack has layers of one kind; {WHOLE_GRAPHS}")
@@ -251,17 +253,17 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
             continue
         path = _path_back(search.producers, gru)
         if path and path[-1].op_type not in MOVES:
-            raise FormatError(f"{_name(gru)}: node {path[-1].name or '<unnamed>'!r} "
+            raise FormatError(f"{name_of(gru)}: node {path[-1].name or '<unnamed>'!r} "
                               f"({path[-1].op_type}) stands between it and the previous layer; "
                               f"{WHOLE_GRAPHS}")
         if path:
             moves = ", ".join(_describe(n, search) for n in reversed(path))
-            raise FormatError(f"{_name(gru)}: the nodes between it and the layer below "
+            raise FormatError(f"{name_of(gru)}: the nodes between it and the layer below "
                               f"[{moves}] do not pass the sequence on as a stacked GRU reads it; "
                               f"{WHOLE_GRAPHS}")
     if apart:
         raise FormatError(f"the GRU nodes {apart} are not layers of the stack that starts at "
-                          f"{_name(first)}: the nodes between them and the layer below do not "
+                          f"{name_of(first)}: the nodes between them and the layer below do not "
                           f"pass the sequence on as a stacked GRU reads it, or they read "
                           f"something else; {WHOLE_GRAPHS}")
 
@@ -273,7 +275,7 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
     states, fed, lengths = _states(graph, folder, opset, flow, sources, chain, dirs, hidden,
                                    elem)
     unknown = _unknown_outputs(graph, flow, sources, chain, layers, dirs)
-    needed = {*(onnx_reader.gru_inputs(g)[0] for g in chain), *fed, *lengths}
+    needed = {*(onnx_node.gru_inputs(g)[0] for g in chain), *fed, *lengths}
     _check_accounted(graph, flow, chain, needed)  # names the node an unknown output comes from
     if unknown:
         raise FormatError(unknown[0])
@@ -282,21 +284,21 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
 
 def _states(graph, folder, opset, flow, sources, chain, dirs, hidden, elem):
     """(per-layer stored states or None, the fed initial_h names, the sequence_lens names)."""
-    constants = onnx_reader.constant_names(graph)
+    constants = onnx_graph.constant_names(graph)
     states, fed_names, fed_inputs, lengths = [], [], set(), set()
     for k, gru in enumerate(chain):
-        _, _, _, _, seq, h0 = onnx_reader.gru_inputs(gru)
+        _, _, _, _, seq, h0 = onnx_node.gru_inputs(gru)
         if seq in constants:
-            raise FormatError(f"{_name(gru)}: its sequence_lens is a constant, which a GRU stack "
+            raise FormatError(f"{name_of(gru)}: its sequence_lens is a constant, which a GRU stack "
                               f"read alone cannot keep; {WHOLE_GRAPHS}")
         lengths.add(_lengths_source(flow, seq) if seq else "")
-        value = onnx_reader.stored_state(graph, h0, folder, opset) if h0 else 0.0
+        value = onnx_node.stored_state(graph, h0, folder, opset) if h0 else 0.0
         if value is not None:
-            states.append(onnx_reader.layer_state(value, dirs, hidden, _name(gru)))
+            states.append(onnx_node.layer_state(value, dirs, hidden, name_of(gru)))
             continue
         source = _fed_state(flow, sources, h0, k, len(chain), dirs, hidden, elem)
         if source is None:
-            raise FormatError(f"{_name(gru)}: its initial_h is computed by the graph (not a "
+            raise FormatError(f"{name_of(gru)}: its initial_h is computed by the graph (not a "
                               f"constant, nor its layer's rows of one graph input), which a GRU "
                               f"stack's h0 cannot take; {WHOLE_GRAPHS}")
         states.append(None)
@@ -310,7 +312,7 @@ def _states(graph, folder, opset, flow, sources, chain, dirs, hidden, elem):
         raise FormatError(f"the GRU stack's initial states are not all the rows of one graph "
                           f"input, layer by layer (the model's h0); {WHOLE_GRAPHS}")
     lengths.discard("")
-    return states, fed_names, [onnx_reader.gru_inputs(g)[4] for g in chain if lengths]
+    return states, fed_names, [onnx_node.gru_inputs(g)[4] for g in chain if lengths]
 
 
 def _unknown_outputs(graph, flow, sources, chain, layers, dirs) -> list[str]:
@@ -321,7 +323,7 @@ def _unknown_outputs(graph, flow, sources, chain, layers, dirs) -> list[str]:
         if len(gru.output) > 1 and gru.output[1]:
             results[gru.output[1]] = layer.y_h
     known = output_layouts(layers[-1], len(chain), dirs)
-    constants = onnx_reader.constant_names(graph)
+    constants = onnx_graph.constant_names(graph)
     reasons = []
     for out in graph.output:
         if out.name in constants:
@@ -339,7 +341,7 @@ def _unknown_outputs(graph, flow, sources, chain, layers, dirs) -> list[str]:
 def _check_accounted(graph, flow, chain, needed: set) -> None:
     """Every node that the graph's outputs depend on is a layer, a proved move, or computes
     constants."""
-    constants = onnx_reader.constant_names(graph)
+    constants = onnx_graph.constant_names(graph)
     producers = flow.producers
     layers = {id(g) for g in chain}
     pending, seen = [o.name for o in graph.output], set()
@@ -350,7 +352,7 @@ def _check_accounted(graph, flow, chain, needed: set) -> None:
             continue
         seen.add(id(node))
         if id(node) in layers:
-            pending.extend(n for n in onnx_reader.gru_inputs(node) if n in needed)
+            pending.extend(n for n in onnx_node.gru_inputs(node) if n in needed)
             continue
         if id(node) not in flow.visited:
             raise FormatError(f"the ONNX graph is more than a GRU stack: node "
@@ -358,56 +360,3 @@ def _check_accounted(graph, flow, chain, needed: set) -> None:
                               f"a GRU model leaves out; {WHOLE_GRAPHS}")
         pending.extend(i for i in node.input if i)
 
-
-def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
-    """(spec, batch_first) of the GRU stack in an ONNX graph, or of the node named `node`."""
-    model, folder = onnx_reader.load_model(src)
-    opset = onnx_reader.opset(model)
-    if opset < onnx_reader.MIN_OPSET:
-        raise FormatError(f"ONNX opset {opset} is not supported; GRU is read from opset "
-                          f"{onnx_reader.MIN_OPSET} on")
-    graph = model.graph
-    grus = onnx_reader.gru_nodes(graph)
-    if not grus:
-        kinds = sorted({n.op_type for n in graph.node})
-        raise FormatError(f"the ONNX graph has no GRU node (its op types: {kinds})")
-    if node is not None:
-        named = [n for n in grus if n.name == node]
-        if not named:
-            raise ValueError(f"no GRU node named {node!r}; GRU nodes: {[n.name for n in grus]}")
-        grus = named[:1]
-    values = onnx_reader.constant_inputs(graph, folder, grus, opset)
-    read = {id(g): onnx_reader.read_gru_node(g, values) for g in grus}
-    if node is not None:
-        return _single_node(graph, folder, opset, grus[0], read[id(grus[0])])
-    stack = read_stack(graph, folder, opset, grus, values, read)
-    first = read[id(stack.chain[0])]
-    stored = [s for s in stack.states if s is not None]
-    initial = np.concatenate(stored) if stored and len(stored) == len(stack.states) and \
-        any(np.any(s) for s in stored) else None
-    try:
-        spec = GRUSpec(tuple(read[id(g)][0] for g in stack.chain), **first[1],
-                       initial_state=initial)
-    except ValueError as error:
-        raise FormatError(f"the GRU stack is inconsistent: {error}") from None
-    return spec, stack.batch_first
-
-
-def _single_node(graph, folder, opset, gru, read) -> tuple[GRUSpec, bool]:
-    """One GRU node as a model: its constant initial_h is the stored state; a constant
-    sequence_lens cannot be kept."""
-    layer, options, layout = read
-    _, _, _, _, lengths, h0 = onnx_reader.gru_inputs(gru)
-    if lengths and lengths in onnx_reader.constant_names(graph):
-        raise FormatError(f"{_name(gru)}: its sequence_lens is a constant, which a GRU model "
-                          f"read alone cannot keep; pass lengths= when calling it, or use "
-                          f"fastgru.InferenceSession")
-    dirs = 2 if options["direction"] == "bidirectional" else 1
-    value = onnx_reader.stored_state(graph, h0, folder, opset) if h0 else 0.0
-    initial = None
-    if value is not None and not isinstance(value, float):
-        initial = onnx_reader.layer_state(value, dirs, layer.r.shape[-1], _name(gru))
-    try:
-        return GRUSpec((layer,), **options, initial_state=initial), bool(layout)
-    except ValueError as error:
-        raise FormatError(f"{_name(gru)}: {error}") from None

@@ -116,7 +116,7 @@ def quantize_weights(w) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8: w (rows, K) finite floats -> (q (rows, K) int8, scale (rows,)
     float32) with w ~ q * scale[:, None], scale = max|row| / 127 rounded to float32, q =
     round(w / scale) (ties to even, from float64) clipped to [-127, 127]. A row whose scale
-    rounds to 0 (all zeros, or below about 1.3e-43) gets scale 0 and zeros."""
+    rounds to 0 (all zeros, or max|row| below about 1e-43) gets scale 0 and zeros."""
     w = np.asarray(w, np.float64)
     if w.ndim != 2:
         raise ValueError(f"weights must be 2-D (rows, inputs), got shape {w.shape}")
@@ -132,9 +132,10 @@ def quantize_weights(w) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def _gate_columns(rows: int, hidden_size: int | None) -> np.ndarray:
-    """Packed column of each of `rows` output rows: gates of hidden_size rows each padded to a
-    multiple of PANEL (one gate of `rows` rows when hidden_size is None)."""
+def _gate_columns(rows: int, hidden_size: int | None) -> tuple[np.ndarray, int]:
+    """(packed column of each of `rows` output rows, packed columns in all): gates of
+    hidden_size rows each padded to a multiple of PANEL (one gate of `rows` rows when
+    hidden_size is None)."""
     H = rows if hidden_size is None else hidden_size
     if H <= 0 or rows % H:
         raise ValueError(f"rows ({rows}) must be a positive multiple of hidden_size ({H})")

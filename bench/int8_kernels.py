@@ -32,13 +32,15 @@ SHAPES = {"S2": 256, "S6": 1024}
 BATCHES = (1, 16)
 
 
-@njit(cache=True)
+# Not cached: Numba keys a cache entry on its own file only, and these loops carry the kernels
+# they call compiled in, so a cached loop would time a kernel as it was when the loop was cached
+@njit
 def _repeat_float32(n, v, wp, out):
     for i in range(n):
         gru.matvec(v, wp, out, 0, v.shape[0], 0, wp.shape[0], i % 2 == 1)
 
 
-@njit(cache=True)
+@njit
 def _repeat_int8(n, v, w, q, out):
     for i in range(n):
         int8.matvec(v, w, q, out, 0, v.shape[0], 0, w.words.shape[0], i % 2 == 1)

@@ -16,8 +16,12 @@ from fastgru.testing import fuzz_onnx  # noqa: E402
 # Seeds 0..CASES-1, about 60 s: 600 cases took 85 s of wall time (28 s of CPU) on the 2-core
 # machine this was measured on, shared with other work; the first case also compiles the kernels.
 CASES = 450
-# Seeds that failed once, each written up in fuzz-findings/onnx-NN.md (kept whatever CASES is).
-FOUND: list[int] = []
+# Seeds that failed, each written up in /work/fuzz-findings/onnx-NN.md (kept whatever CASES is):
+# 62, 86: onnx-01, a feed for an input that has an initializer default is refused;
+# 66, 226: onnx-02, a constant zeros initial_h of another batch than X's is dropped unchecked.
+# (onnx-03, a graph output's declared sizes used for the input of the same name, was fixed before
+# the generator reached its present form.)
+FOUND = [62, 66, 86, 226]
 
 
 def test_seeded_run_matches_onnxruntime():

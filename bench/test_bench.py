@@ -19,7 +19,7 @@ import numba
 import pytest
 from threadpoolctl import threadpool_limits
 
-from fastgru.benchmark import SHAPES, _make_call
+from fastgru.benchmark import SHAPES, make_call
 
 THREADS = {"1": 1, "all": os.cpu_count() or 1}
 
@@ -40,7 +40,7 @@ def threads(request):
 def test_shape(benchmark, shape, runtime, threads):
     case = SHAPES[shape]
     start = time.perf_counter()
-    call, _ = _make_call(runtime, case, threads)
+    call, _ = make_call(runtime, case, threads)
     call()
     benchmark.extra_info["first_call_s"] = time.perf_counter() - start
     benchmark.extra_info["gflop_per_call"] = case.flops / 1e9

@@ -11,12 +11,31 @@ __all__ = ["GRU", "FormatError", "GRUSpec", "InferenceSession", "LayerWeights", 
            "StreamBatch", "load", "warmup"]
 
 
-def warmup(dtypes=("float32",)) -> None:
-    """Compile (or load from the on-disk cache) fastgru's kernels for these dtypes, ahead of the
-    first request: for every model shape, since the kernels depend only on the dtype."""
+def warmup(dtypes=("float32",), *, clip: bool = False) -> None:
+    """Compile (or load from Numba's on-disk cache) fastgru's kernels for these dtypes, now
+    rather than in the first request. The kernels depend on the dtype, not on the model's sizes,
+    so this serves every model; `clip=True` adds the variant for models with an ONNX clip.
+
+    Progress goes to the "fastgru" logger, the channel the first compilation on a CPU announces
+    itself on (a WARNING, shown on stderr unless the application's logging says otherwise; see
+    fastgru/kernels/config.py): one INFO line per kernel group with its seconds. `fastgru warmup`
+    on the command line shows those lines on stderr.
+    """
+    import logging
+    import time
+
     import numpy as np
 
-    for dtype in dtypes:
-        layer = LayerWeights(np.zeros((1, 3, 1)), np.zeros((1, 3, 1)), np.zeros((1, 6)))
-        GRU(GRUSpec((layer,)), dtype=dtype).prepare()
+    log = logging.getLogger("fastgru")
+    layer = LayerWeights(np.zeros((1, 3, 1)), np.zeros((1, 3, 1)), np.zeros((1, 6)))
+    groups = [(f"{dtype} kernels" + ("" if bound is None else " with a clip"),
+               GRU(GRUSpec((layer,), clip=bound), dtype=dtype))  # every dtype checked first
+              for dtype in ((dtypes,) if isinstance(dtypes, str) else dtypes)
+              for bound in ((None, 1.0) if clip else (None,))]
+    for name, model in groups:
+        start = time.perf_counter()
+        model.prepare()
+        log.info("fastgru warmup: %s ready in %.1f s", name, time.perf_counter() - start)
+
+
 __version__ = "0.1.0"

@@ -296,3 +296,55 @@ def test_sizes_and_threads_are_checked_against_the_machine(pt_file, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert re.search(message, err), (argv, err)
+
+
+def test_check_judges_bfloat16_by_its_own_tolerance(pt_file, rng, tmp_path, capsys, monkeypatch):
+    """bfloat16 weights make a slightly different network: judged by float32's tolerance, a
+    right file was always 'ABOVE tolerance' (issue 30). A wrong one still fails."""
+    assert main(["check", str(pt_file), "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "bfloat16" in out.splitlines()[0]
+    assert "onnxruntime  max abs diff" in out and "torch        max abs diff" in out
+    assert out.count("(ok tolerance 0.02 + 0.02*|ref|, bfloat16's)") == 2, out
+
+    spec = random_spec(rng, 3, 4)
+    path = tmp_path / "m.onnx"
+    fastgru.GRU(spec).to_onnx(path)
+    layer = spec.layers[0]
+    other = fastgru.GRU(GRUSpec((LayerWeights(layer.w, 1.5 * layer.r, layer.b),)),
+                        dtype="bfloat16")
+    monkeypatch.setattr(fastgru, "load", lambda path, **options: other)
+    assert main(["check", str(path), "--dtype", "bfloat16"]) == 1
+    assert "ABOVE tolerance 0.02 + 0.02*|ref|" in capsys.readouterr().out
+
+
+def _fix_sizes(proto, first: int, second: int):
+    """The graph's first input with its first two dims fixed."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims, (first, second)):
+        dim.Clear()
+        dim.dim_value = value
+    return proto
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_check_runs_the_sizes_an_onnx_file_fixes(rng, tmp_path, capsys, batch_first):
+    """An ONNX file whose input has fixed dims: check ran its own defaults (3, 20), which
+    onnxruntime refused. It runs the file's sizes now, says so, and refuses other ones."""
+    path = tmp_path / "fixed.onnx"
+    model = fastgru.GRU(random_spec(rng, 3, 4), batch_first=batch_first)
+    proto = _fix_sizes(model.to_onnx(), *((2, 7) if batch_first else (7, 2)))
+    path.write_bytes(proto.SerializeToString())
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "batch 2 (the file's), seq 7 (the file's)" in out, out
+    assert "ABOVE" not in out
+    assert main(["check", str(path), "--seq", "7"]) == 0
+    assert "seq 7 (--seq)" in capsys.readouterr().out
+    assert main(["check", str(path), "--batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch 4: the file fixes the batch at 2" in err and len(err.splitlines()) == 1
+    other = tmp_path / "free.onnx"  # no fixed dims: the defaults, said as such
+    model.to_onnx(other)
+    assert main(["check", str(other), "--batch", "5"]) == 0
+    assert "batch 5 (--batch), seq 20 (default)" in capsys.readouterr().out

@@ -296,7 +296,7 @@ class _Builder:
         if kind == "reshape":  # exact, or with a fixed size (exact at the nominal sizes)
             target = self.pick([[0, 0, -1], [0, -1, d], [-1, self.size(B) or -1, d],
                                 [self.size(T) or -1, -1, d]])
-            return self.op("Reshape", [x, self.ints(target)], (T, B, d)), d
+            return self.op("Reshape", [x, self.ints(_one_unknown(target))], (T, B, d)), d
         if kind == "half":  # through float16 and back: not a move, it rounds
             h = self.op("Cast", [x], (T, B, d), 10, to=10)
             return self.op("Cast", [h], (T, B, d), to=FLOAT), d
@@ -520,7 +520,7 @@ class _Builder:
                 nt, nb = self.size(T) or -1, self.size(B) or -1
                 target = self.pick([[nt, nb, dirs * H], [-1, nb, dirs * H], [nt, -1, dirs * H],
                                     [0, nb, -1]])
-                v = self.op("Reshape", [t, self.ints(target)], out)
+                v = self.op("Reshape", [t, self.ints(_one_unknown(target))], out)
             else:
                 target = self.pick([[0, 0, -1], [0, 0, dirs * H], [0, -1, dirs * H]])
                 v = self.op("Reshape", [t, self.ints(target)], out)
@@ -548,7 +548,7 @@ class _Builder:
             return self.axes_op("Squeeze", v, [1], (T, B, H)), H
         if form == "raw_reshape":  # (T, 2, B, H) read as (T, B, 2H): rows and directions mixed
             target = self.pick([[0, -1, 2 * H], [self.size(T) or -1, self.size(B) or -1, 2 * H]])
-            return self.op("Reshape", [y, self.ints(target)], (T, B, 2 * H)), 2 * H
+            return self.op("Reshape", [y, self.ints(_one_unknown(target))], (T, B, 2 * H)), 2 * H
         if form == "squeeze_all":  # every axis of size 1: also T or B when they are 1
             return self.axes_op("Squeeze", y, None, (T, B, H)), H
         if form == "dirs_into_batch":  # (T, dirs*B, H): each direction a row of its own
@@ -733,6 +733,14 @@ class _Builder:
             if size not in sizes:
                 sizes.append(size)
         return sizes
+
+
+def _one_unknown(target: list) -> list:
+    """A Reshape target with at most one -1 (an unknown size gave -1 in a fixed target)."""
+    if target.count(-1) < 2:
+        return target
+    first = target.index(-1)
+    return [0 if k != first and d == -1 else d for k, d in enumerate(target)]
 
 
 def _needed(nodes: list, outputs: list) -> tuple[list, set]:

@@ -292,3 +292,21 @@ def test_an_input_that_is_also_an_output_keeps_the_inputs_declaration(rng):
     proto = model([helper.make_node("Relu", ["X"], ["x1"]), node],
                   [out("X", ["T", "B", 3])], [out("g_Yh"), out("X", [4, 2, 3])], inits)
     same_as_onnxruntime(proto, {"X": rng.standard_normal((3, 3, 3)).astype(np.float32)})
+
+
+def test_an_output_declaration_fixes_no_size_for_the_stack_proof(rng):
+    """A graph output named like the input and declared (4, 3, 3) must not make the session take
+    a Reshape to the fixed (4, 3, 4) for stack plumbing at other sizes (fuzz finding onnx-04)."""
+    first, w0 = gru(rng, "g0", "xr", 3, 2, direction="bidirectional")
+    second, w1 = gru(rng, "g1", "x1", 4, 2, direction="bidirectional")
+    nodes = [helper.make_node("Relu", ["X"], ["xr"]), first,
+             helper.make_node("Transpose", ["g0_Y"], ["t"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["t", "target"], ["x1"]), second]
+    proto = model(nodes, [out("X", ["T", "B", 3])], [out("g1_Y"), out("X", [4, 3, 3])],
+                  w0 + w1 + [const("target", [4, 3, 4])])
+    for shape in ((4, 3, 3), (6, 2, 3)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        theirs = onnxruntime_run(proto, {"X": x})
+        ours = fastgru.InferenceSession(proto, plan="staged").run(None, {"X": x})
+        for a, b in zip(ours, theirs, strict=True):
+            assert_close(a, b, "float32")

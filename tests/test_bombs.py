@@ -81,7 +81,8 @@ def test_narrow_model_matches_the_reference(rng, direction, dtype):
     rows independent, a stream equal to the call."""
     spec = random_spec(rng, 100_000, 2, 2, direction, scale=0.02)
     model = fastgru.GRU(spec, dtype=dtype)
-    assert model._w0.nbytes < 4 * model.spec.layers[0].w.nbytes  # not padded to 64 units a gate
+    # not padded to 64 units a gate
+    assert model._packed.w0.nbytes < 4 * model.spec.layers[0].w.nbytes
     x = rng.standard_normal((5, 3, 100_000)).astype(np.float32)
     x[2, 1, 7] = np.nan
     y, h_n = model(x)

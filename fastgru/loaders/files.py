@@ -2,14 +2,22 @@
 
 PyTorch files are read with ``torch.load(weights_only=True)`` only, which refuses pickled code;
 there is no fallback to an unsafe load. safetensors files are read without torch.
+
+Memory while reading stays within a small multiple of the file's size plus the weights the model
+keeps (issue 28): a torch zip archive's members are checked against the file before torch reads
+them (torch.save never compresses, so a compressed member is refused rather than inflated), and
+when every storage data.pkl declares matches its member, the storages are memory-mapped so that
+only the tensors the GRU uses are read; safetensors tensors are read when asked for.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import struct
+import zipfile
 from collections.abc import Mapping
 
 from fastgru.errors import FormatError
@@ -61,8 +69,6 @@ def sniff(path: str) -> str:
         head = f.read(9)
     size = os.path.getsize(path)
     if head[:4] == b"PK\x03\x04":
-        import zipfile
-
         try:
             with zipfile.ZipFile(path) as archive:
                 return "keras" if "config.json" in archive.namelist() else "torch"
@@ -94,8 +100,9 @@ def read_torch(path: str) -> Mapping:
     except ImportError:
         raise ImportError(f"reading the PyTorch file {path!r} needs torch: "
                           f"pip install 'fastgru[torch]'") from None
+    mmap = check_torch_archive(path)
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except Exception as error:  # UnpicklingError for code, RuntimeError for broken archives
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours its messages
         if "Weights only load failed" in text:
@@ -107,6 +114,102 @@ def read_torch(path: str) -> Mapping:
         raise FormatError(f"{path!r} was refused by torch's safe loader (weights_only=True): "
                           f"{first}") from None
     return unwrap_checkpoint(obj, path)
+
+
+# Bytes per element of the storage types torch.save names in data.pkl (others: not mapped).
+_STORAGE_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2,
+                     "BFloat16Storage": 2, "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2,
+                     "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+                     "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16, "UntypedStorage": 1}
+
+
+def check_torch_archive(path: str) -> bool:
+    """Whether a torch file can be memory-mapped; a FormatError for a zip archive whose members
+    are compressed or declare more bytes than the file has, or whose data.pkl declares storages
+    of other sizes than their members. False (torch reads it, with its own checks) for a legacy
+    file, or an archive or data.pkl this check does not understand."""
+    size = os.path.getsize(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except Exception:  # not a zip (legacy torch.save), or one torch will say more about
+        return False
+    with archive:
+        infos = archive.infolist()
+        total = 0
+        for info in infos:
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise FormatError(f"{path!r}: archive member {info.filename!r} is compressed "
+                                  f"({info.compress_size} bytes unpacking to {info.file_size}); "
+                                  f"torch.save never compresses, and fastgru does not inflate "
+                                  f"archives: save the weights again with torch.save")
+            total += info.file_size
+            if info.header_offset + info.file_size > size or total > size:
+                raise FormatError(f"{path!r}: archive member {info.filename!r} declares "
+                                  f"{info.file_size} bytes at offset {info.header_offset} "
+                                  f"({total} bytes in all so far), more than the file's {size}")
+        pickles = [i for i in infos if i.filename.endswith("/data.pkl")
+                   and i.filename.count("/") == 1]
+        if len(pickles) != 1:
+            return False
+        folder = pickles[0].filename[:-len("data.pkl")]
+        declared = _declared_storages(archive.read(pickles[0]))
+    if declared is None:
+        return False
+    members = {i.filename: i.file_size for i in infos}
+    for key, nbytes in declared.items():
+        stored = members.get(f"{folder}data/{key}")
+        if stored is None:
+            return False  # torch names what is missing
+        if stored != nbytes:
+            raise FormatError(f"{path!r}: data.pkl declares storage {key!r} of {nbytes} bytes, "
+                              f"but its archive member holds {stored}")
+    return True
+
+
+class _Stub:
+    """Whatever a pickle builds, without importing or running anything."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+def _declared_storages(data: bytes) -> dict[str, int] | None:
+    """{storage key: bytes} that a torch data.pkl declares, read by an unpickler that imports
+    nothing (every global is a stub); None when it holds anything unexpected."""
+    import io
+
+    storages: dict[str, int] = {}
+
+    class Reader(pickle.Unpickler):
+        def find_class(self, module, name):
+            return type(name, (_Stub,), {})
+
+        def persistent_load(self, pid):
+            kind, storage_type, key, _, numel = pid
+            itemsize = _STORAGE_ITEMSIZE[storage_type.__name__]
+            if kind != "storage" or not isinstance(numel, int) or numel < 0:
+                raise ValueError(pid)
+            if storages.setdefault(str(key), numel * itemsize) != numel * itemsize:
+                raise ValueError(pid)
+            return _Stub()
+
+    try:
+        Reader(io.BytesIO(data)).load()
+    except Exception:  # torch's own loader will say what is wrong, or read what this cannot
+        return None
+    return storages
 
 
 def unwrap_checkpoint(obj, where: str) -> Mapping:
@@ -124,14 +227,44 @@ def unwrap_checkpoint(obj, where: str) -> Mapping:
                       f"or one nested under one of {list(CHECKPOINT_KEYS)}")
 
 
-def read_safetensors(path: str):
-    """(tensors as NumPy arrays, metadata) of a safetensors file."""
-    from safetensors import safe_open
+class SafetensorsTensors(Mapping):
+    """The tensors of a safetensors file as NumPy arrays, each read when first asked for (a
+    GRU's among many other tensors costs only the GRU's), then kept."""
 
-    try:
-        with safe_open(path, framework="numpy") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as error:  # SafetensorError, or a dtype NumPy lacks (bfloat16)
-        raise FormatError(f"{path!r} is not a readable safetensors file: {error}") from None
-    return tensors, metadata
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self._path = path
+        try:
+            with safe_open(path, framework="numpy") as f:
+                self.metadata = f.metadata() or {}
+                self._keys = list(f.keys())
+        except Exception as error:  # SafetensorError: offsets, shapes, header length
+            raise FormatError(f"{path!r} is not a readable safetensors file: {error}") from None
+        self._read: dict = {}
+
+    def __getitem__(self, key):
+        if key not in self._read:
+            if key not in self._keys:
+                raise KeyError(key)
+            from safetensors import safe_open
+
+            try:  # opened for each tensor: a file kept mapped would count its pages as well
+                with safe_open(self._path, framework="numpy") as f:
+                    self._read[key] = f.get_tensor(key)
+            except Exception as error:  # a dtype NumPy lacks (bfloat16)
+                raise FormatError(f"{self._path!r} is not a readable safetensors file: "
+                                  f"tensor {key!r}: {error}") from None
+        return self._read[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def read_safetensors(path: str):
+    """(tensors as a mapping of NumPy arrays read on access, metadata) of a safetensors file."""
+    tensors = SafetensorsTensors(path)
+    return tensors, tensors.metadata

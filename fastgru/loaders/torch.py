@@ -110,7 +110,9 @@ def spec_from_state_dict(state: Mapping, prefix: str | None = None) -> GRUSpec:
         raise FormatError(f"a state dict's keys are parameter names (str), got "
                           f"{type(odd[0]).__name__} {odd[0]!r}")
     prefix = _find_prefix(list(state)) if prefix is None else _resolve_prefix(list(state), prefix)
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    # Only the GRU's values are touched: a lazily read file reads nothing else.
+    own = {k[len(prefix):]: state[k] for k in state
+           if k.startswith(prefix) and _KEY.fullmatch(k[len(prefix):])}
     _check_sizes(own, prefix)
     params: dict[tuple[str, int, bool], np.ndarray] = {}
     cell = "weight_hh" in own

@@ -126,19 +126,45 @@ class InferenceSession:
         self._model = model
         self._folder = folder
         self._opset = opset = onnx_graph.opset(model)
+        # an initializer named like a graph input is a default the caller may override (as
+        # onnxruntime lets them): an input here, fed its default when the caller does not
+        declared = {i.name for i in graph.input}
+        self._defaults, kept = {}, []
+        for tensor in graph.initializer:
+            if tensor.name in declared:
+                self._defaults[tensor.name] = onnx_graph.decode(tensor, folder,
+                                                                f"initializer {tensor.name!r}")
+            else:
+                kept.append(tensor)
+        if self._defaults:
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
         initializers = {t.name for t in graph.initializer}
-        self._inputs = [_node_arg(i) for i in graph.input if i.name not in initializers]
+        self._inputs = [_node_arg(i) for i in graph.input if i.name not in self._defaults]
         self._outputs = [_node_arg(o) for o in graph.output]
         self._feeds = [_Feed(arg) for arg in self._inputs]
+        self._overrides = {i.name: _Feed(_node_arg(i)) for i in graph.input
+                           if i.name in self._defaults}
         self._output_names = [o.name for o in self._outputs]
         # a stage's other inputs get no shape: a value_info's fixed sizes on an intermediate
         # value are a claim onnxruntime would enforce, and the graph's inputs decide them
-        self._feed_names = {arg.name for arg in self._inputs}
-        grus = onnx_node.gru_nodes(graph)
-        values = onnx_node.constant_inputs(graph, folder, grus, opset)
-        for gru in grus:  # zeros are the state a GRU starts from anyway: drop such initial_h
-            h0 = onnx_node.gru_inputs(gru)[5]
-            if h0 and isinstance(onnx_node.stored_state(graph, h0, folder, opset), float):
+        self._feed_names = {arg.name for arg in self._inputs} | set(self._defaults)
+        grus, values, self._apart = [], {}, {}
+        for gru in onnx_node.gru_nodes(graph):  # those fastgru cannot run stay onnxruntime's
+            try:
+                got = onnx_node.constant_inputs(graph, folder, [gru], opset)
+                onnx_node.read_gru_node(gru, got)
+                if got[gru.input[1]].dtype not in (np.float32, np.float64):
+                    raise FormatError(f"its weights are {got[gru.input[1]].dtype}")
+            except FormatError as why:
+                self._apart[gru.name or "<unnamed>"] = str(why)
+                continue
+            grus.append(gru)
+            values.update(got)
+        for gru in grus:  # zeros computed at run time are the state a GRU starts from anyway
+            h0 = onnx_node.gru_inputs(gru)[5]  # (a constant one is kept: its shape is checked)
+            if h0 and h0 not in values and \
+                    isinstance(onnx_node.stored_state(graph, h0, folder, opset), float):
                 gru.input[5] = ""
         self._types = onnx_graph.value_infos(model)
         self._elem = {v.name: v.type.tensor_type.elem_type for v in self._types.values()}
@@ -188,14 +214,19 @@ class InferenceSession:
             feeds = {feed.arg.name: feed(input_feed[feed.arg.name]) for feed in self._feeds}
         except KeyError:
             feeds = None
-        if feeds is None or len(input_feed) != len(feeds):
+        if feeds is None or len(input_feed) != len(feeds) and \
+                set(input_feed) - set(feeds) - set(self._defaults):
             expected = {i.name for i in self._inputs}
             raise ValueError(f"the inputs are {sorted(expected)}; missing "
                              f"{sorted(expected - set(input_feed))}, unknown "
-                             f"{sorted(set(input_feed) - expected)}")
+                             f"{sorted(set(input_feed) - expected - set(self._defaults))}")
         plan = self._plan
         if plan == "auto":
             signature = tuple([(a.shape, a.dtype.char) for a in feeds.values()])
+        for name, default in self._defaults.items():  # initializers the caller may override
+            feeds[name] = self._overrides[name](input_feed[name]) if name in input_feed \
+                else default
+        if plan == "auto":
             plan, timed = self._tuner.next(signature)
             if timed:
                 clock = self._tuner.clock
@@ -282,7 +313,8 @@ class InferenceSession:
     def describe(self) -> list[str]:
         """One line per stage of the staged plan (what runs where), then a line that says which
         plan runs (fastgru info prints them)."""
-        lines = []
+        lines = [f"onnxruntime: GRU node {name!r}, which fastgru does not run: {why}"
+                 for name, why in self._apart.items()]
         for stage in self._stages:
             if stage[0] == "gru":
                 step = stage[1]

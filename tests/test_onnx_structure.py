@@ -310,3 +310,45 @@ def test_an_output_declaration_fixes_no_size_for_the_stack_proof(rng):
         ours = fastgru.InferenceSession(proto, plan="staged").run(None, {"X": x})
         for a, b in zip(ours, theirs, strict=True):
             assert_close(a, b, "float32")
+
+
+def test_an_initializer_the_caller_may_override(rng):
+    """An initializer named like a graph input is a default: onnxruntime takes a feed for it
+    (fuzz finding onnx-01), and its value must never be folded into the GRU."""
+    node, inits = gru(rng, "g", "X", 3, 2, state="h0")
+    h0 = numpy_helper.from_array(np.zeros((1, 2, 2), np.float32), "h0")
+    proto = model([node], [out("X", ["T", 2, 3]), out("h0", [1, 2, 2])], [out("g_Yh")],
+                  inits + [h0])
+    x = rng.standard_normal((3, 2, 3)).astype(np.float32)
+    assert [i.name for i in fastgru.InferenceSession(proto).get_inputs()] == ["X"]
+    same_as_onnxruntime(proto, {"X": x})
+    same_as_onnxruntime(proto, {"X": x, "h0": rng.standard_normal((1, 2, 2)).astype(np.float32)})
+
+
+def test_a_constant_zero_state_of_another_batch_is_refused_as_onnxruntime_does(rng):
+    """fuzz finding onnx-02: the zeros were dropped before their shape was checked."""
+    node, inits = gru(rng, "g", "X", 3, 2, state="h0")
+    h0 = numpy_helper.from_array(np.zeros((1, 3, 2), np.float32), "h0")
+    proto = model([node], [out("X", ["T", "B", 3])], [out("g_Yh")], inits + [h0])
+    x = rng.standard_normal((2, 1, 3)).astype(np.float32)
+    with pytest.raises(Exception, match="initial_h|shape"):
+        onnxruntime_run(proto, {"X": x})
+    with pytest.raises(ValueError, match="initial_h 'h0' must have shape"):
+        fastgru.InferenceSession(proto, plan="staged").run(None, {"X": x})
+    same_as_onnxruntime(proto, {"X": rng.standard_normal((2, 3, 3)).astype(np.float32)})
+
+
+def test_the_session_runs_what_onnxruntime_runs_even_where_fastgru_cannot(rng):
+    """GRU nodes fastgru cannot run (weights fed at run time, other activations) are left to
+    onnxruntime, never refused (issue 28: the session never refuses a graph onnxruntime runs)."""
+    live, inits = gru(rng, "g", "X", 3, 2)
+    live.input[2] = "R_fed"
+    relu, relu_inits = gru(rng, "h", "X", 3, 2)
+    relu.attribute.append(helper.make_attribute("activations", ["Relu", "Tanh"]))
+    proto = model([live, relu], [out("X", ["T", "B", 3]), out("R_fed", [1, 6, 2])],
+                  [out("g_Y"), out("h_Y")], inits + relu_inits)
+    feeds = {"X": rng.standard_normal((4, 2, 3)).astype(np.float32),
+             "R_fed": rng.standard_normal((1, 6, 2)).astype(np.float32)}
+    session = fastgru.InferenceSession(proto, plan="staged")
+    assert sum("which fastgru does not run" in line for line in session.describe()) == 2
+    same_as_onnxruntime(proto, feeds)

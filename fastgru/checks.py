@@ -121,7 +121,7 @@ def onnxruntime_output(session, model, x: np.ndarray) -> np.ndarray:
             feeds[graph_input.name] = np.full(B, T, np.int32)
         elif len(graph_input.shape) == 3:
             feeds[graph_input.name] = np.zeros(
-                (model.num_layers * (2 if model.bidirectional else 1), B, model.hidden_size),
+                (model.num_layers * model.spec.num_directions, B, model.hidden_size),
                 np.float32)
         else:
             raise ValueError(f"cannot feed input {graph_input.name!r} {graph_input.shape}")

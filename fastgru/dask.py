@@ -61,7 +61,7 @@ def _outputs(model: GRU, y, h_n, lengths, output: str) -> np.ndarray:
     if output == "h_n":
         return np.ascontiguousarray(h_n.transpose(1, 0, 2))
     n, T = y.shape[:2]
-    dirs = 2 if model.bidirectional else 1
+    dirs = model.spec.num_directions
     start = np.concatenate(list(h_n[-dirs:]), axis=-1)  # (n, dirs*H); used where length is 0
     steps = np.full(n, T) if lengths is None else np.asarray(lengths).reshape(-1)
     if T == 0:
@@ -145,7 +145,7 @@ def predict(model: GRU, x, *, lengths=None, output: str = "y"):
             raise TypeError(f"lengths must be integers, got {lengths.dtype}")
         args += [lengths.rechunk((x.chunks[0],)), "n"]
     args += [_model_task(dask, model), None]
-    dirs = 2 if model.bidirectional else 1
+    dirs = model.spec.num_directions
     H = model.hidden_size
     index, new_axes = {"y": ("ntk", {"k": dirs * H}),
                        "h_n": ("nlh", {"l": model.num_layers * dirs, "h": H}),

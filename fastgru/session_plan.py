@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from fastgru._model import GRU
+from fastgru._weights import num_directions
 from fastgru.errors import FormatError
-from fastgru.loaders import onnx_graph, onnx_node
-from fastgru.loaders import onnx_stack
+from fastgru.loaders import onnx_graph, onnx_node, onnx_stack
 from fastgru.loaders.onnx_symbols import Size
 
 
@@ -55,7 +55,7 @@ class GRUStep:
             raise ValueError(f"GRU node {self.name}: X must be 3-D, got shape {x.shape}")
         lengths = values[self.lengths] if self.lengths else None
         m = self.model
-        dirs, H = (2 if m.bidirectional else 1), m.hidden_size
+        dirs, H = m.spec.num_directions, m.hidden_size
         h0 = None
         if any(self.h0):
             batch = x.shape[0 if self.layout else 1]
@@ -123,7 +123,7 @@ def _chains(graph, nodes: list, grus: list, read: dict, values: dict, reads, fol
     follows = {}  # id(lower GRU) -> upper GRU
     for lower in grus:
         low, low_options, low_layout = read[id(lower)]
-        dirs = 2 if low_options["direction"] == "bidirectional" else 1
+        dirs = num_directions(low_options["direction"])
         hidden = low.r.shape[-1]
         steps, batch, x, _ = onnx_stack.sequence_sizes(flow, sources, lower, low_layout)
         dims = onnx_graph.fixed_dims(types.get(lower.output[0]))

@@ -119,7 +119,7 @@ def values_per_step(model) -> int:
     gate projections; for a whole graph its inputs (fixed dims as given), eight times over for
     the outputs unseen."""
     if is_gru(model):
-        dirs = 2 if model.bidirectional else 1
+        dirs = model.spec.num_directions
         return model.input_size + 4 * model.num_layers * dirs * model.hidden_size
     per_step = 0
     for arg in model.get_inputs():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastgru._weights import GRUSpec
+from fastgru._weights import GRUSpec, num_directions
 from fastgru.errors import FormatError
 from fastgru.loaders import onnx_graph, onnx_node
 from fastgru.loaders.onnx_stack import name_of, read_stack
@@ -58,7 +58,7 @@ def _single_node(graph, folder, opset, gru, read) -> tuple[GRUSpec, bool]:
         raise FormatError(f"{name_of(gru)}: its sequence_lens is a constant, which a GRU model "
                           f"read alone cannot keep; pass lengths= when calling it, or use "
                           f"fastgru.InferenceSession")
-    dirs = 2 if options["direction"] == "bidirectional" else 1
+    dirs = num_directions(options["direction"])
     value = onnx_node.stored_state(graph, h0, folder, opset) if h0 else 0.0
     initial = None
     if value is not None and not isinstance(value, float):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastgru._weights import DIRECTIONS, LayerWeights
+from fastgru._weights import DIRECTIONS, LayerWeights, num_directions
 from fastgru.errors import FormatError
 from fastgru.loaders.onnx_graph import (constant_names, decode, fold_constants, node_attributes,
                                         producers)
@@ -62,7 +62,7 @@ def read_gru_node(node, values: dict):
     if direction not in DIRECTIONS:
         raise FormatError(f"GRU node {name!r}: direction must be one of {DIRECTIONS}, "
                           f"got {direction!r}")
-    dirs = 2 if direction == "bidirectional" else 1
+    dirs = num_directions(direction)
     activations = [_text(a) for a in attrs.get("activations", [])]
     if activations and tuple(activations) != DEFAULT_ACTIVATIONS * dirs:
         other = sorted(set(activations) - set(DEFAULT_ACTIVATIONS)) or activations

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastgru._weights import num_directions
 from fastgru.errors import FormatError
 from fastgru.loaders import onnx_graph, onnx_node
 from fastgru.loaders.onnx_dataflow import Dataflow
@@ -223,7 +224,7 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
                           f"here {what} one)")
     first, steps, batch, batch_first = firsts[0]
     w0, options, layout0 = read[id(first)]
-    dirs = 2 if options["direction"] == "bidirectional" else 1
+    dirs = num_directions(options["direction"])
     hidden = w0.r.shape[-1]
     elem = elem_type(first, values)
     chain = [first]

@@ -4,7 +4,6 @@ from fastgru._load import load
 from fastgru._model import GRU
 from fastgru._streams import Stream, StreamBatch
 from fastgru._weights import GRUSpec, LayerWeights
-from fastgru.session import InferenceSession
 from fastgru.errors import FormatError
 
 __all__ = ["GRU", "FormatError", "GRUSpec", "InferenceSession", "LayerWeights", "Stream",
@@ -18,7 +17,7 @@ def warmup(dtypes=("float32",), *, clip: bool = False) -> None:
 
     Progress goes to the "fastgru" logger, the channel the first compilation on a CPU announces
     itself on (a WARNING, shown on stderr unless the application's logging says otherwise; see
-    fastgru/kernels/config.py): one INFO line per kernel group with its seconds. `fastgru warmup`
+    fastgru/kernels/runtime.py): one INFO line per kernel group with its seconds. `fastgru warmup`
     on the command line shows those lines on stderr.
     """
     import logging
@@ -36,6 +35,16 @@ def warmup(dtypes=("float32",), *, clip: bool = False) -> None:
         start = time.perf_counter()
         model.prepare()
         log.info("fastgru warmup: %s ready in %.1f s", name, time.perf_counter() - start)
+
+
+def __getattr__(name: str):
+    """InferenceSession is imported when first asked for: a process that only loads and runs a
+    GRU does not pay for the whole-graph machinery at start-up (issue 30's cold start)."""
+    if name == "InferenceSession":
+        from fastgru.session import InferenceSession
+
+        return InferenceSession
+    raise AttributeError(f"module 'fastgru' has no attribute {name!r}")
 
 
 __version__ = "0.1.0"

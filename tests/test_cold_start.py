@@ -16,6 +16,8 @@ import fastgru
 model = fastgru.load(sys.argv[1])
 y, h_n = model(np.ones((4, 2, 3), np.float32))
 assert "onnx" not in sys.modules and "ml_dtypes" not in sys.modules, "onnx imported"
+assert "fastgru.session" not in sys.modules, "the whole-graph session imported"
+assert fastgru.InferenceSession.__name__ == "InferenceSession"
 import onnx
 proto = onnx.load(sys.argv[1])
 again = fastgru.GRU.from_onnx(proto)  # an onnx.ModelProto of the package, after the fact

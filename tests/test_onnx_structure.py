@@ -205,13 +205,17 @@ def test_external_data_whose_dims_overflow_is_a_format_error(rng, tmp_path):
         fastgru.load(path)
 
 
-@pytest.mark.parametrize("layers, bidirectional, batch_first", [
-    (2, False, True),
-    pytest.param(3, True, False, marks=pytest.mark.slow),
-    pytest.param(1, True, True, marks=pytest.mark.slow)])
-def test_default_exporter_with_dynamic_shapes(rng, tmp_path, layers, bidirectional, batch_first):
-    """torch.onnx.export(dynamo=True) with a dynamic batch computes its Reshape targets from
-    Shape at run time: read as a stack, and joined into one fastgru stage (issue 30)."""
+@pytest.mark.parametrize("dynamo, layers, bidirectional, batch_first", [
+    (True, 2, False, True),
+    (False, 2, True, True),
+    pytest.param(True, 3, True, False, marks=pytest.mark.slow),
+    pytest.param(True, 1, True, True, marks=pytest.mark.slow),
+    pytest.param(False, 3, False, False, marks=pytest.mark.slow)])
+def test_exporters_with_dynamic_shapes(rng, tmp_path, dynamo, layers, bidirectional,
+                                       batch_first):
+    """torch.onnx.export with a dynamic batch (and time, which the default exporter specializes
+    for a GRU): the default exporter computes its Reshape targets from Shape at run time. Read
+    as a stack, and joined into one fastgru stage, from both exporters (issue 30)."""
     import contextlib
     import io
     import warnings
@@ -228,15 +232,21 @@ def test_default_exporter_with_dynamic_shapes(rng, tmp_path, layers, bidirection
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (x,), path, dynamo=True, dynamic_shapes=(axes,),
-                          input_names=["x"], output_names=["y", "h"])
+        if dynamo:
+            torch.onnx.export(module, (x,), path, dynamo=True, dynamic_shapes=(axes,),
+                              input_names=["x"], output_names=["y", "h"])
+        else:
+            names = {0: "batch", 1: "time"} if batch_first else {0: "time", 1: "batch"}
+            torch.onnx.export(module, (x,), path, dynamo=False, dynamic_axes={"x": names},
+                              input_names=["x"], output_names=["y", "h"], opset_version=14)
     m = fastgru.load(path)
     assert (m.num_layers, m.bidirectional, m.batch_first) == (layers, bidirectional, batch_first)
     session = fastgru.InferenceSession(path)
     (step,) = [stage[1] for stage in session._stages if stage[0] == "gru"]
     assert step.model.num_layers == layers
-    for batch in (3, 1):  # torch.export specializes the GRU's time axis to the example's 7
-        x = rng.standard_normal((batch, 7, 5) if batch_first else (7, batch, 5))
+    for batch, steps in ((3, 7), (1, 7)) if dynamo else ((3, 7), (1, 1), (2, 4)):
+        # torch.export specializes the GRU's time axis to the example's 7
+        x = rng.standard_normal((batch, steps, 5) if batch_first else (steps, batch, 5))
         x = x.astype(np.float32)
         with torch.no_grad():
             y_t, h_t = module(torch.as_tensor(x))

@@ -20,10 +20,10 @@ in some rows so that a mask changes the result. Tolerance: float32, |diff| <= 1e
 exception, or a case running past ``CASE_SECONDS``.
 
 Generated: Sequential and Functional models; a chain of 1-3 recurrent layers (Dropout between
-some, and
-some of those called with training=True), two side by side on one input (concatenated), or an encoder whose state starts a decoder;
-GRU and Bidirectional(GRU) with every merge mode and sometimes a backward_layer of its own (equal
-or differing options); reset_after, use_bias, activation, recurrent_activation, go_backwards,
+some, and some of those called with training=True), two side by side on one input
+(concatenated), or an encoder whose state starts a decoder; GRU and Bidirectional(GRU) with
+every merge mode and sometimes a backward_layer of its own (equal or differing options);
+reset_after, use_bias, activation, recurrent_activation, go_backwards,
 return_sequences, return_state drawn at random; in front nothing, Masking, Embedding (with and
 without mask_zero) or Dense; a Dense head or none.
 """

@@ -29,8 +29,12 @@ def _info_whole_graph(path, session) -> int:
         print(f"input:   {arg.name} {arg.type} {arg.shape}")
     for arg in session.get_outputs():
         print(f"output:  {arg.name} {arg.type} {arg.shape}")
-    for k, line in enumerate(session.describe()):
+    lines = session.describe()
+    stages = [line for line in lines if line.startswith(("fastgru:", "onnxruntime:"))]
+    for k, line in enumerate(stages):
         print(f"stage {k}: {line}")
+    for line in lines[len(stages):]:  # notes and the plan, after the stages
+        print(line)
     return 0
 
 

@@ -311,16 +311,18 @@ class InferenceSession:
                 for signature, choice in self._tuner.chosen().items()}
 
     def describe(self) -> list[str]:
-        """One line per stage of the staged plan (what runs where), then a line that says which
-        plan runs (fastgru info prints them)."""
-        lines = [f"onnxruntime: GRU node {name!r}, which fastgru does not run: {why}"
-                 for name, why in self._apart.items()]
+        """One line per stage of the staged plan (what runs where), a note for each GRU node left
+        to onnxruntime and why, then a line that says which plan runs (fastgru info prints
+        them)."""
+        lines = []
         for stage in self._stages:
             if stage[0] == "gru":
                 step = stage[1]
                 lines.append(f"fastgru: GRU node(s) {step.name}: {step.model!r}")
             else:
                 lines.append(f"onnxruntime: {stage[4]}")
+        lines += [f"note: GRU node {name!r} runs in onnxruntime, not fastgru: {why}"
+                  for name, why in self._apart.items()]
         if self._whole_refused is not None:
             lines.append(f"plan: staged (onnxruntime alone: {self._whole_refused})")
             return lines

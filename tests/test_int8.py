@@ -6,8 +6,9 @@ AVX2 CPU.
 Checked against NumPy written from the rules in int8.py's docstring, not from its code: the
 activations' bytes, zero points and scales bit for bit; the vnni products bit for bit against the
 exact integer sums (int64) converted and scaled in the kernel's order, and within 2 ulp against
-float64 on the dequantized operands; the widened products bit for bit against gru.matvec on the
-int8 values as float32 (the same chain of multiply-adds), then scaled.
+float64 on the dequantized operands; the widened products bit for bit against the float32
+product kernel on the int8 values as float32 (the same chain of multiply-adds), then scaled, and
+within the error bound of that chain against float64.
 """
 
 from __future__ import annotations
@@ -73,14 +74,12 @@ def unpad(y, rows, hidden_size=None):
 
 
 def widened_expected(v, q, s, hidden_size=None):
-    """gru.matvec over the int8 values as float32 (exact), times s_w: the widened path's chain
-    of fused multiply-adds over k in order, then its scaling."""
+    """The float32 product (gru.matvec) over the int8 values as float32 (exact), times s_w: the
+    widened path's chain of fused multiply-adds over k in order, then its scaling. The float32
+    panels are the widened path's own int8 panels converted (the same layout as float32 panels:
+    the float64 comparisons check that layout independently)."""
     rows = q.shape[0]
-    H = rows if hidden_size is None else hidden_size
-    if q.shape[1] == 0:  # gru.pack_gate_rows takes no empty rows
-        return np.zeros((len(v), rows), np.float32) * s
-    panels = gru.pack_gate_rows(q.astype(np.float32), H)
-    assert panels.shape[2] == int8.PANEL
+    panels = int8.pack(q, s, hidden_size, "widen").words.astype(np.float32)
     out = np.empty((len(v), panels.shape[0] * panels.shape[2]), np.float32)
     gru.matvec(np.ascontiguousarray(v, np.float32), panels, out, 0, len(v), 0, panels.shape[0],
                False)
@@ -314,13 +313,13 @@ def test_rows_independent_of_batch_tiles_and_order(rng, path):
 
 
 def test_gate_columns_follow_gru_panels(rng, path):
-    """With hidden_size, gate g's unit u lands in column g*Hp + u as in gru.pack_gate_rows, and
-    the padding columns hold zeros."""
+    """With hidden_size, gate g's unit u lands in column g*Hp + u (Hp: H rounded up to whole
+    panels, as float32 models pad their gates), and the padding columns hold zeros."""
     H, K = 70, 24
     q, s = random_weights(rng, 3 * H, K)
     v = rng.standard_normal((2, K)).astype(np.float32)
     y = int8.product(v, int8.pack(q, s, H, path))
-    Hp = gru.padded_units(H, np.float32)
+    Hp = 2 * int8.PANEL  # 70 units padded to whole panels
     assert y.shape == (2, 3 * Hp)
     np.testing.assert_array_equal(y.reshape(2, 3, Hp)[:, :, H:], 0)
     np.testing.assert_array_equal(unpad(y, 3 * H, H), expected(v, q, s, path, H))

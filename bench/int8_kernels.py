@@ -1,4 +1,4 @@
-"""The int8 products (fastgru.kernels.int8.matvec) against the float32 one (gru.matvec), alone.
+"""The int8 products (fastgru.kernels.int8.matvec) against the float32 one (products.matvec), alone.
 
     python bench/int8_kernels.py [--rounds 3]
 
@@ -26,7 +26,7 @@ import time
 import numpy as np
 from numba import njit
 
-from fastgru.kernels import cpu, gru, int8
+from fastgru.kernels import cpu, int8, layout, products
 
 SHAPES = {"S2": 256, "S6": 1024}
 BATCHES = (1, 16)
@@ -37,7 +37,7 @@ BATCHES = (1, 16)
 @njit
 def _repeat_float32(n, v, wp, out):
     for i in range(n):
-        gru.matvec(v, wp, out, 0, v.shape[0], 0, wp.shape[0], i % 2 == 1)
+        products.matvec(v, wp, out, 0, v.shape[0], 0, wp.shape[0], i % 2 == 1)
 
 
 @njit
@@ -53,7 +53,7 @@ def _operands(kernel: str, H: int, B: int):
     v = rng.standard_normal((B, H)).astype(np.float32)
     exact = v.astype(np.float64) @ w.T.astype(np.float64)
     if kernel == "float32":
-        packed = gru.pack_gate_rows(w, H)
+        packed = layout.pack_gate_rows(w, H)
         wp = cpu.empty_aligned(packed.shape, np.float32)  # as the model aligns them
         wp[...] = packed
         out = np.empty((B, wp.shape[0] * wp.shape[2]), np.float32)

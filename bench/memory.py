@@ -16,6 +16,7 @@ import numpy as np
 
 import fastgru
 from fastgru.kernels import gru as kernels
+from fastgru.kernels import products
 
 
 def rss_mb() -> float:
@@ -24,7 +25,7 @@ def rss_mb() -> float:
 
 
 def signatures() -> int:
-    return sum(len(k.signatures) for k in (kernels.matvec, kernels.project, kernels.gru_layer,
+    return sum(len(k.signatures) for k in (products.matvec, products.project, kernels.gru_layer,
                                             kernels.gru_layer_serial, kernels.gru_layer_columns,
                                             kernels.gru_stream_step))
 

@@ -49,8 +49,8 @@ def cpu_name() -> str:
 
 
 def machine() -> str:
-    from fastgru.kernels.bfloat16 import PATHS
-    from fastgru.kernels.simd import VECTOR_BYTES
+    from fastgru.kernels.cpu import BF16_PATHS as PATHS
+    from fastgru.kernels.cpu import VECTOR_BYTES
 
     caches = subprocess.run(["sh", "-c", "lscpu | grep -i 'cache'"], capture_output=True,
                             text=True).stdout.split("\n")
@@ -67,7 +67,8 @@ def machine() -> str:
 
 
 def _threading_layer() -> str:
-    code = ("import numba, numpy as np, fastgru; from fastgru.kernels.config import parallel_guard;"
+    code = ("import numba, numpy as np, fastgru; "
+            "from fastgru.kernels.runtime import parallel_guard; "
             "parallel_guard(); print(numba.threading_layer())")
     return subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True).stdout.strip()

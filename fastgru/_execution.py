@@ -13,8 +13,9 @@ from fastgru._packed import PackedWeights
 from fastgru._weights import bfloat16_values
 from fastgru._workspace import Workspace, WorkspacePool
 from fastgru.kernels import gru as kernels
+from fastgru.kernels import products
 from fastgru.kernels.bfloat16 import PAIR_MULTIPLE, round_to_pairs
-from fastgru.kernels.config import parallel_guard
+from fastgru.kernels.runtime import parallel_guard
 
 # A one-step call (T=1, one direction: a graph's streaming step) of fewer multiply-adds than
 # this, all layers together, or on one thread, runs as a stream step on the calling thread: one
@@ -67,12 +68,12 @@ def operand(x: np.ndarray, w: np.ndarray, ws: Workspace) -> np.ndarray:
 
 
 def project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int, ws: Workspace) -> None:
-    """out = x @ W^T (see kernels.project): x (N, D), w (panels, D, P), out (N, panels*P)."""
+    """out = x @ W^T (see products.project): x (N, D), w (panels, D, P), out (N, panels*P)."""
     x = operand(x, w, ws)
     if threads > 1 and out.size * x.shape[1] >= PROJECT_PARALLEL_MIN_MACS:
-        kernels.project(x, w, out)
+        products.project(x, w, out)
     else:
-        kernels.matvec(x, w, out, 0, x.shape[0], 0, w.shape[0], False)
+        products.matvec(x, w, out, 0, x.shape[0], 0, w.shape[0], False)
 
 
 def front_input(packed: PackedWeights, x: np.ndarray) -> np.ndarray:
@@ -86,7 +87,7 @@ def front_input(packed: PackedWeights, x: np.ndarray) -> np.ndarray:
         round_to_pairs(np.ascontiguousarray(x), pairs, 0, x.shape[0])
         x = bfloat16_values(pairs.view(np.uint16)[:, :x.shape[1]])
     out = np.empty((x.shape[0], packed.front.shape[0]), packed.dtype)
-    kernels.dot_rows(np.ascontiguousarray(x), packed.front, out)
+    products.dot_rows(np.ascontiguousarray(x), packed.front, out)
     return out
 
 
@@ -203,8 +204,8 @@ def compile_kernels(packed: PackedWeights) -> None:
         x0 = operand(front_input(packed, np.zeros((1, packed.input_size), dt)), packed.w0,
                      Workspace(dt))
         out = xproj.reshape(1, -1)
-        kernels.project(x0, packed.w0, out)  # both ways `project` may go
-        kernels.matvec(x0, packed.w0, out, 0, 1, 0, packed.w0.shape[0], False)
+        products.project(x0, packed.w0, out)  # both ways `project` may go
+        products.matvec(x0, packed.w0, out, 0, 1, 0, packed.w0.shape[0], False)
         layer = (xproj, *packed.layer_arrays[0], h)
         kernels.gru_layer_serial(*layer, *scratch, *tail, packed.row_group)
         kernels.gru_layer(*layer, *scratch, *tail, packed.row_group)

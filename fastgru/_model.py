@@ -14,9 +14,9 @@ from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_valu
 from fastgru._workspace import WorkspacePool
 
 
-def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str) -> "GRU":
+def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str, bf16_path: str | None = None) -> "GRU":
     """Unpickling: the model from its weights and options."""
-    return GRU(spec, batch_first=batch_first, dtype=dtype)
+    return GRU(spec, batch_first=batch_first, dtype=dtype, bf16_path=bf16_path)
 
 
 class GRU:
@@ -28,7 +28,10 @@ class GRU:
     """
 
     def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32",
-                 initial_state=None) -> None:
+                 initial_state=None, bf16_path: str | None = None) -> None:
+        """bf16_path: the bfloat16 kernel variant, one of kernels.cpu.BF16_PATHS ("widen",
+        "dot", "tiles": those this CPU runs); None, the default, takes the fastest. For tools
+        and tests that compare variants; ignored unless dtype is "bfloat16"."""
         self._precision = resolve_dtype(dtype)
         bfloat16 = self._precision == "bfloat16"
         self._dtype = np.dtype(np.float32 if bfloat16 else self._precision)  # x, h, y, biases
@@ -50,13 +53,14 @@ class GRU:
             array.setflags(write=False)  # what save() and to_onnx() write is what runs
         self._spec = spec
         self._batch_first = bool(batch_first)
-        self._packed = PackedWeights.pack(spec, self._precision)  # what the kernels read
+        self._bf16_path = bf16_path  # as asked: None follows the CPU wherever the model goes
+        self._packed = PackedWeights.pack(spec, self._precision, bf16_path)  # what kernels read
         self._pool = WorkspacePool(self._dtype)  # scratch, one workspace per concurrent call
 
     def __reduce__(self):
         """Pickles as weights and options (not workspaces or locks): for multiprocessing's
         spawn, distributed workers and copy.deepcopy. Unpickling rebuilds an equal model."""
-        return (_rebuild, (self._spec, self._batch_first, self._precision))
+        return (_rebuild, (self._spec, self._batch_first, self._precision, self._bf16_path))
 
     # ---- construction from other tools -------------------------------------------------------
 

@@ -9,8 +9,7 @@ import numpy as np
 
 from fastgru._boundary import memory_bytes
 from fastgru._weights import GRUSpec, bfloat16_bits, step_macs
-from fastgru.kernels import gru as kernels
-from fastgru.kernels.bfloat16 import PATHS as BF16_PATHS
+from fastgru.kernels import cpu, layout
 from fastgru.kernels.bfloat16 import pack as pack_bfloat16
 from fastgru.kernels.cpu import empty_aligned
 
@@ -25,12 +24,6 @@ from fastgru.kernels.cpu import empty_aligned
 # bench/RESULTS.md, "Thresholds in the code" (narrow models).
 FRONT_MIN_PADDING_BYTES = 16 << 20
 
-# The kernel path of bfloat16 models (kernels/bfloat16.py): the fastest this CPU runs. Read when
-# a model is packed without a path named, so that tests and tools can build models of every
-# path the CPU has.
-BF16_PATH = BF16_PATHS[-1]
-
-
 def frozen(array: np.ndarray) -> np.ndarray:
     """A read-only copy of `array` for the kernels, starting on a cache line."""
     copy = empty_aligned(array.shape, array.dtype)
@@ -42,7 +35,7 @@ def frozen(array: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class PackedWeights:
     """The kernel operands of one model, in the kernels' gate-column layout (each gate padded to
-    `padded_units` units, weights packed into panels; see fastgru/kernels/gru.py).
+    `padded_units` units, weights packed into panels; see fastgru/kernels/layout.py).
 
     w0 : the first layer's input weights, all directions stacked so that one product projects
         the whole sequence (an identity of dirs*3H inputs when `front` holds them instead)
@@ -82,17 +75,18 @@ class PackedWeights:
     @classmethod
     def pack(cls, spec: GRUSpec, precision: str, bf16_path: str | None = None) -> PackedWeights:
         """Pack `spec`, whose arrays already hold the model's values (bfloat16 weights as exact
-        float32), for `precision` ("float32", "float64" or "bfloat16"); bf16_path picks the
-        bfloat16 variant (default BF16_PATH, as it is now)."""
+        float32), for `precision` ("float32", "float64" or "bfloat16"); bf16_path names the
+        bfloat16 variant, one of kernels.cpu.BF16_PATHS (default: the fastest this CPU runs,
+        cpu.bf16_path()). Ignored for other precisions."""
         bfloat16 = precision == "bfloat16"
         dt = np.dtype(np.float32 if bfloat16 else precision)
-        path = (BF16_PATH if bf16_path is None else bf16_path) if bfloat16 else None
+        path = cpu.bf16_path(bf16_path) if bfloat16 else None
         dirs, H = spec.num_directions, spec.hidden_size
 
         def weights(a):  # packed weights as the kernels read them (see kernels/bfloat16.py)
             return a if path is None else pack_bfloat16(bfloat16_bits(a), path)
 
-        Hp = kernels.padded_units(H, dt)
+        Hp = layout.padded_units(H, dt)
         item = 2 if bfloat16 else dt.itemsize
         w0 = spec.layers[0].w.reshape(dirs * 3 * H, -1)
         padding = dirs * 3 * (Hp - H) * w0.shape[1] * item
@@ -106,9 +100,9 @@ class PackedWeights:
             raise ValueError(
                 f"this model's kernel weights would take {packed * item / 2**30:.1f} GiB (each "
                 f"gate padded to {Hp} units), more than half this machine's memory")
-        ws = [weights(kernels.pack_gate_rows(w.reshape(dirs * 3 * H, -1).astype(dt), H))
+        ws = [weights(layout.pack_gate_rows(w.reshape(dirs * 3 * H, -1).astype(dt), H))
               for w in [w0, *(layer.w for layer in spec.layers[1:])]]
-        r = frozen(np.array([[weights(kernels.pack_gate_rows(r.astype(dt), H))
+        r = frozen(np.array([[weights(layout.pack_gate_rows(r.astype(dt), H))
                               for r in layer.r] for layer in spec.layers]))
         bx, rbn = [], []
         for layer in spec.layers:
@@ -116,7 +110,7 @@ class PackedWeights:
             folded = wb + rb
             if spec.linear_before_reset:  # R_n h + Rb_n is multiplied by r: keep Rb_n apart
                 folded[:, 2 * H:] = wb[:, 2 * H:]
-            bx.append(kernels.pad_gate_columns(folded.astype(dt), H))
+            bx.append(layout.pad_gate_columns(folded.astype(dt), H))
             rbn.append(rb[:, 2 * H:])
         bx, rbn = frozen(np.array(bx, dtype=dt)), frozen(np.array(rbn, dtype=dt))
         reverse = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}
@@ -127,8 +121,8 @@ class PackedWeights:
             # None compiles kernels without the clip's comparisons (the reason and its cost:
             # bench/RESULTS.md, "How it computes", Gates)
             clip=None if spec.clip is None else dt.type(spec.clip),
-            padded_units=Hp, unit_panels=Hp // kernels.panel_width(dt),
-            row_group=kernels.row_group(H, dt),
+            padded_units=Hp, unit_panels=Hp // layout.panel_width(dt),
+            row_group=layout.row_group(H, dt),
             step_macs=packed + (0 if front is None else front.size), bf16_path=path,
             front=front, w0=frozen(ws[0]),
             wrest=frozen(np.array(ws[1:]) if len(ws) > 1 else

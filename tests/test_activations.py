@@ -7,7 +7,7 @@ import pytest
 from numba import njit
 
 from fastgru.kernels.activations import sigmoid, tanh
-from fastgru.kernels.config import FASTMATH
+from fastgru.kernels.runtime import FASTMATH
 
 TINY = np.finfo(np.float32).tiny  # smallest normal float32
 

@@ -13,6 +13,7 @@ import pytest
 
 import fastgru
 from fastgru.kernels import gru as kernels
+from fastgru.kernels import layout, products
 from conftest import assert_close, random_spec, spec_layers
 
 
@@ -157,7 +158,7 @@ def test_one_thread_does_every_unit_slice_when_alone(rng, lbr):
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        chunks = Hp // kernels.panel_width(np.float64)
+        chunks = Hp // layout.panel_width(np.float64)
         progress = np.zeros(kernels.progress_size(T, dirs * chunks, lbr), np.int64)
         y, h = run(kernels.gru_layer_columns, (np.zeros((dirs, B, H)),), (chunks, progress))
     finally:
@@ -198,15 +199,15 @@ def test_products_in_either_panel_order_agree_bit_for_bit(rng, dtype, rows):
     H, K = 200, 50
     w = rng.standard_normal((3 * H, K)).astype(dtype)
     v = rng.standard_normal((rows, K)).astype(dtype)
-    panels = kernels.pack_gate_rows(w, H)
+    panels = layout.pack_gate_rows(w, H)
     n, P = panels.shape[0], panels.shape[2]
-    expected = kernels.pad_gate_columns((v.astype(np.float64) @ w.T.astype(np.float64)).astype(
+    expected = layout.pad_gate_columns((v.astype(np.float64) @ w.T.astype(np.float64)).astype(
         dtype), H)  # padded like the kernel's columns of this dtype
     for p0, p1 in ((0, n), (1, n), (1, n - 1)):
         outs = []
         for backwards in (False, True):
             out = np.full((rows, n * P), np.nan, dtype)
-            kernels.matvec(v, panels, out, 0, rows, p0, p1, backwards)
+            products.matvec(v, panels, out, 0, rows, p0, p1, backwards)
             outs.append(out)
         assert np.array_equal(outs[0], outs[1], equal_nan=True), (p0, p1)
         written = ~np.isnan(outs[1])

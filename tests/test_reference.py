@@ -190,14 +190,14 @@ def test_avx2_product_loops_keep_their_sums_in_registers(tmp_path):
     compiled, never run."""
     code = """if True:
         import re, numba, numpy as np
-        from fastgru.kernels import gru
-        P = gru.panel_width(np.float32)
+        from fastgru.kernels import layout, products
+        P = layout.panel_width(np.float32)
         for weights in (np.float32, np.uint16):
             args = (np.zeros((5, 64), np.float32), np.zeros((6, 64, P), weights),
                     np.zeros((5, 6 * P), np.float32), 0, 5, 0, 6, False)
             signature = tuple(numba.typeof(a) for a in args)
-            gru.matvec.compile(signature)
-            asm = gru.matvec.inspect_asm(signature)
+            products.matvec.compile(signature)
+            asm = products.matvec.inspect_asm(signature)
             # single-block loops: from a label to a jump back to it, no label between
             for body in re.findall(r"^(\\.LBB\\w+):\\n((?:(?!\\.LBB).*\\n)*?)\\s+j\\w+\\s+\\1\\n",
                                    asm, re.M):
@@ -220,15 +220,15 @@ def test_avx2_build_matches_reference(tmp_path):
     reference: rows shared out, hidden units shared out (batch 1), both dtypes. Each row of a
     13-row batch (a 6-row tile, then 2-row and 1-row ones) equals, bit for bit, the same row run
     alone. bfloat16 takes the widened path there (its mask in assembly:
-    simd.MASK_IN_ASSEMBLY), whose results equal a float32 model of the rounded weights bit for
+    cpu.MASK_IN_ASSEMBLY), whose results equal a float32 model of the rounded weights bit for
     bit."""
     code = """if True:
         import numpy as np, fastgru
-        from fastgru.kernels import bfloat16, gru, simd
+        from fastgru.kernels import cpu
         from conftest import assert_close, random_spec, spec_layers
         from reference import reference_gru
-        assert simd.VECTOR_BYTES == 32 and not gru.FOUR_ROW_TILES and simd.MASK_IN_ASSEMBLY
-        assert bfloat16.PATHS == ("widen",)
+        assert cpu.VECTOR_BYTES == 32 and not cpu.FOUR_ROW_TILES and cpu.MASK_IN_ASSEMBLY
+        assert cpu.BF16_PATHS == ("widen",)
         rng = np.random.default_rng(3)
         for dtype in ("float32", "float64"):
             for B, H, direction, lbr in ((1, 300, "forward", False), (7, 70, "bidirectional", True),

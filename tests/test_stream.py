@@ -111,8 +111,9 @@ def test_warmup_compiles_every_kernel_before_the_first_call():
     code = """if True:
         import numpy as np, fastgru
         from fastgru.kernels import gru as k
-        kernels = [k.project, k.gru_layer, k.gru_layer_serial, k.gru_layer_columns,
-                   k.gru_stream_step, k.matvec]  # matvec: also called from the others
+        from fastgru.kernels import products
+        kernels = [products.project, k.gru_layer, k.gru_layer_serial, k.gru_layer_columns,
+                   k.gru_stream_step, products.matvec]  # matvec: also called from the others
         fastgru.warmup(("float32", "float64"))
         counts = [len(f.signatures) for f in kernels]
         assert all(c == 2 for c in counts[:-1]), counts

@@ -6,7 +6,10 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
+import fastgru
+from conftest import random_spec
 from fastgru.kernels import gru as kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,21 +20,22 @@ import gate_loops  # noqa: E402
 import report  # noqa: E402
 
 
-def test_gate_loops_leave_out_the_products_only(rng, tmp_path):
-    without = gate_loops.kernels_without_products(str(tmp_path))
-    H = 40
-    panels = kernels.pack_gate_rows(rng.standard_normal((3 * H, 24)).astype(np.float32), H)
-    v = rng.standard_normal((3, 24)).astype(np.float32)
-    out = np.full((3, panels.shape[0] * panels.shape[2]), np.nan, np.float32)
-    without.matvec(v, panels, out, 0, 3, 0, panels.shape[0], False)
-    assert np.isnan(out).all()  # no product was computed
-    kernels.matvec(v, panels, out, 0, 3, 0, panels.shape[0], False)
-    assert np.isfinite(out).all()
-    # everything else is gru.py's own code
-    with open(kernels.__file__) as f:
-        source = f.read()
-    with open(tmp_path / "gru_without_products.py") as f:
-        assert f.read() == source.replace(gate_loops.PRODUCT_CALL, "    pass\n")
+@pytest.mark.parametrize("lbr", [True, False])
+def test_gate_loops_leave_out_the_products_only(rng, lbr):
+    """One step from a random state: the tool's loops give what the layer kernel gives when its
+    products are zero (zero recurrent weights), bit for bit."""
+    packed = fastgru.GRU(random_spec(rng, 5, 40, 1, "bidirectional", lbr))._packed
+    args = gate_loops.layer_arguments(packed, 1, 3)
+    xproj, bx, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, group = args
+    h[...] = rng.standard_normal(h.shape)
+    zero_r = np.zeros_like(packed.layer_arrays[0][1])
+    zero_r.setflags(write=False)  # as the model's own: the kernel's compiled signature
+    h_kernel, y_kernel = h.copy(), y.copy()
+    kernels.gru_layer_serial(xproj, bx, zero_r, rbn, h_kernel, acc.copy(), hr.copy(), lengths,
+                             reverse, lbr, clip, y_kernel, 1, group)
+    gate_loops.layer_without_products(*args)
+    assert np.abs(y).max() > 0
+    assert np.array_equal(y, y_kernel) and np.array_equal(h, h_kernel)
 
 
 def test_ceilings_count_every_multiply_add_and_read_every_value_once_a_pass():

@@ -22,10 +22,10 @@ NOTICE = "fastgru: compiling its kernels for this CPU"
 # two compilations of one small kernel: the notice must come once, before the first
 COMPILE_TWICE = """
 import numpy as np
-from fastgru.kernels import gru
+from fastgru.kernels import products
 for dtype in (np.float32, np.float64):
     out = np.zeros((2, 4), dtype)
-    gru.dot_rows(np.ones((2, 3), dtype), np.ones((4, 3), dtype), out)
+    products.dot_rows(np.ones((2, 3), dtype), np.ones((4, 3), dtype), out)
 print(out.sum())
 """
 

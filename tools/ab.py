@@ -40,13 +40,16 @@ import fastgru
 from fastgru.benchmark import SHAPES, builtin_model
 assert fastgru.__file__.startswith(tree), fastgru.__file__
 case = SHAPES[shape]
-if path != "default":
+import inspect
+options = {} if path == "default" else {"bf16_path": path}
+if options and "bf16_path" not in inspect.signature(fastgru.GRU).parameters:
+    # a tree from before the variant was an argument: its module global, the only way it had
     try:
         from fastgru import _packed as packing
     except ImportError:  # a tree from before the packed weights had their own module
         from fastgru import _model as packing
-    packing.BF16_PATH = path
-model = fastgru.GRU(builtin_model(case).spec, dtype=dtype)
+    packing.BF16_PATH = options.pop("bf16_path")
+model = fastgru.GRU(builtin_model(case).spec, dtype=dtype, **options)
 x = np.random.default_rng(1).standard_normal((case.steps, case.batch, case.input_size))
 x = x.astype(np.float32)
 model(x)
@@ -94,7 +97,8 @@ def main() -> int:
     parser.add_argument("--shapes", default="S2,S3,S4,S5,S6")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
     parser.add_argument("--path", default="default",
-                        help="bfloat16 path: widen, dot or tiles (default: the CPU's fastest)")
+                        help="bfloat16 path: widen, dot or tiles, passed as GRU(..., bf16_path=) "
+                             "(default: the CPU's fastest)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.5)

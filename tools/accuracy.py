@@ -167,8 +167,7 @@ def bfloat16_long_sequences() -> None:
     import copy
     import importlib.util
 
-    from fastgru import _packed
-    from fastgru.kernels.bfloat16 import PATHS
+    from fastgru.kernels.cpu import BF16_PATHS as PATHS
 
     paths = [f"fastgru-bf16 {path}" for path in PATHS]
     peers = [*paths, "rounded weights in float64", "PyTorch bfloat16", "OpenVINO default"]
@@ -181,10 +180,9 @@ def bfloat16_long_sequences() -> None:
         module.float()
         errors = {}
         for kernel_path, label in zip(PATHS, paths, strict=True):
-            _packed.BF16_PATH = kernel_path
-            model = fastgru.GRU.from_torch(module, dtype="bfloat16")
+            model = fastgru.GRU(fastgru.GRU.from_torch(module).spec, dtype="bfloat16",
+                                bf16_path=kernel_path)
             errors[label] = max_error(model(x), truth)
-        _packed.BF16_PATH = PATHS[-1]
         rounded = fastgru.GRU(model.spec, dtype="float64")
         errors[peers[-3]] = max_error(rounded(x.astype(np.float64)), truth)
         with torch.no_grad():

@@ -5,8 +5,8 @@
 
 Every path this CPU runs (kernels/bfloat16.py): the widening path (weights widened to float32
 as they are read) is what CPUs without AVX512_BF16 run, the dot products what those without AMX
-run; where the CPU has faster paths they are forced here, to measure them side by side. The
-models run alternating in this one process, medians of each round's median.
+run; where the CPU has faster paths each is named here (GRU(..., bf16_path=)), to measure them
+side by side. The models run alternating in this one process, medians of each round's median.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import numba
 import numpy as np
 
 import fastgru
-from fastgru import _packed
 from fastgru.benchmark import SHAPES, builtin_model, median_seconds
-from fastgru.kernels.bfloat16 import PATHS
+from fastgru.kernels.cpu import BF16_PATHS as PATHS
 
 
 def main() -> int:
@@ -35,9 +34,7 @@ def main() -> int:
         case = SHAPES[name]
         models = {"float32": builtin_model(case)}
         for path in PATHS:
-            _packed.BF16_PATH = path
-            models[path] = fastgru.GRU(models["float32"].spec, dtype="bfloat16")
-        _packed.BF16_PATH = PATHS[-1]
+            models[path] = fastgru.GRU(models["float32"].spec, dtype="bfloat16", bf16_path=path)
         x = np.random.default_rng(1).standard_normal(
             (case.steps, case.batch, case.input_size)).astype(np.float32)
         rounds = {label: [] for label in models}

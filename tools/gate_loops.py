@@ -3,65 +3,70 @@
 
     .venv/bin/python tools/gate_loops.py [--shapes S2,S3,S4] [--rounds 3]
 
-Runs the layer kernel of each shape's first layer with its products left out (a copy of
-fastgru/kernels/gru.py whose matvec does nothing), on random pre-activations, and prints ns
-per unit: per hidden unit of one batch row for one step. Together with the products' speed
-(bench/kernels.py) it tells where a CPU spends a step: on the AMD EPYC (family 26) S3 took
-0.84-0.93 ns a unit, on the lent Intel Xeon five times as much (bench/RESULTS.md).
+Runs the gate loops of each shape's first layer (gru.gate_loops and gru.update_loops, the
+loops the layer kernels inline after their products) over every step and row group, with no
+product, on random pre-activations, and prints ns per unit: per hidden unit of one batch row
+for one step. Together with the products' speed (bench/kernels.py) it tells where a CPU spends
+a step; readings per CPU are in bench/RESULTS.md ("Gate loops").
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import sys
-import tempfile
 
 import numba
 import numpy as np
+from numba import njit
 
 from fastgru.benchmark import SHAPES, builtin_model, median_seconds
 from fastgru.kernels import gru
-
-PRODUCT_CALL = "    _product(v, wp, out, b0, b1, p0, p1, backwards)\n"
-
-
-def kernels_without_products(folder: str):
-    """A module compiled from gru.py's source with matvec's body removed, written to folder."""
-    with open(gru.__file__) as f:
-        source = f.read()
-    if source.count(PRODUCT_CALL) != 1:
-        raise SystemExit(f"gru.py's matvec no longer calls {PRODUCT_CALL.strip()!r} once: "
-                         "update this tool")
-    path = os.path.join(folder, "gru_without_products.py")
-    with open(path, "w") as f:
-        f.write(source.replace(PRODUCT_CALL, "    pass\n"))
-    spec = importlib.util.spec_from_file_location("gru_without_products", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from fastgru.kernels.borrow import borrowed
+from fastgru.kernels.runtime import JIT_OPTIONS
 
 
-def ns_per_unit(kernels, case, rounds: int) -> list[float]:
-    model = builtin_model(case)
+# Not cached: Numba would key the cache on this file alone, not on the gate loops it inlines
+@njit(**dict(JIT_OPTIONS, cache=False))
+def layer_without_products(xproj, bx, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, group):
+    """gru.gru_layer_serial's time loop with the products left out: every step of every row
+    group runs the gate loops on whatever acc holds (the previous step's gate values)."""
+    B = xproj.shape[1]
+    Hp = acc.shape[2] // 3
+    xproj, bx, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, rbn, h, acc, hr, lengths, y)
+    for d in range(bx.shape[0]):
+        for s in range(xproj.shape[0]):
+            for g0 in range(0, B, group):
+                g1 = min(g0 + group, B)
+                gru.gate_loops(xproj, d, bx[d], rbn[d], h[d], acc[d], hr[d], g0, g1, 0, Hp, s,
+                               lengths, reverse[d], lbr, clip)
+                gru.update_loops(xproj, d, bx[d], h[d], h[d], acc[d], g0, g1, 0, Hp, s, lengths,
+                                 reverse[d], clip, y)
+
+
+def layer_arguments(packed, T: int, B: int, seed: int = 3) -> tuple:
+    """layer_without_products' arguments for the first layer of `packed`, T steps of B rows:
+    random pre-activations, zero state and scratch."""
+    dirs, H, Hp, dt = packed.num_directions, packed.hidden_size, packed.padded_units, packed.dtype
+    rng = np.random.default_rng(seed)
+    xproj = (2 * rng.standard_normal((T, B, dirs * 3 * Hp))).astype(dt)
+    bx, _, rbn = packed.layer_arrays[0]
+    return (xproj, bx, rbn, np.zeros((dirs, B, H), dt), np.zeros((dirs, B, 3 * Hp), dt),
+            np.zeros((dirs, B, H), dt), np.full(B, T, np.int64), packed.reverse,
+            packed.linear_before_reset, packed.clip, np.zeros((T, B, dirs * H), dt),
+            packed.row_group)
+
+
+def ns_per_unit(case, rounds: int) -> list[float]:
+    packed = builtin_model(case)._packed
     T, B, H = case.steps, case.batch, case.hidden_size
-    packed = model._packed
-    dirs, Hp = packed.num_directions, packed.padded_units
-    rng = np.random.default_rng(3)
-    xproj = (2 * rng.standard_normal((T, B, dirs * 3 * Hp))).astype(np.float32)
-    h, hr = np.zeros((dirs, B, H), np.float32), np.zeros((dirs, B, H), np.float32)
-    acc = np.zeros((dirs, B, 3 * Hp), np.float32)
-    y = np.zeros((T, B, dirs * H), np.float32)
-    lengths = np.full(B, T, np.int64)
+    args = layer_arguments(packed, T, B)
 
     def layer():  # h and acc carry over from call to call, bounded: no reset is timed
-        kernels.gru_layer_serial(xproj, *packed.layer_arrays[0], h, acc, hr, lengths,
-                                 packed.reverse, model.linear_before_reset, packed.clip, y, 1,
-                                 packed.row_group)
+        layer_without_products(*args)
 
     layer()  # compiles
-    return [median_seconds(layer, 0.4, 3) / (T * B * H * dirs) * 1e9 for _ in range(rounds)]
+    units = T * B * H * packed.num_directions
+    return [median_seconds(layer, 0.4, 3) / units * 1e9 for _ in range(rounds)]
 
 
 def main() -> int:
@@ -71,11 +76,9 @@ def main() -> int:
     args = parser.parse_args()
     numba.set_num_threads(1)
     print("| shape | gate loops, ns per unit (one value per round) |\n|---|---|")
-    with tempfile.TemporaryDirectory(prefix="fastgru-gate-loops-") as folder:
-        kernels = kernels_without_products(folder)
-        for name in args.shapes.split(","):
-            rounds = ns_per_unit(kernels, SHAPES[name], args.rounds)
-            print(f"| {name} | {', '.join(f'{r:.2f}' for r in rounds)} |", flush=True)
+    for name in args.shapes.split(","):
+        rounds = ns_per_unit(SHAPES[name], args.rounds)
+        print(f"| {name} | {', '.join(f'{r:.2f}' for r in rounds)} |", flush=True)
     return 0
 
 

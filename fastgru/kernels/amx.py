@@ -12,45 +12,21 @@ Each sum runs over k in order, one tile instruction per 32 inputs, the same what
 position or thread computes a row. Inputs and states are rounded to bfloat16 where multiplied,
 as on the dot-product path; sums, states, gates and outputs are float32.
 
-Linux gives a process the tile registers only once it asks (arch_prctl); TILES is True only
-where the CPU has AMX-BF16 and the request was granted.
+Linux gives a process the tile registers only once it asks (arch_prctl); cpu.AMX is True only
+where the CPU has AMX-BF16 and the request was granted, and only then is this path taken.
 """
 
 from __future__ import annotations
-
-import ctypes
-import platform
-import sys
 
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import VECTOR_BYTES, has_feature
+from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
 
 TILE_ROWS = 16   # batch rows of an operand tile, pairs of a weight tile
 TILE_PAIRS = 16  # input pairs per tile instruction (64 bytes of an operand row)
-
-
-def _request_tile_state() -> bool:
-    """Ask Linux for the AMX tile state (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); without it the
-    first tile instruction kills the process. Granted for the whole process, threads included."""
-    if sys.platform != "linux" or platform.machine() != "x86_64":
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
-        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-# A panel is 64 columns (four 16-column tiles) only with AVX-512's 16-lane vectors, which every
-# AMX CPU has
-TILES = (VECTOR_BYTES == 64 and has_feature("amx-tile") and has_feature("amx-bf16")
-         and _request_tile_state())
 
 
 def _asm(builder, text, *operands):

@@ -1,16 +1,17 @@
 """The bfloat16 paths: weights widened as read, or packed in pairs of inputs with operands to match.
 
-A bfloat16 model takes one of three paths (PATHS: those this CPU runs, the fastest last):
+A bfloat16 model takes one of three paths (PATHS: those this CPU runs, the fastest last, as
+cpu.py picks them; a model packed with bf16_path= takes the one it names):
 
 - "widen" (every CPU): (panels, K, P) uint16 panels, each row's values interleaved in blocks
   (simd.interleave_halves) and widened to float32 as they are read (simd.load_pair). Only the
   weights are rounded.
-- "dot" (CPUs with vdpbf16ps, simd.BF16_DOT_PRODUCTS): each panel packed as (panels,
+- "dot" (CPUs with vdpbf16ps, cpu.BF16_DOT_PRODUCTS): each panel packed as (panels,
   ceil(K/2), P) uint32, word [m, c] holding the weights of inputs 2m (low half) and 2m+1 (high
   half) for gate column c. `matvec` multiplies them by an operand of the same pairs, (B, pairs)
   uint32, made from the float32 operand by rounding it to bfloat16 (`operand`), and each
   instruction does two multiply-adds per lane.
-- "tiles" (CPUs with AMX, amx.TILES): the same pairs as int32, padded with zero pairs to a
+- "tiles" (CPUs with AMX, cpu.AMX): the same pairs as int32, padded with zero pairs to a
   multiple of amx.TILE_PAIRS, multiplied on the tile units (amx.py).
 
 On the paired paths inputs and states are rounded to bfloat16 where they are multiplied (as
@@ -24,13 +25,13 @@ from numba import njit
 from numba.extending import overload
 from numba.np import numpy_support
 
-from fastgru.kernels.amx import TILE_PAIRS, TILES
+from fastgru.kernels.amx import TILE_PAIRS
 from fastgru.kernels.borrow import borrowed
-from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import (BF16_DOT_PRODUCTS, full_width_loops, interleave_halves, lanes,
-                                  load, store_bfloat16)
+from fastgru.kernels.cpu import BF16_PATHS
+from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
+from fastgru.kernels.simd import full_width_loops, interleave_halves, lanes, load, store_bfloat16
 
-PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) if TILES else ())
+PATHS = BF16_PATHS
 
 # The dtypes of paired weights, each with the multiple its pairs are padded to
 PAIR_MULTIPLE = {np.dtype(np.uint32): 1, np.dtype(np.int32): TILE_PAIRS}
@@ -84,8 +85,8 @@ def round_to_pairs(v, pairs, b0, b1):
     half, and pairs past ceil(K/2) (a tile's padding) are zeros. Rounded to nearest, ties to
     even, subnormal values (below 2^-126) to zero, NaNs to quiet NaNs of their sign: a vector of
     values at a time by the CPU's conversion (simd.store_bfloat16; the integer arithmetic that
-    LLVM made of `_round` took 0.09-0.2 ns a value, half a gate's sigmoid), the rest one at a
-    time.
+    LLVM made of `_round` took as long as half a gate's sigmoid: bench/RESULTS.md, "Thresholds
+    in the code", Kernels (rounding to bfloat16)), the rest one at a time.
     """
     full_width_loops()
     K = v.shape[1]

@@ -2,9 +2,9 @@
 
 Every view Numba makes of an array (a slice, a row) takes a reference on the array's memory and
 drops it when done: two atomic instructions. The kernels make dozens of views a step, and at
-small H these atomics were most of a step: at H=8, batch 1, 80% of gru_layer_serial's samples
-sat on the `lock incq` / `lock decq` of NRT_incref and NRT_decref (perf, AMD EPYC family 26).
-A borrowed view has no memory owner, so the views made from it count nothing.
+small H these atomics were most of a step (the profile: bench/RESULTS.md, "Thresholds in the
+code", Kernels (borrowed views)). A borrowed view has no memory owner, so the views made from it
+count nothing.
 
     borrowed(a, b, ...) -> (a', b', ...): views of the arrays whose own views take no references
 

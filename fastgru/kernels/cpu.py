@@ -1,12 +1,98 @@
-"""What the kernels need to know about the CPU they run on, read from the OS at import."""
+"""The one place that reads the CPU and picks the kernels' variants, once, at import.
+
+Everything the kernels decide by the machine they run on is decided here, from LLVM's view of
+the CPU Numba compiles for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when compiling for another
+one) and from the OS:
+
+    VECTOR_BYTES        64 with AVX-512, else 32: the width of simd.Vector
+    FOUR_ROW_TILES      the products' register tiles (products.matvec_vectors)
+    MASK_IN_ASSEMBLY    how widened bfloat16 weights are masked (simd._upper_halves)
+    BF16_DOT_PRODUCTS   vdpbf16ps (AVX512_BF16)
+    AMX                 AMX-BF16 tiles, and Linux granted the process their registers
+    VNNI                vpdpbusd (AVX512_VNNI), for int8 weights
+    BF16_PATHS          bfloat16 kernel variants this CPU runs, the fastest last (bfloat16.py)
+    INT8_PATHS          int8 kernel variants this CPU runs, the fastest last (int8.py)
+    L1_BYTES, L2_BYTES, CACHE_LINE_BYTES   cache sizes
+
+The *_PATHS are what a model may be packed for; the last of each is the default. Tools and
+tests that compare variants name one by argument (PackedWeights.pack(..., bf16_path=...),
+GRU(..., bf16_path=...), int8.pack(..., path=...)); nothing here is assigned from outside.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import math
 import os
+import platform
+import sys
 
+import llvmlite.binding as llvm_binding
 import numpy as np
+from numba.core import config
+
+
+def has_feature(feature: str) -> bool:
+    """Whether the CPU Numba compiles for has an LLVM feature ("avx512f")."""
+    if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU
+        return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get(feature))
+    except RuntimeError:  # LLVM cannot read this host's features
+        return False
+
+
+def _request_tile_state() -> bool:
+    """Ask Linux for the AMX tile state (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); without it the
+    first tile instruction kills the process. Granted for the whole process, threads included."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 158, 0x1023, 18
+        return libc.syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+# 64 with AVX-512, else 32 (AVX2; older CPUs split them)
+VECTOR_BYTES = 64 if has_feature("avx512f") else 32
+
+# A 4-row tile of the products keeps 16 vector sums, 4 weight vectors and a broadcast in
+# registers: it needs AVX-512's 32 vector registers. With AVX2's 16 it spills, and a 2-row tile's
+# 8 sums are just as many as two multiply-add units of 4 cycles' latency keep busy, with no
+# slack; so AVX2 takes 6 rows times half a panel (12 sums, 2 weight vectors, a broadcast: 15
+# registers). On AVX-512 the half-panel tiles were slower. The measurements: bench/RESULTS.md,
+# "Thresholds in the code", Kernels (register tiles).
+FOUR_ROW_TILES = VECTOR_BYTES == 64
+
+# The AND that widens bfloat16 weights as a vandps of our own (see simd._upper_halves), on every
+# CPU with AVX
+MASK_IN_ASSEMBLY = has_feature("avx")
+
+# vdpbf16ps on 512-bit vectors (Intel Cooper Lake and later, AMD Zen 4 and later)
+BF16_DOT_PRODUCTS = VECTOR_BYTES == 64 and has_feature("avx512bf16")
+
+# AMX tiles (Intel Sapphire Rapids and later). A panel is 64 columns (four 16-column tiles) only
+# with AVX-512's 16-lane vectors, which every AMX CPU has; Linux must grant the tile registers.
+AMX = (VECTOR_BYTES == 64 and has_feature("amx-tile") and has_feature("amx-bf16")
+       and _request_tile_state())
+
+# vpdpbusd on 512-bit vectors (Intel Cascade Lake and later, AMD Zen 4 and later)
+VNNI = VECTOR_BYTES == 64 and has_feature("avx512vnni")
+
+BF16_PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) if AMX else ())
+INT8_PATHS = ("widen",) + (("vnni",) if VNNI else ())
+
+
+def bf16_path(path: str | None = None) -> str:
+    """`path` checked against BF16_PATHS, or the fastest of them when None."""
+    if path is None:
+        return BF16_PATHS[-1]
+    if path not in BF16_PATHS:
+        raise ValueError(f"bf16_path must be one of {BF16_PATHS} on this CPU, got {path!r}")
+    return path
 
 
 _SYSFS_CACHE = "/sys/devices/system/cpu/cpu0/cache"  # one index* folder per cache of cpu0
@@ -57,10 +143,9 @@ def empty_aligned(shape: tuple[int, ...], dtype) -> np.ndarray:
     """np.empty(shape, dtype) starting on a cache line (NumPy aligns to 16 bytes only).
 
     For the weights and scratch the kernels stream: rows of whole vectors then never straddle
-    two lines, which costs every such load twice the cache's bandwidth. Measured on this
-    project's AMD EPYC (family 26), one product over packed 3H x H weights, 1 thread: H=1024
-    at batch 1 115-122 -> 108-111 us, H=512 at batch 64 401-407 -> 390-397 us. Allocates
-    about 1.6 us slower than np.empty: for arrays made once, not per call.
+    two lines, which costs every such load twice the cache's bandwidth. Allocates a little
+    slower than np.empty: for arrays made once, not per call. The measurements: bench/RESULTS.md,
+    "Thresholds in the code", Kernels (aligned arrays).
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize

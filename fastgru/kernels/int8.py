@@ -67,13 +67,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from fastgru.kernels import cpu
-from fastgru.kernels.config import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import (VECTOR_BYTES, Vector, fma, full_width_loops, has_feature, lanes,
-                                  prefetch, splat)
+from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
+from fastgru.kernels.simd import (VECTOR_BYTES, Vector, fma, full_width_loops, lanes, prefetch,
+                                  splat)
 
-# vpdpbusd on 512-bit vectors (Intel Cascade Lake and later, AMD Zen 4 and later)
-VNNI = VECTOR_BYTES == 64 and has_feature("avx512vnni")
-PATHS = ("widen",) + (("vnni",) if VNNI else ())
+# vpdpbusd (cpu.py decides, with every other choice made by the CPU)
+VNNI = cpu.VNNI
+PATHS = cpu.INT8_PATHS
 
 LANES = lanes(np.float32)  # int32 sums or float32 values in one vector
 PANEL = 4 * LANES  # P: gate columns per panel, gru.panel_width(np.float32)

@@ -31,24 +31,10 @@ import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils, config
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-
-def has_feature(feature: str) -> bool:
-    """Whether the CPU Numba compiles for has an LLVM feature ("avx512f")."""
-    if config.CPU_NAME and config.CPU_NAME != "host":  # NUMBA_CPU_NAME: compiling for another CPU
-        return f"+{feature}" in (config.CPU_FEATURES or "").split(",")
-    try:
-        return bool(llvm_binding.get_host_cpu_features().get(feature))
-    except RuntimeError:  # LLVM cannot read this host's features
-        return False
-
-
-# 64 with AVX-512, else 32 (AVX2; older CPUs split them)
-VECTOR_BYTES = 64 if has_feature("avx512f") else 32
-# vdpbf16ps on 512-bit vectors (Intel Cooper Lake and later, AMD Zen 4 and later)
-BF16_DOT_PRODUCTS = VECTOR_BYTES == 64 and has_feature("avx512bf16")
+from fastgru.kernels.cpu import BF16_DOT_PRODUCTS, MASK_IN_ASSEMBLY, VECTOR_BYTES
 
 
 def lanes(dtype) -> int:
@@ -120,10 +106,6 @@ def load(typingctx, array, index):
     return vector(array, index), codegen
 
 
-# The AND that widens bfloat16 weights as a vandps of our own (see _upper_halves), on every CPU
-# with AVX
-MASK_IN_ASSEMBLY = has_feature("avx")
-
 # Numba does not set up LLVM's assembler, which inline assembly needs: here and in amx.py,
 # which imports this module (idempotent)
 llvm_binding.initialize_native_asmparser()
@@ -134,19 +116,18 @@ def _upper_halves(builder, words):
     each bfloat16 pair, widened.
 
     The AND is an instruction LLVM cannot rewrite, a floating-point vandps with the mask in one
-    register, for two reasons measured on this project's AMD EPYC (family 26):
+    register, for two reasons:
 
     - AVX2: LLVM wrote the AND as a blend with a zero register, and with only 16 registers a
       1x2 tile of `matvec` (8 sums) spilled a sum to the stack, a store and a reload on its
       chain of multiply-adds at every k. Reordering the tile removed the spill from the
       separately compiled kernel but not from the copy compiled into each caller, which is
-      what a kernel loaded from Numba's cache runs. Compiled for Haswell: a product at batch 1,
-      H=1024, 106-113 -> 65-69 us; widened bfloat16 against float32 (tools/bfloat16_paths.py)
-      S2 0.96-1.06 -> 1.65-1.68, S6 0.95-1.19 -> 1.49-1.82.
-    - AVX-512: LLVM's integer vpandq kept a batch-1 product over S2's recurrent weights at 3.05
-      us, the time of all eight vector operations per panel row (two loads' shifts, ANDs and
-      four multiply-adds) on two pipes; with vandps 2.2 us, and widened S2 calls 0.745 of
-      their time (tools/ab.py, 3 rounds; S3, S4, S6 level).
+      what a kernel loaded from Numba's cache runs; with the spill the widened path ran no
+      faster than float32.
+    - AVX-512: LLVM's integer vpandq kept a batch-1 product at the time of all eight vector
+      operations per panel row (two loads' shifts, ANDs and four multiply-adds) on two pipes.
+
+    The measurements: bench/RESULTS.md, "Thresholds in the code", Kernels (the widening mask).
     """
     floats = ir.VectorType(ir.FloatType(), words.type.count)
     mask = ir.Constant(words.type, [0xFFFF0000] * words.type.count)
@@ -284,9 +265,8 @@ def full_width_loops(typingctx):
     vectorizer prefer 256-bit vectors, so the gate loops, which it vectorizes, ran at half the
     width of the products (which use Vector). The function attribute "prefer-vector-width"
     overrides that tuning for one function; llvmlite knows no such attribute, hence set.add.
-    Measured on an Intel Xeon (family 6 model 207), the gate loops alone, 1 thread, both builds
-    interleaved in one process: 6-10% less time a step (S2 1.64 -> 1.52 us, S3 27.6 -> 25.0, S4
-    226 -> 213). AMD's Zen 4 and 5 had full-width loops already.
+    It took time off every step on an Intel Xeon (bench/RESULTS.md, "Thresholds in the code",
+    Kernels (full-width loops)); AMD's Zen 4 and 5 had full-width loops already.
     """
 
     def codegen(context, builder, sig, args):

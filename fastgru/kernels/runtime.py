@@ -1,4 +1,5 @@
-"""Numba's runtime for every kernel: compile options, the on-disk cache, the threading guard.
+"""Numba's runtime for every kernel: compile options, the on-disk cache, the threading layer
+and the guard it needs.
 
 fastmath is limited to flags that keep NaN and inf semantics ("nnan" and "ninf" are left out), so a
 NaN in one batch row propagates inside that row instead of being optimized into garbage.

@@ -1,14 +1,14 @@
-"""int8 weights (fastgru/kernels/int8.py): per-row weight quantization, per-row activation
-quantization, and the two product paths ("vnni": vpdpbusd on uint8 x int8; "widen": int8 widened
-to float32), each run on this CPU whichever it would pick, the widened one also compiled for an
-AVX2 CPU.
+"""int8 weights (fastgru/kernels/int8_pack.py and int8.py): per-row weight quantization, per-row
+activation quantization, and the two product paths ("vnni": vpdpbusd on uint8 x int8; "widen":
+int8 widened to float32), each run on this CPU whichever it would pick, the widened one also
+compiled for an AVX2 CPU.
 
-Checked against NumPy written from the rules in int8.py's docstring, not from its code: the
-activations' bytes, zero points and scales bit for bit; the vnni products bit for bit against the
-exact integer sums (int64) converted and scaled in the kernel's order, and within 2 ulp against
-float64 on the dequantized operands; the widened products bit for bit against the float32
-product kernel on the int8 values as float32 (the same chain of multiply-adds), then scaled, and
-within the error bound of that chain against float64.
+Checked against NumPy written from the rules in int8_pack.py's and int8.py's docstrings, not
+from their code: the activations' bytes, zero points and scales bit for bit; the vnni products
+bit for bit against the exact integer sums (int64) converted and scaled in the kernel's order,
+and within 2 ulp against float64 on the dequantized operands; the widened products bit for bit
+against the float32 product kernel on the int8 values as float32 (the same chain of
+multiply-adds), then scaled, and within the error bound of that chain against float64.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastgru._model import GRU
+from fastgru._onnxruntime import cpu_session
 from fastgru._weights import num_directions
 from fastgru.errors import FormatError
 from fastgru.loaders import onnx_graph, onnx_node, onnx_stack
@@ -213,7 +214,7 @@ class Stages:
                 return [n for n in (x, lengths, h0) if n and n not in values]
             return _reads(node)
 
-        nodes = live(graph, list(graph.node), reads)
+        nodes = onnx_graph.live_nodes(graph, list(graph.node), reads)
         available = {i.name for i in graph.input} | initializers | set(values)
         available |= {o for n in graph.node for o in n.output if o}
         for node in nodes:
@@ -227,8 +228,9 @@ class Stages:
         chains = _chains(graph, nodes, live_grus, read, values, reads, self.folder,
                          self.opset, self.types)
         steps = [GRUStep(chain, read, values) for chain in chains]
-        # the plumbing inside a chain is read by no one now: live() drops it
-        order = live(graph, [n for n in nodes if id(n) not in gru_ids] + steps, _reads)
+        # the plumbing inside a chain is read by no one now: live_nodes drops it
+        others = [n for n in nodes if id(n) not in gru_ids]
+        order = onnx_graph.live_nodes(graph, others + steps, _reads)
         # stage 2k: run by onnxruntime session k; stage 2k + 1: GRU nodes run by fastgru.
         # Graph inputs and constants are ready at stage 0.
         stage_of_node: dict[int, int] = {}
@@ -290,24 +292,15 @@ class Stages:
 
 def onnxruntime_session(data: bytes, threads: int | None, spinning: bool, what: str,
                         quiet: bool = False):
-    """onnxruntime's CPU session on a serialized model: `threads` intra-op threads (None: its
-    default), one inter-op; idle workers spin or not. FormatError if it refuses the model (quiet:
-    without onnxruntime's own log line, for a refusal the caller handles)."""
+    """_onnxruntime.cpu_session for the session's stages: FormatError if onnxruntime refuses the
+    model (quiet: without onnxruntime's own log line, for a refusal the caller handles)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         raise ImportError("fastgru.InferenceSession runs the nodes other than GRUs with "
                           "onnxruntime: pip install fastgru[onnxruntime]") from None
-    options = ort.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.inter_op_num_threads = 1
-    if quiet:
-        options.log_severity_level = 4
-    if threads:
-        options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return cpu_session(data, threads=threads, spinning=spinning, quiet=quiet)
     except Exception as error:  # onnxruntime raises its own exception types
         raise FormatError(f"onnxruntime cannot load {what}: {error}") from None
 
@@ -320,43 +313,3 @@ def direct_run(session):
     if compiled is None or not callable(getattr(compiled, "run", None)):
         return session.run
     return lambda names, feeds: compiled.run(names, feeds, None)
-
-
-def live(graph, nodes, reads) -> list:
-    """`nodes` in topological order, less those whose outputs nothing needs (such as the
-    nodes that computed the folded weights)."""
-    producers = {o: n for n in nodes for o in n.output if o}
-    order = _topological(nodes, producers, reads)
-    needed = {o.name for o in graph.output}
-    kept = []
-    for node in reversed(order):
-        if any(o in needed for o in node.output if o):
-            kept.append(node)
-            needed.update(reads(node))
-    return kept[::-1]
-
-
-def _topological(nodes, producers, reads):
-    """The nodes in an order where each comes after those it reads; FormatError on a cycle."""
-    order, state = [], {}
-    for root in nodes:
-        stack = [(root, False)]
-        while stack:
-            node, done = stack.pop()
-            if done:
-                state[id(node)] = 2
-                order.append(node)
-                continue
-            if state.get(id(node)) == 2:
-                continue
-            state[id(node)] = 1
-            stack.append((node, True))
-            for name in reads(node):
-                before = producers.get(name)
-                if before is None or state.get(id(before)) == 2:
-                    continue
-                if state.get(id(before)) == 1:
-                    raise FormatError(f"the ONNX graph has a cycle through node "
-                                      f"{before.name or before.op_type!r}")
-                stack.append((before, False))
-    return order

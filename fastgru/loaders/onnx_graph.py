@@ -64,29 +64,47 @@ def check_dataflow(graph) -> None:
         if lacking:
             raise FormatError(f"node {node.name or node.op_type!r} reads {lacking}, which no "
                               f"graph input, initializer or node provides")
-    state: dict[int, int] = {}  # 1: on the path being followed, 2: done
-    for root in graph.node:
-        stack = [(root, iter(root.input))]
-        state.setdefault(id(root), 1)
+    topological_order(list(graph.node), lambda node: node.input)
+
+
+def topological_order(nodes: list, reads) -> list:
+    """`nodes` in an order where each comes after the nodes (of `nodes`) whose outputs it reads;
+    reads(node) -> the names it reads. FormatError on a cycle."""
+    made_by = {o: n for n in nodes for o in n.output if o}
+    order, state = [], {}  # state: 1 on the path being followed, 2 placed
+    for root in nodes:
+        stack = [(root, False)]
         while stack:
-            node, inputs = stack[-1]
-            if state[id(node)] == 2:
-                stack.pop()
+            node, done = stack.pop()
+            if done:
+                state[id(node)] = 2
+                order.append(node)
                 continue
-            for name in inputs:
+            if state.get(id(node)) == 2:
+                continue
+            state[id(node)] = 1
+            stack.append((node, True))
+            for name in reads(node):
                 before = made_by.get(name)
                 if before is None or state.get(id(before)) == 2:
                     continue
                 if state.get(id(before)) == 1:
                     raise FormatError(f"the ONNX graph has a cycle through node "
                                       f"{before.name or before.op_type!r}")
-                state[id(before)] = 1
-                stack.append((before, iter(before.input)))
-                break
-            else:
-                state[id(node)] = 2
-                stack.pop()
+                stack.append((before, False))
+    return order
 
+
+def live_nodes(graph, nodes: list, reads) -> list:
+    """`nodes` in topological order, less those whose outputs no graph output needs (such as the
+    nodes that computed folded weights)."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(topological_order(nodes, reads)):
+        if any(o in needed for o in node.output if o):
+            kept.append(node)
+            needed.update(reads(node))
+    return kept[::-1]
 
 
 def producers(graph) -> dict:

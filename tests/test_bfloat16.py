@@ -84,6 +84,14 @@ def test_rounding_matches_torch(rng):
 NAN_BITS = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0xFF800001, 0x7FC00000], np.uint32)
 
 
+def test_a_path_this_cpu_does_not_run_is_refused(rng):
+    with pytest.raises(ValueError, match=r"bf16_path must be one of \(.*'widen'.*\) on this CPU, "
+                                         r"got 'banana'"):
+        fastgru.GRU(random_spec(rng, 3, 4), dtype="bfloat16", bf16_path="banana")
+    # the argument names a bfloat16 variant: other precisions ignore it
+    assert fastgru.GRU(random_spec(rng, 3, 4), bf16_path="widen").precision == "float32"
+
+
 def test_rounding_keeps_nans():
     """Operands rounded into pairs: a NaN stays a NaN of its sign, quiet (the float32 of its top
     half: what vcvtneps2bf16 gives), at the positions rounded a vector at a time and those rounded

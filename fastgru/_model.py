@@ -60,7 +60,8 @@ class GRU:
     def __reduce__(self):
         """Pickles as weights and options (not workspaces or locks): for multiprocessing's
         spawn, distributed workers and copy.deepcopy. Unpickling rebuilds an equal model."""
-        return (_rebuild, (self._spec, self._batch_first, self._precision, self._bf16_path))
+        named = () if self._bf16_path is None else (self._bf16_path,)  # older readers take 3
+        return (_rebuild, (self._spec, self._batch_first, self._precision, *named))
 
     # ---- construction from other tools -------------------------------------------------------
 

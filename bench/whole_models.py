@@ -4,17 +4,17 @@
     .venv/bin/python bench/whole_models.py [--threads 1,2] [--seconds 1] [--rounds 3]
                                            [--exporters legacy,dynamo] [--models DIR]
 
-The networks of tests/test_session.py at realistic sizes (H=256, T=100), exported by both of
-torch.onnx.export's exporters (dynamo=True, torch's default, and the legacy TorchScript one) with
-a dynamic batch axis (torch specializes the GRU's time axis): a conv front-end -> 2-layer GRU ->
-Linear -> Sigmoid mask (B=1), an encoder-decoder with two 2-layer GRU stacks (B=1), a 2-layer
-bidirectional batch_first stack (B=8), and a streaming step whose GRU states are graph inputs
-and outputs (B=1, one frame). The session runs with its default plan="auto" (the staged plan or
-onnxruntime alone, whichever its first calls time faster). Each runtime runs in its own process
-at the same thread count, medians after warm-up (the runner of `fastgru bench`); each round
-gives a ratio, onnxruntime's time / the session's. Then, in this process: the plan auto keeps
-per network, and the cost of one boundary between fastgru and onnxruntime (the staged plan on a
-GRU node alone against the same node followed by one Identity run by onnxruntime).
+The networks of tests/test_session.py (fastgru/testing/torch_models.py) at realistic sizes (H=256,
+T=100), exported by both of torch.onnx.export's exporters (dynamo=True, torch's default, and the
+legacy TorchScript one) with a dynamic batch axis (torch specializes the GRU's time axis): a conv
+front-end -> 2-layer GRU -> Linear -> Sigmoid mask (B=1), an encoder-decoder with two 2-layer GRU
+stacks (B=1), a 2-layer bidirectional batch_first stack (B=8), and a streaming step whose GRU states
+are graph inputs and outputs (B=1, one frame). The session runs with its default plan="auto" (the
+staged plan or onnxruntime alone, whichever its first calls time faster). Each runtime runs in its
+own process at the same thread count, medians after warm-up (the runner of `fastgru bench`); each
+round gives a ratio, onnxruntime's time / the session's. Then, in this process: the plan auto keeps
+per network, and the cost of one boundary between fastgru and onnxruntime (the staged plan on a GRU
+node alone against the same node followed by one Identity run by onnxruntime).
 
 The dynamo exporter takes minutes on these networks: --models DIR keeps the files and reuses
 them on the next run.
@@ -33,12 +33,10 @@ import warnings
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
-import fastgru  # noqa: E402
-from fastgru.benchmark import Case, median_seconds, run  # noqa: E402
-from test_session import (BidirectionalBatchFirst, EncoderDecoder, MaskNet,  # noqa: E402
-                          StreamingNet)
+import fastgru
+from fastgru.benchmark import Case, median_seconds, run
+from fastgru.testing.torch_models import (BidirectionalBatchFirst, EncoderDecoder, MaskNet,
+                                          StreamingNet)
 
 H, T = 256, 100
 

@@ -6,7 +6,7 @@ same products on AMX tiles (CPUs with AMX). Every test runs on each path this CP
 paths forced on CPUs that have faster ones; tests/amx_emulator.py also runs the tile kernel's
 blocking on any CPU, with the tile instructions modelled from Intel's description. Checked
 against independent sources: torch's float32 -> bfloat16 rounding, the float64 reference of
-tests/reference.py on the rounded weights (and, on the paired paths, on operands rounded by
+fastgru/testing/reference.py on the rounded weights (and, on the paired paths, on operands rounded by
 torch), and on a trained network's long sequence, PyTorch's own bfloat16 GRU.
 """
 
@@ -20,14 +20,15 @@ import pytest
 import torch
 
 import fastgru
-from conftest import assert_close, random_spec, spec_layers
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec, spec_layers
 from fastgru._weights import bfloat16_bits
 from fastgru.cli import main
 from fastgru.kernels import layout, products
 from fastgru.kernels.bfloat16 import PATHS, pack, round_to_pairs
-from reference import reference_gru
-from test_torch import run_torch
-from trained import long_input, max_error, trained
+from fastgru.testing.reference import reference_gru
+from fastgru.testing.torch_models import run_torch
+from fastgru.testing.trained import long_input, max_error, trained
 
 WEIGHTS = {"widen": np.uint16, "dot": np.uint32, "tiles": np.int32}
 

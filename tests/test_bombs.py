@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import assert_close, random_spec, spec_layers
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec, spec_layers
 from fastgru._weights import GRUSpec, LayerWeights
 from fastgru.errors import FormatError
 from fastgru.loaders import native
-from reference import reference_gru
+from fastgru.testing.reference import reference_gru
 
 MB = 1 << 20
 

@@ -12,9 +12,10 @@ import torch
 
 import fastgru
 from fastgru import GRUSpec, LayerWeights
-from conftest import assert_close, random_spec
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec
 from fastgru.cli import main
-from test_torch import torch_gru
+from fastgru.testing.torch_models import torch_gru
 
 
 @pytest.fixture
@@ -167,7 +168,7 @@ def test_check_a_float64_model(rng, tmp_path, capsys):
 @pytest.fixture
 def whole_graph(tmp_path):
     """A network with a GRU stack inside (conv front-end, GRU, head), exported by torch."""
-    from test_session import MaskNet, export
+    from fastgru.testing.torch_models import MaskNet, export
 
     torch.manual_seed(7)
     return export(MaskNet(), (torch.zeros(2, 30, 16),), tmp_path / "mask.onnx",
@@ -238,7 +239,7 @@ def graph_with_an_add(tmp_path, rng):
     length does not broadcast against H (a whole graph: fastgru.InferenceSession)."""
     from onnx import TensorProto, helper
 
-    from conftest import onnx_gru_model
+    from fastgru.testing.models import onnx_gru_model
 
     proto = onnx_gru_model(random_spec(rng, 3, 4))
     graph = proto.graph

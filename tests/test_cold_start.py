@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import fastgru
-from conftest import random_spec
+from fastgru.testing.models import random_spec
 
 CHILD = """
 import sys

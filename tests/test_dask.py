@@ -18,7 +18,8 @@ distributed = pytest.importorskip("distributed")
 
 import fastgru  # noqa: E402
 import fastgru.dask as fastgru_dask  # noqa: E402
-from conftest import assert_close, random_spec  # noqa: E402
+from fastgru.testing.asserts import assert_close  # noqa: E402
+from fastgru.testing.models import random_spec  # noqa: E402
 from fastgru.cli import main  # noqa: E402
 
 # the cluster's own shutdown messages, not ours
@@ -267,8 +268,8 @@ def test_last_of_an_empty_sequence_is_the_initial_state(local, rng, tmp_path):
     """"last" is the top layer's state once the sequence is read: for a row of length 0 the
     initial state, both directions side by side, as h_n keeps it; the reference for the rest.
     A partition of only empty sequences among them, and one of no rows."""
-    from conftest import spec_layers
-    from reference import reference_gru
+    from fastgru.testing.models import spec_layers
+    from fastgru.testing.reference import reference_gru
 
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

@@ -2,17 +2,17 @@
 at most onnxruntime's and PyTorch's on the same weights, and within the float32 tolerance.
 
 The truth is the same network in float64: torch.nn.GRU .double() for linear_before_reset=1, the
-slow reference written from the equations (tests/reference.py) for linear_before_reset=0, which
-PyTorch does not have. Models come from tests/trained.py (trained in the setup, seeded);
-`tools/accuracy.py` prints the same cases as a table.
+slow reference written from the equations (fastgru/testing/reference.py) for
+linear_before_reset=0, which PyTorch does not have. Models come from fastgru/testing/trained.py
+(trained in the setup, seeded); `tools/accuracy.py` prints the same cases as a table.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from conftest import assert_close
-from trained import CASES, long_sequence_errors
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.trained import CASES, long_sequence_errors
 
 
 def _case_id(case) -> str:

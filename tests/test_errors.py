@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import random_spec
+from fastgru.testing.models import random_spec
 from fastgru import GRUSpec, LayerWeights
 
 

@@ -15,9 +15,10 @@ import torch
 from onnx import numpy_helper
 
 import fastgru
-from conftest import assert_close, random_spec
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec
 from fastgru.errors import FormatError
-from test_torch import run_torch, torch_gru
+from fastgru.testing.torch_models import run_torch, torch_gru
 
 STACKS = list(itertools.product([1, 2, 3], [False, True], [False, True]))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import random_spec
+from fastgru.testing.models import random_spec
 from fastgru._workspace import DERIVED_KEPT, KEEP_BYTES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -30,7 +30,7 @@ def test_lengths_changed_by_another_thread_during_a_call():
     reverse direction read out of bounds (SIGSEGV). Validated lengths are a private copy."""
     code = """if True:
         import threading, time, numpy as np, fastgru
-        from conftest import random_spec
+        from fastgru.testing.models import random_spec
         rng = np.random.default_rng(0)
         model = fastgru.GRU(random_spec(rng, 4, 32, 1, "bidirectional"))
         x = rng.standard_normal((2000, 8, 4)).astype(np.float32)
@@ -65,7 +65,7 @@ def test_identity_cycle_in_a_graph_ends_with_an_error():
     code = """if True:
         import numpy as np, onnx, fastgru
         from onnx import helper
-        from conftest import onnx_gru_model, random_spec
+        from fastgru.testing.models import onnx_gru_model, random_spec
         proto = onnx_gru_model(random_spec(np.random.default_rng(0), 3, 4))
         proto.graph.node[0].input[0] = "a"
         proto.graph.node.extend([helper.make_node("Identity", ["b"], ["a"]),
@@ -92,7 +92,7 @@ def test_fork_while_another_thread_is_in_a_call_under_workqueue():
     thread held it left the child's first call waiting forever."""
     code = """if True:
         import os, threading, numpy as np, fastgru
-        from conftest import random_spec
+        from fastgru.testing.models import random_spec
         rng = np.random.default_rng(0)
         model = fastgru.GRU(random_spec(rng, 8, 256, 2))
         x = rng.standard_normal((200, 64, 8)).astype(np.float32)

@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 
 import fastgru
-from conftest import assert_close, random_spec, spec_layers
-from reference import reference_gru
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec, spec_layers
+from fastgru.testing.reference import reference_gru
 
 
 @pytest.fixture

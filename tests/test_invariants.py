@@ -14,7 +14,8 @@ import pytest
 import fastgru
 from fastgru.kernels import gru as kernels
 from fastgru.kernels import layout, products
-from conftest import assert_close, random_spec, spec_layers
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec, spec_layers
 
 
 # Stacked bidirectional layers read the future through the layer below, so only the forward half
@@ -91,8 +92,7 @@ def test_results_do_not_depend_on_thread_count_beyond_this_machine():
     code = """if True:
         import sys
         import numpy as np, fastgru
-        sys.path.insert(0, "tests")
-        from conftest import random_spec
+        from fastgru.testing.models import random_spec
         rng = np.random.default_rng(1)
         m = fastgru.GRU(random_spec(rng, 6, 48, 1, "bidirectional"))
         out = b"".join(a.tobytes() for a in m(rng.standard_normal((12, 23, 6))))
@@ -178,7 +178,7 @@ def test_results_are_not_overwritten_by_later_calls(rng):
 def test_one_step_calls_of_any_batch_between_longer_calls(rng):
     # One-step calls reuse the argument tuples their workspace keeps per batch size, here
     # around longer and wider calls that replace the workspace's buffers.
-    from reference import reference_gru
+    from fastgru.testing.reference import reference_gru
 
     spec = random_spec(rng, 6, 9, 2)
     model = fastgru.GRU(spec)
@@ -308,8 +308,7 @@ def test_forked_children_can_run_a_warm_model():
     code = """if True:
         import os, sys
         import numpy as np, fastgru
-        sys.path.insert(0, "tests")
-        from conftest import random_spec
+        from fastgru.testing.models import random_spec
         rng = np.random.default_rng(0)
         model = fastgru.GRU(random_spec(rng, 4, 16, 2, "bidirectional"))
         x = rng.standard_normal((6, 9, 4))
@@ -339,8 +338,7 @@ def test_concurrent_calls_under_every_threading_layer(layer):
     code = """if True:
         import sys, threading
         import numpy as np, fastgru, numba
-        sys.path.insert(0, "tests")
-        from conftest import random_spec
+        from fastgru.testing.models import random_spec
         rng = np.random.default_rng(0)
         # rows shared out, and (H=300, 2 rows) hidden units shared out
         models = [fastgru.GRU(random_spec(rng, 4, 24, 2, "bidirectional")),
@@ -366,15 +364,10 @@ def test_concurrent_calls_under_every_threading_layer(layer):
 def test_memory_levels_off_over_many_calls():
     """3000 calls of varying shapes, dtypes and layouts: resident memory stops growing after
     the first third, and no kernel signature is added (bench/memory.py runs 100k)."""
-    code = """if True:
-        import sys
-        sys.argv = ["memory", "--calls", "3000"]
-        sys.path.insert(0, "bench")
-        import memory
-        memory.main()
-    """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=600)
+    memory = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench",
+                          "memory.py")
+    out = subprocess.run([sys.executable, memory, "--calls", "3000"], capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split("|")[1:4] for line in out.stdout.splitlines()[2:]]
     rss = [float(r[1]) for r in rows]

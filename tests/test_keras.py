@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 keras = pytest.importorskip("keras")  # a test dependency (pyproject's test extra)
 
 import fastgru  # noqa: E402
-from conftest import assert_close  # noqa: E402
+from fastgru.testing.asserts import assert_close  # noqa: E402
 from fastgru.errors import FormatError  # noqa: E402
 from fastgru.testing.fuzz_keras import keras2_form  # noqa: E402
 

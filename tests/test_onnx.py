@@ -11,8 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
 from fastgru.errors import FormatError
-from conftest import assert_close, onnx_gru_model, random_spec, run_onnxruntime, spec_layers
-from reference import reference_gru
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import onnx_gru_model, random_spec, run_onnxruntime, spec_layers
+from fastgru.testing.reference import reference_gru
 
 
 def torch_layout(Y):

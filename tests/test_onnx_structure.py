@@ -9,7 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
-from conftest import assert_close, random_spec
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec
 from fastgru.errors import FormatError
 
 F = TensorProto.FLOAT

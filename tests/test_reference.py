@@ -1,4 +1,4 @@
-"""fastgru against the slow reference GRU written from the equations (tests/reference.py)."""
+"""fastgru against the slow reference GRU written from the equations (fastgru/testing/reference.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import assert_close, random_spec, spec_layers
-from reference import reference_gru
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec, spec_layers
+from fastgru.testing.reference import reference_gru
 
 GRID = list(itertools.product(["forward", "reverse", "bidirectional"], [True, False], [1, 2, 3],
                               [True, False]))
@@ -153,7 +154,7 @@ def test_gate_loops_at_full_width_on_intel_servers(tmp_path):
     code = """if True:
         import re, numba, numpy as np, fastgru
         from fastgru.kernels import gru
-        from conftest import random_spec
+        from fastgru.testing.models import random_spec
         model = fastgru.GRU(random_spec(np.random.default_rng(0), 5, 64))
         T, B, H, Hp = 2, 3, 64, model._packed.padded_units
         f32 = lambda *shape: np.zeros(shape, np.float32)
@@ -225,8 +226,9 @@ def test_avx2_build_matches_reference(tmp_path):
     code = """if True:
         import numpy as np, fastgru
         from fastgru.kernels import cpu
-        from conftest import assert_close, random_spec, spec_layers
-        from reference import reference_gru
+        from fastgru.testing.asserts import assert_close
+        from fastgru.testing.models import random_spec, spec_layers
+        from fastgru.testing.reference import reference_gru
         assert cpu.VECTOR_BYTES == 32 and not cpu.FOUR_ROW_TILES and cpu.MASK_IN_ASSEMBLY
         assert cpu.BF16_PATHS == ("widen",)
         rng = np.random.default_rng(3)

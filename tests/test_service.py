@@ -3,7 +3,8 @@ every answer is checked against a direct call of the same model."""
 
 from __future__ import annotations
 
-import sys
+import functools
+import importlib.util
 import threading
 from pathlib import Path
 
@@ -11,10 +12,22 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import assert_close, random_spec
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from examples.load import free_port, request, start_service  # noqa: E402
+
+@functools.cache
+def _example(name):
+    """examples/<name>.py, loaded from its path (examples/ is not an installed package)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples.{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+load = _example("load")
+free_port, request, start_service = load.free_port, load.request, load.start_service
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +163,7 @@ def test_service_refuses_careless_and_hostile_clients(model_file):
 
 
 def test_batches_grouped_by_length_within_the_padding_budget():
-    from examples.service import grouped_by_length
+    grouped_by_length = _example("service").grouped_by_length
 
     calls = []
 
@@ -209,7 +222,7 @@ def asgi():
 
 
 def test_stream_ids_are_checked(model_file, asgi):
-    from examples.service import create_app
+    create_app = _example("service").create_app
 
     app = create_app(fastgru.load(model_file))
     huge = "9" * 5000
@@ -228,7 +241,7 @@ def test_stream_ids_are_checked(model_file, asgi):
 
 def test_open_streams_are_capped_and_closing_frees_the_slot(model_file, monkeypatch, rng,
                                                              asgi):
-    from examples.service import create_app
+    create_app = _example("service").create_app
 
     monkeypatch.setenv("FASTGRU_MAX_STREAMS", "2")
     model = fastgru.load(model_file)
@@ -258,7 +271,8 @@ def test_closing_streams_releases_their_memory(model_file, rng, backend):
     few need; the streams still open keep their states."""
     import tracemalloc
 
-    from examples.service import FastgruBackend, OnnxruntimeBackend
+    service = _example("service")
+    FastgruBackend, OnnxruntimeBackend = service.FastgruBackend, service.OnnxruntimeBackend
 
     model = fastgru.GRU(random_spec(rng, 6, 256, 2))
     engine = {"fastgru": FastgruBackend, "onnxruntime": OnnxruntimeBackend}[backend](model)

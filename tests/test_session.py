@@ -16,61 +16,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
-from conftest import assert_close, onnx_gru_model, random_spec, spec_layers
-from reference import reference_gru
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import onnx_gru_model, random_spec, spec_layers
+from fastgru.testing.reference import reference_gru
+from fastgru.testing.torch_models import (BidirectionalBatchFirst, EncoderDecoder, MaskNet,
+                                          StreamingNet, export)
 from fastgru.errors import FormatError
-
-
-class MaskNet(torch.nn.Module):
-    """Conv front-end -> 2-layer GRU -> Linear -> Sigmoid mask, as speech enhancers are built."""
-
-    def __init__(self, features=16, hidden=32):
-        super().__init__()
-        self.conv = torch.nn.Conv1d(features, features, 3, padding=1)
-        self.gru = torch.nn.GRU(features, hidden, 2, batch_first=True)
-        self.head = torch.nn.Linear(hidden, features)
-
-    def forward(self, x):  # (B, T, F)
-        h = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
-        return torch.sigmoid(self.head(self.gru(h)[0])) * x
-
-
-class EncoderDecoder(torch.nn.Module):
-    """Two GRU stacks: the decoder starts from the encoder's final state."""
-
-    def __init__(self, features=8, hidden=24):
-        super().__init__()
-        self.encoder = torch.nn.GRU(features, hidden, 2)
-        self.decoder = torch.nn.GRU(features, hidden, 2)
-        self.out = torch.nn.Linear(hidden, 3)
-
-    def forward(self, source, target):  # (T, B, F) each
-        _, state = self.encoder(source)
-        return self.out(self.decoder(target, state)[0])
-
-
-class StreamingNet(torch.nn.Module):
-    """Frame by frame: the GRU states are graph inputs and outputs."""
-
-    def __init__(self, features=10, hidden=20):
-        super().__init__()
-        self.inp = torch.nn.Linear(features, features)
-        self.gru = torch.nn.GRU(features, hidden, 2)
-        self.out = torch.nn.Linear(hidden, features)
-
-    def forward(self, frame, state):  # (1, B, F), (2, B, H)
-        y, state = self.gru(torch.tanh(self.inp(frame)), state)
-        return self.out(y), state
-
-
-class BidirectionalBatchFirst(torch.nn.Module):
-    def __init__(self, features=6, hidden=12):
-        super().__init__()
-        self.gru = torch.nn.GRU(features, hidden, 2, batch_first=True, bidirectional=True)
-
-    def forward(self, x):
-        y, h = self.gru(x)
-        return y * 2.0, h
 
 
 class LastStateOnly(torch.nn.Module):
@@ -83,17 +34,6 @@ class LastStateOnly(torch.nn.Module):
 
     def forward(self, x):
         return torch.softmax(self.out(self.gru(x)[1][0]), -1)
-
-
-def export(module, args, path, names, dynamo):
-    torch.manual_seed(0)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, str(path), input_names=names[0],
-                          output_names=names[1], dynamo=dynamo,
-                          opset_version=18 if dynamo else 14)
-    return str(path)
 
 
 def compare(path, feeds, threads=1):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import assert_close, random_spec
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.models import random_spec
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

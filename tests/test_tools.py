@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -9,15 +10,28 @@ import numpy as np
 import pytest
 
 import fastgru
-from conftest import random_spec
 from fastgru.kernels import gru as kernels
+from fastgru.testing.models import random_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# after everything else, so that bench/conftest.py and bench/kernels.py shadow nothing
-sys.path += [os.path.join(ROOT, "tools"), os.path.join(ROOT, "bench")]
-import ceilings  # noqa: E402
-import gate_loops  # noqa: E402
-import report  # noqa: E402
+
+
+def _script(path):
+    """A script of tools/ or bench/ loaded from its path as the module its siblings import
+    (bench/report.py's `from ceilings import ...`): no directory is put on sys.path, so that
+    bench/conftest.py and bench/kernels.py shadow nothing."""
+    name, path = os.path.splitext(os.path.basename(path))[0], os.path.join(ROOT, path)
+    if getattr(sys.modules.get(name), "__file__", None) != path:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+ceilings = _script("bench/ceilings.py")
+_script("bench/cold_start.py")  # imported by report
+report = _script("bench/report.py")
+gate_loops = _script("tools/gate_loops.py")
 
 
 @pytest.mark.parametrize("lbr", [True, False])

@@ -12,32 +12,8 @@ import torch
 
 import fastgru
 from fastgru.errors import FormatError
-from conftest import assert_close
-
-
-def torch_gru(input_size, hidden_size, num_layers=1, bidirectional=False, bias=True,
-              batch_first=False, dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.GRU(input_size, hidden_size, num_layers=num_layers, bias=bias,
-                        bidirectional=bidirectional, batch_first=batch_first).to(dtype).eval()
-
-
-def run_torch(module, x, h0=None, lengths=None):
-    """Outputs of the module as NumPy arrays; lengths go through a packed sequence."""
-    dtype = next(module.parameters()).dtype
-    xt = torch.as_tensor(x, dtype=dtype)
-    ht = None if h0 is None else torch.as_tensor(h0, dtype=dtype)
-    with torch.no_grad():
-        if lengths is None:
-            y, h_n = module(xt, ht)
-        else:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(
-                xt, torch.as_tensor(lengths), batch_first=module.batch_first, enforce_sorted=False)
-            y, h_n = module(packed, ht)
-            y, _ = torch.nn.utils.rnn.pad_packed_sequence(
-                y, batch_first=module.batch_first, total_length=x.shape[1 if module.batch_first else 0])
-    return y.numpy(), h_n.numpy()
-
+from fastgru.testing.asserts import assert_close
+from fastgru.testing.torch_models import run_torch, torch_gru
 
 CASES = list(itertools.product([1, 2, 3], [False, True], [True, False], [False, True]))
 

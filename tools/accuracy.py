@@ -5,7 +5,8 @@
 
 References: PyTorch (nn.GRU, nn.GRUCell, and model files as PyTorch and its two ONNX exporters
 write them), onnxruntime (one GRU node, and fastgru's own ONNX export), and the float64
-reference in tests/reference.py. D=16, H=32, T=20, B=4, seeded. It uses the test suite's helpers.
+reference in fastgru/testing/reference.py. D=16, H=32, T=20, B=4, seeded. It builds its models
+with fastgru.testing, as the test suite does.
 Then the drift suite's long sequences through trained-like models (tests/test_drift.py): each
 float32 runtime's largest difference from the same network in float64.
 """
@@ -25,14 +26,12 @@ import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
-import fastgru  # noqa: E402
-from conftest import onnx_gru_model, random_spec, run_onnxruntime, spec_layers  # noqa: E402
-from reference import reference_gru  # noqa: E402
-from test_torch import run_torch, torch_gru  # noqa: E402
-from trained import (CASES, RECIPES, long_input, long_sequence_errors, max_error,  # noqa: E402
-                     trained)
+import fastgru
+from fastgru.testing.models import onnx_gru_model, random_spec, run_onnxruntime, spec_layers
+from fastgru.testing.reference import reference_gru
+from fastgru.testing.torch_models import run_torch, torch_gru
+from fastgru.testing.trained import (CASES, RECIPES, long_input, long_sequence_errors, max_error,
+                                     trained)
 
 D, H, T, B = 16, 32, 20, 4
 LENGTHS = [T, 3, 11, 1]
@@ -93,8 +92,8 @@ def onnxruntime_families(worst: Worst, rng) -> None:
 def reference_families(worst: Worst, rng) -> None:
     lengths = [T, 0, 11, 1]
     for dtype in ("float32", "float64"):
-        family = (f"float64 reference (tests/reference.py), all directions, both variants, "
-                  f"1 and 3 layers, a length-0 row ({dtype} model)")
+        family = (f"float64 reference (fastgru/testing/reference.py), all directions, "
+                  f"both variants, 1 and 3 layers, a length-0 row ({dtype} model)")
         for direction, lbr, L in itertools.product(["forward", "reverse", "bidirectional"],
                                                    [True, False], [1, 3]):
             model = fastgru.GRU(random_spec(rng, D, H, L, direction, lbr), dtype=dtype)
@@ -205,7 +204,8 @@ def bfloat16_long_sequences() -> None:
 def long_sequences() -> None:
     """The drift suite's cases (tests/test_drift.py): trained-like models over long inputs,
     each float32 runtime's largest difference from the same network in float64."""
-    print("Long sequences, trained-like models (tests/trained.py), max abs diff from float64:\n")
+    print("Long sequences, trained-like models (fastgru/testing/trained.py), max abs diff from "
+          "float64:\n")
     print("| model | T | lengths | linear_before_reset | fastgru | onnxruntime | PyTorch |")
     print("|---|---|---|---|---|---|---|")
     for name, steps, lengths, lbr in CASES:

@@ -91,6 +91,7 @@ def trained(name: str):
 
 
 def max_error(outputs, truth) -> float:
+    """The largest |a - b| over pairs of arrays of the same shapes (outputs against truth)."""
     return max(float(np.abs(np.asarray(a, np.float64) - b).max())
                for a, b in zip(outputs, truth, strict=True))
 
@@ -116,8 +117,8 @@ def long_sequence_errors(name: str, steps: int, lengths, linear_before_reset: bo
     weights, the truth the float64 reference written from the equations, onnxruntime the peer.
     """
     import fastgru
-    from reference import reference_gru
-    from test_torch import run_torch
+    from fastgru.testing.reference import reference_gru
+    from fastgru.testing.torch_models import run_torch
 
     module = trained(name)
     batch = 2 if lengths is None else len(lengths)

@@ -43,7 +43,7 @@ import numpy as np
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # read by keras at its import
 
-ATOL, RTOL = 1e-5, 1e-4  # float32 (tests/conftest.py's TOLERANCE)
+ATOL, RTOL = 1e-5, 1e-4  # float32 (fastgru.testing.asserts.TOLERANCE)
 CASE_SECONDS = 60.0  # a case takes about a second; past this it is a hang
 MERGE_MODES = ("concat", "concat", "sum", "mul", "ave", None)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ATOL, RTOL = 1e-5, 1e-4  # float32 against onnxruntime (tests/conftest.py's TOLERANCE)
+ATOL, RTOL = 1e-5, 1e-4  # float32 against onnxruntime (fastgru.testing.asserts.TOLERANCE)
 CASE_SECONDS = 60.0  # a case takes well under a second; past this it is a hang
 OPSETS = (11, 21)  # the opsets generated, both included
 FLOAT, INT32, INT64, DOUBLE = 1, 6, 7, 11  # onnx.TensorProto element types

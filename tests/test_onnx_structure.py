@@ -10,36 +10,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
 from fastgru.testing.asserts import assert_close
+from fastgru.testing.graphs import constant as const, graph_bytes as model
+from fastgru.testing.graphs import gru_node as gru, value as out
 from fastgru.testing.models import random_spec
 from fastgru.errors import FormatError
 
 F = TensorProto.FLOAT
-
-
-def gru(rng, name, x, d_in, hidden, *, state="", lengths="", direction="forward", outputs=None):
-    """A GRU node reading `x` and its weight initializers (lbr=1, random weights)."""
-    spec = random_spec(rng, d_in, hidden, direction=direction)
-    layer = spec.layers[0]
-    inits = [numpy_helper.from_array(np.asarray(a, np.float32), f"{name}_{k}")
-             for k, a in (("W", layer.w), ("R", layer.r), ("B", layer.b))]
-    node = helper.make_node("GRU", [x, f"{name}_W", f"{name}_R", f"{name}_B", lengths, state],
-                            outputs or [f"{name}_Y", f"{name}_Yh"], name=name,
-                            hidden_size=hidden, linear_before_reset=1, direction=direction)
-    return node, inits
-
-
-def model(nodes, inputs, outputs, inits, opset=14):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                             ir_version=8).SerializeToString()
-
-
-def const(name, values, dtype=np.int64):
-    return numpy_helper.from_array(np.asarray(values, dtype), name)
-
-
-def out(name, shape=None, elem=F):
-    return helper.make_tensor_value_info(name, elem, shape)
 
 
 def onnxruntime_run(proto, feeds):

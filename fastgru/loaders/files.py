@@ -152,7 +152,12 @@ def check_torch_archive(path: str) -> bool:
         if len(pickles) != 1:
             return False
         folder = pickles[0].filename[:-len("data.pkl")]
-        declared = _declared_storages(archive.read(pickles[0]))
+        try:
+            pickled = archive.read(pickles[0])
+        except (zipfile.BadZipFile, OSError, EOFError) as error:  # a bad CRC, a cut member
+            raise FormatError(f"{path!r}: archive member {pickles[0].filename!r} is damaged: "
+                              f"{error}") from None
+        declared = _declared_storages(pickled)
     if declared is None:
         return False
     members = {i.filename: i.file_size for i in infos}

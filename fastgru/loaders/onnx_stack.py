@@ -204,7 +204,8 @@ class Stack:
 def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) -> Stack:
     """The GRU stack `graph` computes (rules in the module docstring), or FormatError.
 
-    read: id(node) -> onnx.read_gru_node's (LayerWeights, options, layout) for each of `grus`.
+    read: id(node) -> onnx_node.read_gru_node's (LayerWeights, options, layout) for each of
+    `grus`.
     """
     onnx_graph.check_dataflow(graph)
     sources = input_tensors(graph)
@@ -248,10 +249,8 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
                               f"fastgru stack has layers of one kind; {WHOLE_GRAPHS}")
         chain.append(upper)
         layers.append(Layer.make(len(chain) - 1, 0, dirs, hidden, steps, batch, elem))
-    apart = [g.name for g in grus if all(g is not c for c in chain)]
-    for gru in grus:
-        if gru.name not in apart:
-            continue
+    apart = [g for g in grus if all(g is not c for c in chain)]
+    for gru in apart:
         path = _path_back(search.producers, gru)
         if path and path[-1].op_type not in MOVES:
             raise FormatError(f"{name_of(gru)}: node {path[-1].name or '<unnamed>'!r} "
@@ -263,7 +262,8 @@ def read_stack(graph, folder, opset: int, grus: list, values: dict, read: dict) 
                               f"[{moves}] do not pass the sequence on as a stacked GRU reads it; "
                               f"{WHOLE_GRAPHS}")
     if apart:
-        raise FormatError(f"the GRU nodes {apart} are not layers of the stack that starts at "
+        raise FormatError(f"the GRU nodes {[g.name for g in apart]} are not layers of the stack "
+                          f"that starts at "
                           f"{name_of(first)}: the nodes between them and the layer below do not "
                           f"pass the sequence on as a stacked GRU reads it, or they read "
                           f"something else; {WHOLE_GRAPHS}")

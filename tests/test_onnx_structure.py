@@ -4,30 +4,18 @@ what onnxruntime computes, and InferenceSession must run them as onnxruntime doe
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fastgru
 from fastgru.testing.asserts import assert_close
 from fastgru.testing.graphs import constant as const, graph_bytes as model
-from fastgru.testing.graphs import gru_node as gru, value as out
+from fastgru.testing.graphs import gru_node as gru, onnxruntime_run, same_as_onnxruntime
+from fastgru.testing.graphs import value as out
 from fastgru.testing.models import random_spec
 from fastgru.errors import FormatError
 
 F = TensorProto.FLOAT
-
-
-def onnxruntime_run(proto, feeds):
-    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def same_as_onnxruntime(proto, feeds):
-    theirs = onnxruntime_run(proto, feeds)
-    ours = fastgru.InferenceSession(proto).run(None, feeds)
-    for a, b in zip(ours, theirs, strict=True):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        assert_close(a, b, "float32")
 
 
 def encoder_decoder(rng):

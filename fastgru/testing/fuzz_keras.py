@@ -30,16 +30,15 @@ without mask_zero) or Dense; a Dense head or none.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import tempfile
-import threading
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
+
+from fastgru.testing.limits import CaseTimeout, time_limit
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # read by keras at its import
 
@@ -50,10 +49,6 @@ MERGE_MODES = ("concat", "concat", "sum", "mul", "ave", None)
 
 class FuzzFailure(AssertionError):
     """A case whose entry point crashed, hung or disagreed with Keras."""
-
-
-class CaseTimeout(BaseException):
-    """The case ran past CASE_SECONDS."""
 
 
 @dataclass
@@ -291,25 +286,6 @@ def _check_entry(case: Case, load, layer: str | None, xs: list) -> str:
     return "matched"
 
 
-@contextlib.contextmanager
-def _time_limit(seconds: float):
-    """CaseTimeout past `seconds` (main thread only; elsewhere no limit)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(*_):
-        raise CaseTimeout(f"past {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def check(case: Case, seconds: float = CASE_SECONDS) -> dict[str, str]:
     """{entry point: 'refused' | 'matched'} for every entry point; FuzzFailure otherwise."""
     import fastgru
@@ -318,7 +294,7 @@ def check(case: Case, seconds: float = CASE_SECONDS) -> dict[str, str]:
     xs = _inputs(case, np.random.default_rng(case.seed + 1))
     with tempfile.TemporaryDirectory() as folder:
         try:
-            with _time_limit(seconds):
+            with time_limit(seconds):
                 for suffix in (".keras", ".h5") if case.seed % 3 == 0 else (".keras",):
                     path = os.path.join(folder, "model" + suffix)
                     case.model.save(path)

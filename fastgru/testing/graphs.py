@@ -6,7 +6,8 @@ import numpy as np
 
 from fastgru.testing.models import random_spec
 
-__all__ = ["constant", "gru_node", "graph_bytes", "value"]
+__all__ = ["constant", "gru_node", "graph_bytes", "onnxruntime_run", "same_as_onnxruntime",
+           "value"]
 
 
 def gru_node(rng, name, x, d_in, hidden, *, state="", lengths="", direction="forward",
@@ -46,3 +47,27 @@ def value(name, shape=None, elem=1):
     from onnx import helper
 
     return helper.make_tensor_value_info(name, elem, shape)
+
+
+def onnxruntime_run(proto, feeds) -> list:
+    """onnxruntime's outputs for `feeds` on a serialized model (its error logs silenced: the
+    tests that call this expect some refusals)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto, options,
+                                providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def same_as_onnxruntime(proto, feeds, **session_options) -> None:
+    """fastgru.InferenceSession(proto, **session_options) gives onnxruntime's outputs: the same
+    shapes and dtypes, values within the float32 tolerance."""
+    import fastgru
+    from fastgru.testing.asserts import assert_close
+
+    theirs = onnxruntime_run(proto, feeds)
+    ours = fastgru.InferenceSession(proto, **session_options).run(None, feeds)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert_close(a, b, "float32")

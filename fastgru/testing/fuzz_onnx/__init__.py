@@ -40,8 +40,10 @@ of concern), ``generate``, ``feeds``, ``compare``, ``reference`` (onnxruntime, t
 
 from __future__ import annotations
 
+from fastgru.testing.limits import CaseTimeout
+
 from .case import (ATOL, BAD_FEED, CASE_SECONDS, DOUBLE, ENTRY_POINTS, FLOAT, INT32, INT64,
-                   INT64_MIN, OPSETS, RTOL, SESSION, Case, CaseTimeout, FuzzFailure,
+                   INT64_MIN, OPSETS, RTOL, SESSION, Case, FuzzFailure,
                    GeneratorError, GruInfo, InputInfo, entry_kind)
 from .check import check, run_case
 from .compare import compare

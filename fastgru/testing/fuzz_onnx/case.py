@@ -21,10 +21,6 @@ class GeneratorError(Exception):
     """The generated graph is one onnxruntime cannot run: a bug of this module, not fastgru's."""
 
 
-class CaseTimeout(BaseException):
-    """A case ran past its time limit (BaseException: no entry point's handler catches it)."""
-
-
 class FuzzFailure(AssertionError):
     """One case's failures: .seed, .failures [(entry point, category, detail)], .model."""
 

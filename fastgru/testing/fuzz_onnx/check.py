@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import tempfile
-import threading
 
-from .case import CASE_SECONDS, Case, CaseTimeout, FuzzFailure
+from fastgru.testing.limits import CaseTimeout, time_limit
+
+from .case import CASE_SECONDS, Case, FuzzFailure
 from .check_models import ModelCheck
 from .check_session import SessionCheck
 from .describe import describe
@@ -33,28 +33,6 @@ class Checker(SessionCheck, ModelCheck):
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
-    """CaseTimeout past `seconds` (in the main thread, where signals arrive; a hang inside a
-    compiled kernel is only seen when it returns: tools/fuzz.py runs cases in a child process
-    it can kill)."""
-    if threading.current_thread() is not threading.main_thread() or \
-            not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum, frame):
-        raise CaseTimeout(f"the case ran past {seconds:g} s")
-
-    before = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
-
-
-@contextlib.contextmanager
 def _one_thread():
     import numba
 
@@ -71,7 +49,7 @@ def check(case: Case, seconds: float = CASE_SECONDS) -> dict:
     FuzzFailure on any failure, GeneratorError when onnxruntime cannot run the graph."""
     checker = Checker(case)
     try:
-        with _time_limit(seconds), _one_thread():
+        with time_limit(seconds), _one_thread():
             outcomes = checker.run()
     except CaseTimeout as error:
         checker.fail("hang", str(error))

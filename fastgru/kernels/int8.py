@@ -32,7 +32,7 @@ from fastgru.kernels.int8_pack import (LANES, MAX_INPUTS, PANEL, PATHS, VNNI, In
                                        Quantized, operand_scratch, pack, quantize_rows,
                                        quantize_weights)
 from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
-from fastgru.kernels.simd import VECTOR_BYTES, Vector, fma, prefetch, splat
+from fastgru.kernels.simd import VECTOR_BYTES, Vector, broadcast, fma, prefetch, splat
 
 # The weights' and activations' side (int8_pack.py), named here too: callers import them from
 # this module
@@ -83,14 +83,6 @@ def _pointer(context, builder, array_type, array, index, element_type):
     return builder.bitcast(builder.gep(data, [index]), element_type.as_pointer())
 
 
-def _splat(builder, vector_type, value):
-    """vector_type with every lane `value` (copied from simd's private _broadcast)."""
-    undef = ir.Constant(vector_type, ir.Undefined)
-    first = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), None)
-    return builder.shuffle_vector(first, undef, zeros)
-
-
 @intrinsic
 def load_words(typingctx, row, index):
     """row[index:index + LANES] of an int32 row as a Vector (unaligned)."""
@@ -135,7 +127,7 @@ def dot_bytes(typingctx, word, weights, sums):
         vector = context.get_value_type(_WORDS)
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vector, [vector] * 3), "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(function, [z, _splat(builder, vector, x), w])
+        return builder.call(function, [z, broadcast(builder, vector, x), w])
 
     return _WORDS(word, weights, sums), codegen
 
@@ -153,7 +145,7 @@ def start_sums(typingctx, colsum, index, zero):
         sums = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], vector),
                             align=4)
         z = context.cast(builder, args[2], sig.args[2], types.int32)
-        return builder.mul(sums, _splat(builder, vector, builder.neg(z)))
+        return builder.mul(sums, broadcast(builder, vector, builder.neg(z)))
 
     return _WORDS(colsum, index, zero), codegen
 
@@ -172,7 +164,7 @@ def store_scaled(typingctx, out, index, sums, scales, factor):
         floats = context.get_value_type(_FLOATS)
         column = builder.load(_pointer(context, builder, sig.args[3], args[3], args[1], floats),
                               align=4)
-        combined = builder.fmul(column, _splat(builder, floats, args[4]))
+        combined = builder.fmul(column, broadcast(builder, floats, args[4]))
         values = args[2] if sums == _FLOATS else builder.sitofp(args[2], floats)
         pointer = _pointer(context, builder, sig.args[0], args[0], args[1], floats)
         builder.store(builder.fmul(values, combined), pointer, align=4)

@@ -84,7 +84,8 @@ def _load_vector(context, builder, array_type, array, index, vector_type):
     return builder.load(pointer, align=array_type.dtype.bitwidth // 8)
 
 
-def _broadcast(builder, vector_type, value):
+def broadcast(builder, vector_type, value):
+    """LLVM IR: vector_type with every lane `value`."""
     undef = ir.Constant(vector_type, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
     zeros = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), None)
@@ -185,7 +186,7 @@ def splat(typingctx, value):
         return None
 
     def codegen(context, builder, sig, args):
-        return _broadcast(builder, context.get_value_type(sig.return_type), args[0])
+        return broadcast(builder, context.get_value_type(sig.return_type), args[0])
 
     return Vector(value)(value), codegen
 
@@ -241,13 +242,13 @@ def fma(typingctx, a, b, c):
         vector_type = context.get_value_type(c)
         if dot:
             pairs = ir.VectorType(_BFloat16(), 2 * c.lanes)
-            x = _broadcast(builder, context.get_value_type(b), x)
+            x = broadcast(builder, context.get_value_type(b), x)
             function = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vector_type, [vector_type, pairs, pairs]),
                 "llvm.x86.avx512bf16.dpbf16ps.512")
             return builder.call(function, [z, builder.bitcast(y, pairs), builder.bitcast(x, pairs)])
         if not isinstance(sig.args[0], Vector):
-            x = _broadcast(builder, vector_type, x)
+            x = broadcast(builder, vector_type, x)
         name = f"llvm.fma.v{c.lanes}f{c.dtype.bitwidth}"
         function = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vector_type, [vector_type] * 3), name)

@@ -1,4 +1,4 @@
-"""The int8 products (fastgru.kernels.int8.matvec) against the float32 one (products.matvec), alone.
+"""The int8 products against the float32 one (products.matvec on each), alone.
 
     python bench/int8_kernels.py [--rounds 3]
 
@@ -26,7 +26,8 @@ import time
 import numpy as np
 from numba import njit
 
-from fastgru.kernels import cpu, int8, layout, products
+from fastgru.kernels import cpu, layout, operands, products
+from fastgru.kernels import int8_pack as int8
 
 SHAPES = {"S2": 256, "S6": 1024}
 BATCHES = (1, 16)
@@ -42,8 +43,14 @@ def _repeat_float32(n, v, wp, out):
 
 @njit
 def _repeat_int8(n, v, w, q, out):
-    for i in range(n):
-        int8.matvec(v, w, q, out, 0, v.shape[0], 0, w.words.shape[0], i % 2 == 1)
+    for i in range(n):  # the activations quantized at every product, as a step does
+        products.matvec(operands.operand(v, w, q, 0, v.shape[0]), w, out, 0, v.shape[0], 0,
+                        w.words.shape[0], i % 2 == 1)
+
+
+@njit
+def _scratch(w, rows, inputs):
+    return operands.operand_scratch(w, rows, inputs)
 
 
 def _operands(kernel: str, H: int, B: int):
@@ -64,7 +71,7 @@ def _operands(kernel: str, H: int, B: int):
     else:
         q, s = int8.quantize_weights(w)
         packed8 = int8.pack(q, s, H, path=kernel)
-        scratch = int8.operand_scratch(packed8, B)
+        scratch = _scratch(packed8, B, H)
         out = np.empty((B, packed8.words.shape[0] * int8.PANEL), np.float32)
 
         def run(n):

@@ -1,4 +1,4 @@
-"""int8 weights (fastgru/kernels/int8_pack.py and int8.py): per-row weight quantization, per-row
+"""int8 weights (fastgru/kernels/int8_pack.py, int8.py and the int8 side of products.py): per-row weight quantization, per-row
 activation quantization, and the two product paths ("vnni": vpdpbusd on uint8 x int8; "widen":
 int8 widened to float32), each run on this CPU whichever it would pick, the widened one also
 compiled for an AVX2 CPU.
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from llvmlite import binding as llvm_binding
 
-from fastgru.kernels import gru, int8
+from fastgru.kernels import cpu, products
+from fastgru.kernels import int8_pack as int8
 from test_reference import HASWELL_FEATURES, compiled_for
 
 
@@ -74,14 +75,14 @@ def unpad(y, rows, hidden_size=None):
 
 
 def widened_expected(v, q, s, hidden_size=None):
-    """The float32 product (gru.matvec) over the int8 values as float32 (exact), times s_w: the
+    """The float32 product (products.matvec) over the int8 values as float32 (exact), times s_w: the
     widened path's chain of fused multiply-adds over k in order, then its scaling. The float32
     panels are the widened path's own int8 panels converted (the same layout as float32 panels:
     the float64 comparisons check that layout independently)."""
     rows = q.shape[0]
     panels = int8.pack(q, s, hidden_size, "widen").words.astype(np.float32)
     out = np.empty((len(v), panels.shape[0] * panels.shape[2]), np.float32)
-    gru.matvec(np.ascontiguousarray(v, np.float32), panels, out, 0, len(v), 0, panels.shape[0],
+    products.matvec(np.ascontiguousarray(v, np.float32), panels, out, 0, len(v), 0, panels.shape[0],
                False)
     with np.errstate(invalid="ignore", over="ignore"):
         return unpad(out, rows, hidden_size) * s
@@ -95,7 +96,7 @@ def expected(v, q, s, path, hidden_size=None):
 
 def run(v, q, s, path, hidden_size=None):
     """The kernel's product, unpadded to (B, rows)."""
-    y = int8.product(v, int8.pack(q, s, hidden_size, path))
+    y = products.product(v, int8.pack(q, s, hidden_size, path))
     return unpad(y, q.shape[0], hidden_size)
 
 
@@ -153,7 +154,7 @@ def test_pack_errors():
     with pytest.raises(ValueError, match="int8 rows"):
         int8.pack(q.astype(np.int16), s)
     with pytest.raises(ValueError, match=r"activations must be \(B, 8\)"):
-        int8.product(np.zeros((2, 9), np.float32), int8.pack(q, s, path="widen"))
+        products.product(np.zeros((2, 9), np.float32), int8.pack(q, s, path="widen"))
 
 
 @pytest.mark.skipif(not int8.VNNI, reason="the vnni path needs AVX512_VNNI")
@@ -166,7 +167,7 @@ def test_vnni_refuses_more_inputs_than_int32_sums_hold():
 def test_paths_follow_the_cpu():
     assert int8.PATHS[0] == "widen"
     has_vnni = bool(llvm_binding.get_host_cpu_features().get("avx512vnni"))
-    assert int8.VNNI == (has_vnni and int8.VECTOR_BYTES == 64)
+    assert int8.VNNI == (has_vnni and cpu.VECTOR_BYTES == 64)
     assert ("vnni" in int8.PATHS) == int8.VNNI
 
 
@@ -298,16 +299,20 @@ def test_rows_independent_of_batch_tiles_and_order(rng, path):
     q, s = random_weights(rng, rows, K)
     v = rng.standard_normal((B, K)).astype(np.float32)
     w = int8.pack(q, s, path=path)
-    whole = int8.product(v, w)
+    whole = products.product(v, w)
     for b in range(B):
-        np.testing.assert_array_equal(int8.product(v[b:b + 1], w)[0], whole[b], f"row {b}")
+        np.testing.assert_array_equal(products.product(v[b:b + 1], w)[0], whole[b], f"row {b}")
     panels = w.words.shape[0]
-    scratch = int8.operand_scratch(w, B)
+    operand = v  # the widened path multiplies the floats; vnni their bytes, quantized per row
+    if path == "vnni":
+        operand = int8.Quantized(np.zeros((B, w.words.shape[1]), np.uint32),
+                                 np.zeros(B, np.int32), np.zeros(B, np.float32))
+        int8.quantize_rows(v, operand, 0, B)
     out = np.full_like(whole, np.nan)
     for b0, b1, p0, p1, backwards in ((0, 3, 0, 2, True), (3, 4, 0, 5, False),
                                       (4, 13, 2, 5, True), (0, 3, 2, 5, False),
                                       (4, 13, 0, 2, False)):
-        int8.matvec(v, w, scratch, out, b0, b1, p0, p1, backwards)
+        products.matvec(operand, w, out, b0, b1, p0, p1, backwards)
     np.testing.assert_array_equal(out, whole)
     assert panels == 5
 
@@ -318,7 +323,7 @@ def test_gate_columns_follow_gru_panels(rng, path):
     H, K = 70, 24
     q, s = random_weights(rng, 3 * H, K)
     v = rng.standard_normal((2, K)).astype(np.float32)
-    y = int8.product(v, int8.pack(q, s, H, path))
+    y = products.product(v, int8.pack(q, s, H, path))
     Hp = 2 * int8.PANEL  # 70 units padded to whole panels
     assert y.shape == (2, 3 * Hp)
     np.testing.assert_array_equal(y.reshape(2, 3, Hp)[:, :, H:], 0)
@@ -345,14 +350,15 @@ def test_widened_error_against_float32_weights(rng):
                     reason="runs code compiled for an AVX2 CPU, so needs one")
 def test_avx2_build_widens(tmp_path):
     """Compiled for Haswell (no AVX-512, no VNNI) in a fresh process: only the widened path,
-    32-byte vectors and 2-row tiles, and its products equal gru.matvec's on the int8 values as
+    32-byte vectors and 2-row tiles, and its products equal products.matvec's on the int8 values as
     float32, bit for bit, for rows alone and in a batch, with NaN kept in its row."""
     code = """if True:
         import numpy as np
-        from fastgru.kernels import gru, int8
+        from fastgru.kernels import cpu
+        from fastgru.kernels import int8_pack as int8
         from test_int8 import run, widened_expected, random_weights
         assert int8.PATHS == ("widen",) and not int8.VNNI
-        assert int8.LANES == 8 and int8.PANEL == 32 and not int8.FOUR_ROW_TILES
+        assert int8.LANES == 8 and int8.PANEL == 32 and not cpu.FOUR_ROW_TILES
         rng = np.random.default_rng(5)
         for B, rows, K, H in ((1, 96, 50, None), (7, 3 * 40, 33, 40), (16, 768, 256, 256)):
             q, s = random_weights(rng, rows, K)

@@ -7,6 +7,7 @@ code", Kernels (borrowed views)). A borrowed view has no memory owner, so the vi
 count nothing.
 
     borrowed(a, b, ...) -> (a', b', ...): views of the arrays whose own views take no references
+                                         (a named tuple of arrays: each of its arrays)
 
 Only for arrays that outlive every use of the view: a kernel's arguments (the caller holds
 them for the whole call) and arrays the kernel itself keeps alive to the end. Never return a
@@ -19,23 +20,39 @@ from numba import types
 from numba.extending import intrinsic
 
 
+def _borrowable(t) -> bool:
+    """An array, or a named tuple of arrays (int8 weights, a Quantized operand)."""
+    return isinstance(t, types.Array) or (isinstance(t, types.BaseNamedTuple)
+                                          and all(isinstance(a, types.Array) for a in t.types))
+
+
+def _borrow(context, builder, array_type, value):
+    """LLVM IR: a view of the array `value` with no memory owner."""
+    source = context.make_array(array_type)(context, builder, value=value)
+    view = context.make_array(array_type)(context, builder)
+    context.populate_array(view, data=source.data, shape=source.shape, strides=source.strides,
+                           itemsize=source.itemsize, meminfo=None, parent=None)
+    return view._getvalue()
+
+
 @intrinsic
 def borrowed(typingctx, *arrays):
-    if not all(isinstance(a, types.Array) for a in arrays):
+    """Borrowed views of arrays, and of each array of named tuples of arrays."""
+    if not all(_borrowable(a) for a in arrays):
         return None
     views = types.Tuple(arrays)
 
     def codegen(context, builder, sig, args):
         [packed] = args
         made = []
-        for k, array_type in enumerate(arrays):
-            source = context.make_array(array_type)(context, builder,
-                                                    value=builder.extract_value(packed, k))
-            view = context.make_array(array_type)(context, builder)
-            context.populate_array(view, data=source.data, shape=source.shape,
-                                   strides=source.strides, itemsize=source.itemsize,
-                                   meminfo=None, parent=None)
-            made.append(view._getvalue())
+        for k, kind in enumerate(arrays):
+            value = builder.extract_value(packed, k)
+            if isinstance(kind, types.Array):
+                made.append(_borrow(context, builder, kind, value))
+                continue
+            fields = [_borrow(context, builder, t, builder.extract_value(value, i))
+                      for i, t in enumerate(kind.types)]
+            made.append(context.make_tuple(builder, kind, fields))
         return context.make_tuple(builder, views, made)
 
     return views(types.StarArgTuple(arrays)), codegen

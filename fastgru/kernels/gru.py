@@ -14,8 +14,8 @@ from numba.extending import overload
 
 from fastgru.kernels import atomics, cpu
 from fastgru.kernels.activations import sigmoid, tanh
-from fastgru.kernels.bfloat16 import operand, operand_scratch
 from fastgru.kernels.borrow import borrowed
+from fastgru.kernels.operands import length, operand, operand_scratch, panel_width, select
 from fastgru.kernels.products import matvec
 from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
 from fastgru.kernels.simd import full_width_loops, prefetch
@@ -89,7 +89,7 @@ def gates(xproj, d, bx, r, rbn, h, acc, hr, b0, b1, j0, j1, s, lengths, reverse,
     "Thresholds in the code", Kernels).
     """
     Hp = acc.shape[1] // 3
-    P = r.shape[2]
+    P = panel_width(r)
     # the first row's inputs arrive while the products run
     _fetch_inputs(xproj, b0, b1, s, lengths, reverse, d * 3 * Hp + j0, min(j1, h.shape[1]) - j0,
                   3, Hp)
@@ -155,7 +155,7 @@ def update(xproj, d, bx, r, h, h_new, acc, hr, b0, b1, j0, j1, s, lengths, rever
     columns d*H + j, and zeros at steps past the row's length (whose state is carried over).
     """
     Hp = acc.shape[1] // 3
-    P = r.shape[2]
+    P = panel_width(r)
     if not lbr:
         matvec(operand(hr, r, vb, b0, b1), r, acc, b0, b1, (2 * Hp + j0) // P,
                (2 * Hp + j1) // P, backwards)
@@ -231,11 +231,14 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
     """
     T = xproj.shape[0]
     B = xproj.shape[1]
-    dirs = r.shape[0]
+    dirs = length(r)
     quads = (B + 3) // 4
-    xproj, bx, r, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, r, rbn, h, acc, hr, lengths, y)
+    # r is borrowed inside the loop: Numba's parallel loops take a named tuple (int8 weights)
+    # only as a function argument, not as a value made before the loop
+    xproj, bx, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, rbn, h, acc, hr, lengths, y)
     for task in prange(dirs * blocks):
         d = task // blocks
+        (rd,) = borrowed(select(r, d))
         blk = task % blocks
         # blocks of whole quads of rows, so the 4-row tiles of products.matvec stay full
         b0 = min(B, 4 * (blk * quads // blocks))
@@ -243,7 +246,7 @@ def gru_layer(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip, y, blo
         vb = operand_scratch(r, B, h.shape[2])
         passes = 0
         for s in range(T):
-            passes = step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+            passes = step_rows(xproj, d, bx[d], rd, rbn[d], h[d], acc[d], hr[d],
                                b0, b1, s, lengths, reverse[d], lbr, clip, y, group, vb, passes)
 
 
@@ -255,10 +258,10 @@ def gru_layer_serial(xproj, bx, r, rbn, h, acc, hr, lengths, reverse, lbr, clip,
     B = xproj.shape[1]
     vb = operand_scratch(r, B, h.shape[2])
     xproj, bx, r, rbn, h, acc, hr, lengths, y = borrowed(xproj, bx, r, rbn, h, acc, hr, lengths, y)
-    for d in range(r.shape[0]):
+    for d in range(length(r)):
         passes = 0
         for s in range(xproj.shape[0]):
-            passes = step_rows(xproj, d, bx[d], r[d], rbn[d], h[d], acc[d], hr[d],
+            passes = step_rows(xproj, d, bx[d], select(r, d), rbn[d], h[d], acc[d], hr[d],
                                0, B, s, lengths, reverse[d], lbr, clip, y, group, vb, passes)
 
 
@@ -298,13 +301,13 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
     """
     T = xproj.shape[0]
     B = xproj.shape[1]
-    dirs = r.shape[0]
+    dirs = length(r)
     Hp = acc.shape[2] // 3
-    P = r.shape[3]
+    P = panel_width(r)
     phases = 1 if lbr else 2
     slices = dirs * chunks
-    xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, y, progress = borrowed(
-        xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, y, progress)
+    xproj, bx, rbn, h, h_spare, acc, hr, lengths, y, progress = borrowed(
+        xproj, bx, rbn, h, h_spare, acc, hr, lengths, y, progress)  # r: as in gru_layer
     for task in prange(slices):
         vb = operand_scratch(r, B, h.shape[2])
         for q in range(T * phases):
@@ -318,11 +321,12 @@ def gru_layer_columns(xproj, bx, r, rbn, h, h_spare, acc, hr, lengths, reverse, 
                 d = c // chunks
                 j0, j1 = _unit_slice(c % chunks, chunks, Hp, P)
                 backwards = s % 2 == 1  # a slice's weights, read by the same core each step
+                (rd,) = borrowed(select(r, d))
                 if q % phases == 0:
-                    gates(xproj, d, bx[d], r[d], rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
+                    gates(xproj, d, bx[d], rd, rbn[d], current[d], acc[d], hr[d], 0, B, j0, j1,
                           s, lengths, reverse[d], lbr, clip, vb, backwards)
                 if lbr or q % phases == 1:
-                    update(xproj, d, bx[d], r[d], current[d], spare[d], acc[d], hr[d], 0, B,
+                    update(xproj, d, bx[d], rd, current[d], spare[d], acc[d], hr[d], 0, B,
                            j0, j1, s, lengths, reverse[d], lbr, clip, vb, backwards, y)
                 atomics.add(status, slices, 1)
             waited = 0
@@ -354,9 +358,9 @@ def gru_stream_step(x, h, w0, wrest, bx, r, rbn, xproj, acc, hr, ones, lbr, clip
     after = passes
     for k in range(L):
         inp = x if k == 0 else ys[k - 1, 0]
-        w = w0 if k == 0 else wrest[k - 1]
-        matvec(operand(inp, w, vb, 0, B), w, xproj[0], 0, B, 0, w.shape[0], passes % 2 == 1)
-        after = step_rows(xproj, 0, bx[k, 0], r[k, 0], rbn[k, 0], h[k], acc, hr,
+        w = w0 if k == 0 else select(wrest, k - 1)
+        matvec(operand(inp, w, vb, 0, B), w, xproj[0], 0, B, 0, length(w), passes % 2 == 1)
+        after = step_rows(xproj, 0, bx[k, 0], select(select(r, k), 0), rbn[k, 0], h[k], acc, hr,
                           0, B, 0, ones, False, lbr, clip, ys[k], group, vb, passes)
     out[:, :] = ys[L - 1, 0]
     return after

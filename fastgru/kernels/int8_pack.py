@@ -53,7 +53,7 @@ from typing import NamedTuple
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from fastgru.kernels import cpu
 from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
@@ -159,28 +159,6 @@ def pack(q, scale, hidden_size: int | None = None, path: str | None = None) -> I
     words = cpu.empty_aligned(layout.shape, layout.dtype)  # rows of whole cache lines
     words[...] = layout
     return Int8Weights(words, colsum, scales)
-
-
-def operand_scratch(w: Int8Weights, rows: int) -> Quantized:
-    """What `matvec` quantizes rows of activations into for weights w: (rows, G) words and a
-    zero point and scale per row for the "vnni" path, empty arrays for "widen". Callable from
-    njit code too (outside time loops: it allocates)."""
-    n = w.words.shape[1] if w.words.dtype == np.int32 else 0
-    rows = rows if n else 0
-    return Quantized(np.zeros((rows, n), np.uint32), np.zeros(rows, np.int32),
-                     np.zeros(rows, np.float32))
-
-
-@overload(operand_scratch)
-def _operand_scratch(w, rows):
-    vnni = w.types[0].dtype == types.int32
-
-    def make(w, rows):
-        n = w.words.shape[1] if vnni else 0
-        r = rows if vnni else 0
-        return Quantized(np.zeros((r, n), np.uint32), np.zeros(r, np.int32),
-                         np.zeros(r, np.float32))
-    return make
 
 
 # --- activations ------------------------------------------------------------------------------

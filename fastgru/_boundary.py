@@ -6,13 +6,13 @@ import os
 
 import numpy as np
 
-DTYPES = ("float32", "float64", "bfloat16")
+DTYPES = ("float32", "float64", "bfloat16", "int8")
 
 
 def resolve_dtype(dtype) -> str:
-    """The name of a model's dtype: float32, float64, or bfloat16 (weights stored in bfloat16,
-    everything else in float32)."""
-    if isinstance(dtype, str) and dtype == "bfloat16":
+    """The name of a model's dtype: float32, float64, bfloat16 or int8 (weights stored in
+    bfloat16 or int8, everything else in float32)."""
+    if isinstance(dtype, str) and dtype in ("bfloat16", "int8"):
         return dtype
     try:
         resolved = None if dtype is None else np.dtype(dtype)  # np.dtype(None) is float64

@@ -15,6 +15,7 @@ from fastgru._workspace import Workspace, WorkspacePool
 from fastgru.kernels import gru as kernels
 from fastgru.kernels import products
 from fastgru.kernels.bfloat16 import PAIR_MULTIPLE, round_to_pairs
+from fastgru.kernels.int8_pack import Int8Weights, Quantized, quantize_rows
 from fastgru.kernels.runtime import parallel_guard
 
 # A one-step call (T=1, one direction: a graph's streaming step) of fewer multiply-adds than
@@ -57,23 +58,38 @@ _RUNNING = _RunningCalls()
 after_fork_in_child(_RUNNING.after_fork_in_child)
 
 
-def operand(x: np.ndarray, w: np.ndarray, ws: Workspace) -> np.ndarray:
-    """What the kernels multiply w by: x (N, D) itself, or x rounded to (N, pairs) pairs of
-    bfloat16 (made in ws) for weights paired for dot products or tiles (kernels/bfloat16.py)."""
+def operand(x: np.ndarray, w, ws: Workspace):
+    """What the kernels multiply w by (products.operand, made in ws): x (N, D) itself; x
+    rounded to (N, pairs) pairs of bfloat16 for weights paired for dot products or tiles
+    (kernels/bfloat16.py); x quantized per row for "vnni" int8 weights (kernels/int8_pack.py)."""
+    N = x.shape[0]
+    if isinstance(w, Int8Weights):
+        if w.words.dtype != np.int32:  # the widened path multiplies the floats
+            return x
+        q = Quantized(ws.get("int8 bytes", (N, w.words.shape[1]), np.uint32),
+                      ws.get("int8 zeros", (N,), np.int32), ws.get("int8 scales", (N,), np.float32))
+        quantize_rows(x, q, 0, N)
+        return q
     if w.dtype not in PAIR_MULTIPLE:
         return x
-    pairs = ws.get("pairs", (x.shape[0], w.shape[1]), np.uint32)
-    round_to_pairs(x, pairs, 0, x.shape[0])
+    pairs = ws.get("pairs", (N, w.shape[1]), np.uint32)
+    round_to_pairs(x, pairs, 0, N)
     return pairs
 
 
-def project(x: np.ndarray, w: np.ndarray, out: np.ndarray, threads: int, ws: Workspace) -> None:
-    """out = x @ W^T (see products.project): x (N, D), w (panels, D, P), out (N, panels*P)."""
-    x = operand(x, w, ws)
+def panels(w) -> int:
+    """How many weight panels w (one layer's input weights) has."""
+    return (w.words if isinstance(w, Int8Weights) else w).shape[0]
+
+
+def project(x: np.ndarray, w, out: np.ndarray, threads: int, ws: Workspace) -> None:
+    """out = x @ W^T (see products.project): x (N, D), w (panels, D, P) or Int8Weights, out
+    (N, panels*P)."""
+    v = operand(x, w, ws)
     if threads > 1 and out.size * x.shape[1] >= PROJECT_PARALLEL_MIN_MACS:
-        products.project(x, w, out)
+        products.project(v, w, out)
     else:
-        products.matvec(x, w, out, 0, x.shape[0], 0, w.shape[0], False)
+        products.matvec(v, w, out, 0, x.shape[0], 0, panels(w), False)
 
 
 def front_input(packed: PackedWeights, x: np.ndarray) -> np.ndarray:
@@ -82,7 +98,7 @@ def front_input(packed: PackedWeights, x: np.ndarray) -> np.ndarray:
     every gate and direction, x rounded to bfloat16 first where the kernels round operands."""
     if packed.front is None:
         return x
-    if packed.w0.dtype in PAIR_MULTIPLE:
+    if not isinstance(packed.w0, Int8Weights) and packed.w0.dtype in PAIR_MULTIPLE:
         pairs = np.empty((x.shape[0], (x.shape[1] + 1) // 2), np.uint32)
         round_to_pairs(np.ascontiguousarray(x), pairs, 0, x.shape[0])
         x = bfloat16_values(pairs.view(np.uint16)[:, :x.shape[1]])
@@ -173,7 +189,7 @@ def run_sequence(packed: PackedWeights, pool: WorkspacePool, x: np.ndarray, h_n:
             kernel, split = plan(packed, B, threads)
             layer_in = x
             for k in range(L):
-                w = packed.w0 if k == 0 else packed.wrest[k - 1]
+                w = packed.input_weights(k)
                 project(layer_in.reshape(T * B, layer_in.shape[2]), w, xproj_rows, threads, ws)
                 layer_out = y if k == L - 1 else between[k % 2]
                 args = (xproj, *packed.layer_arrays[k], state[k])
@@ -205,7 +221,7 @@ def compile_kernels(packed: PackedWeights) -> None:
                      Workspace(dt))
         out = xproj.reshape(1, -1)
         products.project(x0, packed.w0, out)  # both ways `project` may go
-        products.matvec(x0, packed.w0, out, 0, 1, 0, packed.w0.shape[0], False)
+        products.matvec(x0, packed.w0, out, 0, 1, 0, panels(packed.w0), False)
         layer = (xproj, *packed.layer_arrays[0], h)
         kernels.gru_layer_serial(*layer, *scratch, *tail, packed.row_group)
         kernels.gru_layer(*layer, *scratch, *tail, packed.row_group)

@@ -15,7 +15,7 @@ _OPTIONS = {"onnx": {"node", "batch_first", "dtype"},
 
 
 def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
-         dtype="float32") -> GRU:
+         dtype=None) -> GRU:
     """Read a model file, picking the reader from its content (or its suffix).
 
     .onnx: GRU.from_onnx (node=); .pt/.pth/.bin/.ckpt: GRU.from_torch (prefix=), read with
@@ -35,7 +35,7 @@ def load(path, *, prefix=None, node=None, layer=None, batch_first=None,
     given = {name: value for name, value in (("prefix", prefix), ("node", node),
                                               ("layer", layer), ("batch_first", batch_first))
              if value is not None}
-    if dtype != "float32":
+    if dtype is not None:
         given["dtype"] = dtype
     refused = sorted(set(given) - _OPTIONS[kind])
     if refused:

@@ -10,13 +10,14 @@ from fastgru import _execution as execution
 from fastgru._boundary import as_float_array, as_lengths, check_shape, resolve_dtype
 from fastgru._packed import PackedWeights
 from fastgru._streams import Stream, StreamBatch
-from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_values
+from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_values, int8_weights
 from fastgru._workspace import WorkspacePool
 
 
-def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str, bf16_path: str | None = None) -> "GRU":
+def _rebuild(spec: GRUSpec, batch_first: bool, dtype: str,
+             kernel_path: str | None = None) -> "GRU":
     """Unpickling: the model from its weights and options."""
-    return GRU(spec, batch_first=batch_first, dtype=dtype, bf16_path=bf16_path)
+    return GRU(spec, batch_first=batch_first, dtype=dtype, kernel_path=kernel_path)
 
 
 class GRU:
@@ -27,14 +28,21 @@ class GRU:
     at once.
     """
 
-    def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype="float32",
-                 initial_state=None, bf16_path: str | None = None) -> None:
-        """bf16_path: the bfloat16 kernel variant, one of kernels.cpu.BF16_PATHS ("widen",
-        "dot", "tiles": those this CPU runs); None, the default, takes the fastest. For tools
-        and tests that compare variants; ignored unless dtype is "bfloat16"."""
+    def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype=None,
+                 initial_state=None, kernel_path: str | None = None) -> None:
+        """dtype: "float32", "float64", "bfloat16" or "int8" (see `precision`); by default
+        "int8" where the weights came quantized (the spec's layers hold int8 values), else
+        "float32". kernel_path: the kernel variant of a bfloat16 model, one of
+        kernels.cpu.BF16_PATHS ("widen", "dot", "tiles"), or of an int8 model, one of
+        kernels.cpu.INT8_PATHS ("widen", "vnni"): those this CPU runs; None, the default, takes
+        the fastest. For tools and tests
+        that compare variants; ignored for float32 and float64."""
+        if dtype is None:
+            dtype = "int8" if any(layer.int8 is not None for layer in spec.layers) else "float32"
         self._precision = resolve_dtype(dtype)
         bfloat16 = self._precision == "bfloat16"
-        self._dtype = np.dtype(np.float32 if bfloat16 else self._precision)  # x, h, y, biases
+        narrow = self._precision in ("bfloat16", "int8")  # weights narrower than x, h and y
+        self._dtype = np.dtype(np.float32 if narrow else self._precision)  # x, h, y, biases
         if initial_state is not None:  # overrides the spec's; validated by GRUSpec
             spec = replace(spec, initial_state=np.asarray(initial_state))
 
@@ -42,38 +50,48 @@ class GRU:
             a = np.array(a, self._dtype)
             return bfloat16_values(bfloat16_bits(a)) if weight and bfloat16 else a
 
+        def own_layer(layer):
+            if self._precision != "int8":  # int8 values of a quantized source are dropped
+                return LayerWeights(own(layer.w, True), own(layer.r, True), own(layer.b))
+            int8 = int8_weights(layer)  # kept as they came, or quantized here
+            for array in (int8.w_values, int8.w_scales, int8.r_values, int8.r_scales):
+                array.setflags(write=False)
+            return LayerWeights(*int8.dequantized(), own(layer.b), int8)
+
         # The model holds its weights in its own dtype; spec shows exactly those values, so
         # saving and exporting reproduce this model bit for bit (and no wider copy is kept).
-        spec = replace(spec, layers=tuple(
-            LayerWeights(own(layer.w, True), own(layer.r, True), own(layer.b))
-            for layer in spec.layers),
-            initial_state=None if spec.initial_state is None else own(spec.initial_state))
+        # An int8 model's spec also holds the int8 values and scales its kernels multiply.
+        spec = replace(spec, layers=tuple(own_layer(layer) for layer in spec.layers),
+                       initial_state=None if spec.initial_state is None else
+                       own(spec.initial_state))
         for array in (*(a for layer in spec.layers for a in (layer.w, layer.r, layer.b)),
                       *([] if spec.initial_state is None else [spec.initial_state])):
             array.setflags(write=False)  # what save() and to_onnx() write is what runs
         self._spec = spec
         self._batch_first = bool(batch_first)
-        self._bf16_path = bf16_path  # as asked: None follows the CPU wherever the model goes
-        self._packed = PackedWeights.pack(spec, self._precision, bf16_path)  # what kernels read
+        self._kernel_path = kernel_path  # as asked: None follows the CPU wherever the model goes
+        self._packed = PackedWeights.pack(spec, self._precision, kernel_path)  # kernels' arrays
         self._pool = WorkspacePool(self._dtype)  # scratch, one workspace per concurrent call
 
     def __reduce__(self):
         """Pickles as weights and options (not workspaces or locks): for multiprocessing's
         spawn, distributed workers and copy.deepcopy. Unpickling rebuilds an equal model."""
-        named = () if self._bf16_path is None else (self._bf16_path,)  # older readers take 3
+        named = () if self._kernel_path is None else (self._kernel_path,)  # older readers take 3
         return (_rebuild, (self._spec, self._batch_first, self._precision, *named))
 
     # ---- construction from other tools -------------------------------------------------------
 
     @classmethod
-    def from_torch(cls, src, *, prefix=None, batch_first=None, dtype="float32") -> "GRU":
+    def from_torch(cls, src, *, prefix=None, batch_first=None, dtype=None) -> "GRU":
         """Load PyTorch weights.
 
         src is a torch.nn.GRU or nn.GRUCell module, a state dict (name -> tensor or ndarray), or a
         path to a .pt/.pth/.bin file (read with torch.load(weights_only=True)) or a .safetensors
         file (read without torch). prefix selects one GRU in a larger state dict
         ("encoder.rnn."); without it, the one GRU in the dict is found. batch_first defaults to
-        the module's own, else False.
+        the module's own, else False. A GRU module quantized by torch's quantize_dynamic
+        (qint8 weights, symmetric, per tensor or per row) keeps its int8 values and scales, and
+        is an int8 model unless dtype= says otherwise (then the dequantized weights are used).
         """
         from fastgru.loaders.torch import spec_from_torch
 
@@ -82,7 +100,7 @@ class GRU:
         return cls(spec, batch_first=first, dtype=dtype)
 
     @classmethod
-    def from_onnx(cls, src, *, node=None, batch_first=None, dtype="float32") -> "GRU":
+    def from_onnx(cls, src, *, node=None, batch_first=None, dtype=None) -> "GRU":
         """Load the GRU stack of an ONNX model (ModelProto, bytes or path).
 
         The graph may hold one GRU node or the chain torch.onnx.export writes for a stacked
@@ -96,7 +114,7 @@ class GRU:
         return cls(spec, batch_first=first, dtype=dtype)
 
     @classmethod
-    def from_keras(cls, src, *, layer=None, dtype="float32") -> "GRU":
+    def from_keras(cls, src, *, layer=None, dtype=None) -> "GRU":
         """Load the GRU layers of a Keras model: a .keras or .h5 file (read with h5py, without
         TensorFlow or Keras) or a Keras model object.
 
@@ -178,14 +196,15 @@ class GRU:
 
     @property
     def dtype(self) -> np.dtype:
-        """The dtype of inputs, states and outputs: float32 for a bfloat16 model."""
+        """The dtype of inputs, states and outputs: float32 for a bfloat16 or int8 model."""
         return self._dtype
 
     @property
     def precision(self) -> str:
-        """The dtype= the model was built with: "float32", "float64", or "bfloat16" (weights
+        """The dtype= the model was built with: "float32", "float64", "bfloat16" (weights
         stored in bfloat16; biases, states, gates and outputs in float32; see
-        fastgru/kernels/bfloat16.py for how they are multiplied)."""
+        fastgru/kernels/bfloat16.py for how they are multiplied) or "int8" (weights stored in
+        int8 with a scale per row, the rest in float32; see docs/int8.md)."""
         return self._precision
 
     @property

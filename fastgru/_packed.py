@@ -3,15 +3,16 @@ this CPU, then read-only (shared by every call and stream of the model)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from fastgru._boundary import memory_bytes
-from fastgru._weights import GRUSpec, bfloat16_bits, step_macs
-from fastgru.kernels import cpu, layout
+from fastgru._weights import GRUSpec, bfloat16_bits, int8_weights, step_macs
+from fastgru.kernels import cpu, int8_pack, layout
 from fastgru.kernels.bfloat16 import pack as pack_bfloat16
 from fastgru.kernels.cpu import empty_aligned
+from fastgru.kernels.int8_pack import Int8Weights
 
 # Packing input weights into panels pads each gate to a multiple of the panel width (64 float32
 # units with AVX-512), which for a very narrow, very wide model (H=1, hundreds of thousands of
@@ -32,10 +33,49 @@ def frozen(array: np.ndarray) -> np.ndarray:
     return copy
 
 
+def _stack(entries: list, like=None):
+    """Read-only arrays (or Int8Weights, array by array) stacked along a new first axis; with
+    no entries, an empty stack of entries like `like`."""
+    if entries and isinstance(entries[0], Int8Weights):
+        return Int8Weights(*(frozen(np.array(arrays)) for arrays in zip(*entries, strict=True)))
+    if isinstance(like, Int8Weights):
+        return Int8Weights(*(frozen(np.zeros((0, *a.shape), a.dtype)) for a in like))
+    if not entries:
+        return frozen(np.zeros((0, *like.shape), like.dtype))
+    return frozen(np.array(entries))
+
+
+def _freeze(entry):
+    """A read-only copy of an array, or of each array of Int8Weights."""
+    if isinstance(entry, Int8Weights):
+        return Int8Weights(*(frozen(a) for a in entry))
+    return frozen(entry)
+
+
+def _entry(stacked, k: int):
+    """Entry k of stacked arrays or Int8Weights."""
+    if isinstance(stacked, Int8Weights):
+        return Int8Weights(*(a[k] for a in stacked))
+    return stacked[k]
+
+
+def _int8_operands(quantized: list, dirs: int, H: int, path: str) -> tuple[list, Int8Weights]:
+    """The input weights of each layer (all directions' gates stacked, as one product projects
+    them) and the recurrent weights (layers, dirs, ...) packed for the int8 kernels' `path`
+    (kernels/int8_pack.py)."""
+    ws = [int8_pack.pack(q.w_values.reshape(dirs * 3 * H, -1), q.w_scales.reshape(-1), H, path)
+          for q in quantized]
+    r = _stack([_stack([int8_pack.pack(q.r_values[d], q.r_scales[d], H, path)
+                        for d in range(dirs)]) for q in quantized])
+    return ws, r
+
+
 @dataclass(frozen=True, eq=False)
 class PackedWeights:
     """The kernel operands of one model, in the kernels' gate-column layout (each gate padded to
-    `padded_units` units, weights packed into panels; see fastgru/kernels/layout.py).
+    `padded_units` units, weights packed into panels; see fastgru/kernels/layout.py). An int8
+    model's weights are Int8Weights (kernels/int8_pack.py) whose arrays are stacked as the
+    arrays of the others.
 
     w0 : the first layer's input weights, all directions stacked so that one product projects
         the whole sequence (an identity of dirs*3H inputs when `front` holds them instead)
@@ -45,7 +85,8 @@ class PackedWeights:
     front : the first layer's unpadded input weights (dirs*3H, D) when their product runs
         before the kernels (see FRONT_MIN_PADDING_BYTES), else None
     step_macs : the kernels' multiply-adds of one step of one batch row, all layers
-    bf16_path : the bfloat16 kernel variant (kernels/bfloat16.py), None for float32/float64
+    kernel_path : the bfloat16 or int8 kernel variant (kernels/cpu.py, kernel_path), None for
+        float32/float64
     """
 
     precision: str
@@ -61,7 +102,7 @@ class PackedWeights:
     unit_panels: int  # weight panels per gate
     row_group: int
     step_macs: int
-    bf16_path: str | None
+    kernel_path: str | None
     front: np.ndarray | None
     w0: np.ndarray
     wrest: np.ndarray
@@ -72,38 +113,49 @@ class PackedWeights:
     reverse: np.ndarray  # (dirs,) bool: which directions run backwards
     initial_state: np.ndarray | None  # (num_layers*dirs, H), read-only
 
+    def input_weights(self, k: int):
+        """Layer k's packed input weights (all directions' gates)."""
+        return self.w0 if k == 0 else _entry(self.wrest, k - 1)
+
     @classmethod
-    def pack(cls, spec: GRUSpec, precision: str, bf16_path: str | None = None) -> PackedWeights:
+    def pack(cls, spec: GRUSpec, precision: str, kernel_path: str | None = None) -> PackedWeights:
         """Pack `spec`, whose arrays already hold the model's values (bfloat16 weights as exact
-        float32), for `precision` ("float32", "float64" or "bfloat16"); bf16_path names the
-        bfloat16 variant, one of kernels.cpu.BF16_PATHS (default: the fastest this CPU runs,
-        cpu.bf16_path()). Ignored for other precisions."""
-        bfloat16 = precision == "bfloat16"
-        dt = np.dtype(np.float32 if bfloat16 else precision)
-        path = cpu.bf16_path(bf16_path) if bfloat16 else None
+        float32, int8 ones in its layers' int8), for `precision` ("float32", "float64",
+        "bfloat16" or "int8"); kernel_path names the bfloat16 or int8 variant (default: the
+        fastest this CPU runs; see cpu.kernel_path). Ignored for float32 and float64."""
+        bfloat16, int8 = precision == "bfloat16", precision == "int8"
+        dt = np.dtype(np.float32 if bfloat16 or int8 else precision)
+        path = cpu.kernel_path(precision, kernel_path)
         dirs, H = spec.num_directions, spec.hidden_size
+        quantized = [int8_weights(layer) for layer in spec.layers] if int8 else None
 
         def weights(a):  # packed weights as the kernels read them (see kernels/bfloat16.py)
-            return a if path is None else pack_bfloat16(bfloat16_bits(a), path)
+            return pack_bfloat16(bfloat16_bits(a), path) if bfloat16 else a
 
         Hp = layout.padded_units(H, dt)
-        item = 2 if bfloat16 else dt.itemsize
+        item = 1 if int8 else 2 if bfloat16 else dt.itemsize
         w0 = spec.layers[0].w.reshape(dirs * 3 * H, -1)
         padding = dirs * 3 * (Hp - H) * w0.shape[1] * item
         front = None
         if padding > max(2 * w0.size * item, FRONT_MIN_PADDING_BYTES):
             front = frozen(w0.astype(dt))
             w0 = np.eye(dirs * 3 * H)
+            if int8:  # the identity, exact in int8
+                quantized[0] = replace(quantized[0], w_values=w0.astype(np.int8),
+                                       w_scales=np.ones(dirs * 3 * H, np.float32))
         inputs = [w0.shape[1]] + [layer.w.shape[-1] for layer in spec.layers[1:]]  # kernels'
         packed = step_macs(inputs, H, dirs, Hp)  # weights per batch row
         if packed * item > memory_bytes() // 2:  # checked before the packed copies are made
             raise ValueError(
                 f"this model's kernel weights would take {packed * item / 2**30:.1f} GiB (each "
                 f"gate padded to {Hp} units), more than half this machine's memory")
-        ws = [weights(layout.pack_gate_rows(w.reshape(dirs * 3 * H, -1).astype(dt), H))
-              for w in [w0, *(layer.w for layer in spec.layers[1:])]]
-        r = frozen(np.array([[weights(layout.pack_gate_rows(r.astype(dt), H))
-                              for r in layer.r] for layer in spec.layers]))
+        if int8:
+            ws, r = _int8_operands(quantized, dirs, H, path)
+        else:
+            ws = [weights(layout.pack_gate_rows(w.reshape(dirs * 3 * H, -1).astype(dt), H))
+                  for w in [w0, *(layer.w for layer in spec.layers[1:])]]
+            r = frozen(np.array([[weights(layout.pack_gate_rows(r.astype(dt), H))
+                                  for r in layer.r] for layer in spec.layers]))
         bx, rbn = [], []
         for layer in spec.layers:
             wb, rb = layer.b[:, :3 * H], layer.b[:, 3 * H:]
@@ -123,12 +175,10 @@ class PackedWeights:
             clip=None if spec.clip is None else dt.type(spec.clip),
             padded_units=Hp, unit_panels=Hp // layout.panel_width(dt),
             row_group=layout.row_group(H, dt),
-            step_macs=packed + (0 if front is None else front.size), bf16_path=path,
-            front=front, w0=frozen(ws[0]),
-            wrest=frozen(np.array(ws[1:]) if len(ws) > 1 else
-                         np.zeros((0, *ws[0].shape), ws[0].dtype)),
+            step_macs=packed + (0 if front is None else front.size), kernel_path=path,
+            front=front, w0=_freeze(ws[0]), wrest=_stack(ws[1:], ws[0]),
             r=r, bx=bx, rbn=rbn,
-            layer_arrays=tuple((bx[k], r[k], rbn[k]) for k in range(len(spec.layers))),
+            layer_arrays=tuple((bx[k], _entry(r, k), rbn[k]) for k in range(len(spec.layers))),
             reverse=frozen(np.array(reverse[spec.direction], dtype=np.bool_)),
             initial_state=None if spec.initial_state is None else
             frozen(spec.initial_state.astype(dt)))

@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--node", help="one GRU node of an ONNX graph, by name")
     group.add_argument("--layer", help="one GRU layer of a Keras file, by name")
     group.add_argument("--dtype", default="float32",
-                       help="float32 (default), float64, or bfloat16 (weights in bfloat16, "
-                            "inputs and outputs float32)")
+                       help="float32 (default), float64, bfloat16 or int8 (weights in bfloat16 "
+                            "or int8, inputs and outputs float32)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, **kwargs):
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("warmup", help="compile the kernels ahead of time (e.g. in an image "
                                       "build), with progress on stderr")
     p.add_argument("--dtype", default="float32",
-                   help="comma-separated: float32 (default), float64, bfloat16")
+                   help="comma-separated: float32 (default), float64, bfloat16, int8")
     p.add_argument("--clip", action="store_true",
                    help="also the kernels of models with an ONNX clip")
     p.set_defaults(func=cmd_warmup)

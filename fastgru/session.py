@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from fastgru._boundary import resolve_dtype
 from fastgru.errors import FormatError
 from fastgru.loaders import onnx_graph, onnx_node
 from fastgru.session_plan import Stages, direct_run, onnxruntime_session
@@ -99,19 +100,31 @@ class InferenceSession:
         feeds' shapes and dtypes), both are timed on its first calls and the faster is kept.
         `plans` and `describe()` say which runs. Both compute the same graph: the results differ
         only by the GRU's float rounding (fastgru's against onnxruntime's, ~1e-6).
+    dtype : optional
+        The precision of the GRUs fastgru runs, as GRU's dtype= ("float32", "float64",
+        "bfloat16", "int8"; a double GRU node only "float64"); default: their weights' own.
+        Given, it pins the staged plan: onnxruntime's whole graph would compute the GRUs in the
+        graph's own precision.
 
     The GRU nodes' weights (W, R, B) must be constants, possibly computed from initializers by
     data-movement ops (folded once here); X, sequence_lens and initial_h may be anything.
     """
 
 
-    def __init__(self, src, *, threads: int | None = None, plan: str = "auto") -> None:
+    def __init__(self, src, *, threads: int | None = None, plan: str = "auto",
+                 dtype=None) -> None:
         import onnx
 
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         if not isinstance(plan, str) or plan not in CHOICES:
             raise ValueError(f"plan must be one of {list(CHOICES)}, got {plan!r}")
+        precision = None if dtype is None else resolve_dtype(dtype)
+        if precision is not None and plan == "onnxruntime":
+            raise ValueError("dtype= sets the precision of the GRUs fastgru runs; "
+                             "plan='onnxruntime' runs none")
+        if precision is not None:  # onnxruntime's whole graph would run another precision
+            plan = "staged"
         self._threads = threads
         self._plan = plan
         model, folder = onnx_graph.load_model(src)
@@ -181,7 +194,7 @@ class InferenceSession:
         stored = [o.name for o in graph.output if o.name in initializers]
         self._constants = {n: values[n] for n in read + stored if n in values}
         self._stages = Stages(model, folder, opset, values, self._types, self._elem,
-                              self._feed_names, threads).build(grus, initializers)
+                              self._feed_names, threads, precision).build(grus, initializers)
         self._tuner = PlanTuner()
         self._runners = {"staged": self._run_staged, "onnxruntime": self._run_whole}
         self._whole = None  # onnxruntime's run on the whole graph, made when first needed

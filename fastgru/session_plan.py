@@ -26,8 +26,9 @@ class GRUStep:
     op_type = "GRU"
     attribute = ()
 
-    def __init__(self, nodes: list, read: dict, values: dict) -> None:
-        """nodes: the chain's GRU nodes; read: id(node) -> read_gru_node's result."""
+    def __init__(self, nodes: list, read: dict, values: dict, precision: str | None) -> None:
+        """nodes: the chain's GRU nodes; read: id(node) -> read_gru_node's result; precision:
+        the model's dtype= (None: the weights' own, float32 or float64)."""
         from fastgru._weights import GRUSpec
 
         read = [read[id(node)] for node in nodes]
@@ -35,7 +36,10 @@ class GRUStep:
         if dtype not in (np.float32, np.float64):
             raise FormatError(f"GRU node {nodes[0].name!r}: fastgru runs float and double "
                               f"GRUs, this one is {dtype.name}")
-        dtype = dtype.name
+        if precision is not None and precision != dtype.name and dtype != np.float32:
+            raise FormatError(f"GRU node {nodes[0].name!r} is double: dtype={precision!r} "
+                              f"runs float GRUs (its inputs and outputs are float32)")
+        dtype = dtype.name if precision is None else precision
         layers = tuple(layer for layer, _, _ in read)
         self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),
                          dtype=dtype)
@@ -194,13 +198,14 @@ class Stages:
     model: the ModelProto (its opset imports, IR version and functions go to every stage);
     values: the GRUs' folded constant inputs; types: value infos by name; elem: element types by
     name; feed_names: the graph's inputs (their value infos go to the stages that read them);
-    threads: onnxruntime's intra-op threads (None: its default)."""
+    threads: onnxruntime's intra-op threads (None: its default); precision: the dtype= of the
+    GRU models (None: their weights' own)."""
 
     def __init__(self, model, folder, opset: int, values: dict, types: dict, elem: dict,
-                 feed_names: set, threads: int | None) -> None:
+                 feed_names: set, threads: int | None, precision: str | None) -> None:
         self.model, self.folder, self.opset = model, folder, opset
         self.values, self.types, self.elem = values, types, elem
-        self.feed_names, self.threads = feed_names, threads
+        self.feed_names, self.threads, self.precision = feed_names, threads, precision
 
     def build(self, grus: list, initializers: set) -> list:
         """[("onnxruntime", session, input names, output names, description, direct_run(session)) |
@@ -224,10 +229,11 @@ class Stages:
                                   f"{lacking}, which no graph input, initializer or node "
                                   f"provides")
         live_grus = [n for n in nodes if id(n) in gru_ids]
-        read = {id(g): onnx_node.read_gru_node(g, values) for g in live_grus}  # once each
+        read = {id(g): onnx_node.read_gru(graph, self.folder, self.opset, g, values)
+                for g in live_grus}  # once each
         chains = _chains(graph, nodes, live_grus, read, values, reads, self.folder,
                          self.opset, self.types)
-        steps = [GRUStep(chain, read, values) for chain in chains]
+        steps = [GRUStep(chain, read, values, self.precision) for chain in chains]
         # the plumbing inside a chain is read by no one now: live_nodes drops it
         others = [n for n in nodes if id(n) not in gru_ids]
         order = onnx_graph.live_nodes(graph, others + steps, _reads)

@@ -35,7 +35,7 @@ WEIGHTS = {"widen": np.uint16, "dot": np.uint32, "tiles": np.int32}
 
 @pytest.fixture(params=PATHS)
 def path(request):
-    """The kernel path the test's models are built for (GRU(..., bf16_path=path))."""
+    """The kernel path the test's models are built for (GRU(..., kernel_path=path))."""
     return request.param
 
 
@@ -86,11 +86,11 @@ NAN_BITS = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0xFF800001, 0x7FC00000]
 
 
 def test_a_path_this_cpu_does_not_run_is_refused(rng):
-    with pytest.raises(ValueError, match=r"bf16_path must be one of \(.*'widen'.*\) on this CPU, "
-                                         r"got 'banana'"):
-        fastgru.GRU(random_spec(rng, 3, 4), dtype="bfloat16", bf16_path="banana")
-    # the argument names a bfloat16 variant: other precisions ignore it
-    assert fastgru.GRU(random_spec(rng, 3, 4), bf16_path="widen").precision == "float32"
+    with pytest.raises(ValueError, match=r"kernel_path must be one of \(.*'widen'.*\) for "
+                                         r"bfloat16 on this CPU, got 'banana'"):
+        fastgru.GRU(random_spec(rng, 3, 4), dtype="bfloat16", kernel_path="banana")
+    # the argument names a bfloat16 (or int8) variant: float precisions ignore it
+    assert fastgru.GRU(random_spec(rng, 3, 4), kernel_path="widen").precision == "float32"
 
 
 def test_rounding_keeps_nans():
@@ -116,7 +116,7 @@ def test_nan_in_gives_nan_out(path, H):
     or in h0 (unit 2, or H-2) makes its row's outputs NaN; every other row stays finite."""
     rng = np.random.default_rng(7)
     spec = random_spec(rng, 21, H, 2, "forward", True, scale=0.3)
-    model = fastgru.GRU(spec, dtype="bfloat16", bf16_path=path)
+    model = fastgru.GRU(spec, dtype="bfloat16", kernel_path=path)
     cases = [(where, at, bits) for bits in NAN_BITS[:3] for where, at in
              (("x", 3), ("x", 19), ("h0", 2), ("h0", H - 2))]
     B = len(cases) + 2  # the first and last rows clean
@@ -199,7 +199,7 @@ def test_one_step_matches_the_rounded_reference(rng, path, config):
     float32 tolerance holds on both paths."""
     D, H, L, direction, lbr, B, _ = config
     spec = random_spec(rng, D, H, L, direction, lbr, scale=1.5 / np.sqrt(H))
-    model = fastgru.GRU(spec, dtype="bfloat16", bf16_path=path)
+    model = fastgru.GRU(spec, dtype="bfloat16", kernel_path=path)
     dirs = 2 if direction == "bidirectional" else 1
     x = rng.standard_normal((1, B, D)).astype(np.float32)
     h0 = rng.uniform(-1, 1, (L * dirs, B, H)).astype(np.float32)
@@ -213,7 +213,7 @@ def test_one_step_matches_the_rounded_reference(rng, path, config):
 def test_sequence_matches_the_rounded_reference(rng, path, config):
     D, H, L, direction, lbr, B, lengths = config
     spec = random_spec(rng, D, H, L, direction, lbr, scale=1.5 / np.sqrt(H))
-    model = fastgru.GRU(spec, dtype="bfloat16", bf16_path=path)
+    model = fastgru.GRU(spec, dtype="bfloat16", kernel_path=path)
     x = rng.standard_normal((30, B, D)).astype(np.float32)
     y, h_n = model(x, lengths=lengths)
     ry, rh = rounded_reference(spec, x, path, lengths=lengths)
@@ -235,7 +235,7 @@ def test_rows_and_steps_agree_bit_for_bit(rng, path):
     """A row's result does not depend on its batch neighbours, and streaming step by step gives
     the whole call's outputs exactly."""
     spec = random_spec(rng, 12, 80, 2, "forward", True, scale=0.2)
-    model = fastgru.GRU(spec, dtype="bfloat16", bf16_path=path)
+    model = fastgru.GRU(spec, dtype="bfloat16", kernel_path=path)
     x = rng.standard_normal((20, 6, 12)).astype(np.float32)
     y, h_n = model(x)
     alone, _ = model(x[:, 4:5])
@@ -249,7 +249,7 @@ def test_every_entry_point(rng, path, tmp_path, capsys):
     module = torch.nn.GRU(10, 48, num_layers=2, batch_first=True).eval()
     x = rng.standard_normal((3, 25, 10)).astype(np.float32)
     model = fastgru.GRU(fastgru.GRU.from_torch(module).spec, batch_first=True, dtype="bfloat16",
-                        bf16_path=path).prepare()  # every kernel it can use
+                        kernel_path=path).prepare()  # every kernel it can use
     assert model.precision == "bfloat16" and model.dtype == np.float32
     assert "dtype=bfloat16" in repr(model)
     assert model._packed.r.dtype == WEIGHTS[path]
@@ -300,7 +300,7 @@ def test_long_trained_sequence(path):
     with torch.no_grad():  # NumPy has no bfloat16: PyTorch's outputs are widened to compare
         theirs = [a.float().numpy() for a in
                   copy.deepcopy(module).bfloat16()(torch.from_numpy(x).bfloat16())]
-    model = fastgru.GRU(fastgru.GRU.from_torch(module).spec, dtype="bfloat16", bf16_path=path)
+    model = fastgru.GRU(fastgru.GRU.from_torch(module).spec, dtype="bfloat16", kernel_path=path)
     rounded = fastgru.GRU(model.spec, dtype="float64")(x.astype(np.float64))
     error, floor, peer = (max_error(y, truth) for y in (model(x), rounded, theirs))
     print(f"\n{path}: fastgru bfloat16 {error:.2e}, the rounded network in float64 {floor:.2e}, "

@@ -322,7 +322,7 @@ def test_check_judges_bfloat16_by_its_own_tolerance(pt_file, rng, tmp_path, caps
 def _fix_sizes(proto, first: int, second: int):
     """The graph's first input with its first two dims fixed."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    for dim, value in zip(dims, (first, second)):
+    for dim, value in zip(dims, (first, second), strict=False):
         dim.Clear()
         dim.dim_value = value
     return proto

@@ -103,7 +103,7 @@ def test_save_and_load_are_bit_exact(rng, tmp_path, direction, lbr, clip, dtype)
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("dtype", "float16", r"dtype 'float16'; expected one of \('float32', 'float64', 'bfloat16'\)"),
+    ("dtype", "float16", r"dtype 'float16'; expected one of \('float32', 'float64', 'bfloat16', 'int8'\)"),
     ("dtype", "", r"dtype ''; expected one of"),
     ("batch_first", "yes", r"batch_first 'yes'; expected one of \('0', '1'\)"),
     ("linear_before_reset", "true", r"linear_before_reset 'true'; expected one of \('0', '1'\)"),

@@ -5,7 +5,7 @@
 
 Every path this CPU runs (kernels/bfloat16.py): the widening path (weights widened to float32
 as they are read) is what CPUs without AVX512_BF16 run, the dot products what those without AMX
-run; where the CPU has faster paths each is named here (GRU(..., bf16_path=)), to measure them
+run; where the CPU has faster paths each is named here (GRU(..., kernel_path=)), to measure them
 side by side. The models run alternating in this one process, medians of each round's median.
 """
 
@@ -34,7 +34,7 @@ def main() -> int:
         case = SHAPES[name]
         models = {"float32": builtin_model(case)}
         for path in PATHS:
-            models[path] = fastgru.GRU(models["float32"].spec, dtype="bfloat16", bf16_path=path)
+            models[path] = fastgru.GRU(models["float32"].spec, dtype="bfloat16", kernel_path=path)
         x = np.random.default_rng(1).standard_normal(
             (case.steps, case.batch, case.input_size)).astype(np.float32)
         rounds = {label: [] for label in models}

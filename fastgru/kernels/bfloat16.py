@@ -1,7 +1,7 @@
 """The bfloat16 paths: weights widened as read, or packed in pairs of inputs with operands to match.
 
 A bfloat16 model takes one of three paths (PATHS: those this CPU runs, the fastest last, as
-cpu.py picks them; a model packed with bf16_path= takes the one it names):
+cpu.py picks them; a model packed with kernel_path= takes the one it names):
 
 - "widen" (every CPU): (panels, K, P) uint16 panels, each row's values interleaved in blocks
   (simd.interleave_halves) and widened to float32 as they are read (simd.load_pair). Only the

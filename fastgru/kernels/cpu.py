@@ -15,8 +15,8 @@ one) and from the OS:
     L1_BYTES, L2_BYTES, CACHE_LINE_BYTES   cache sizes
 
 The *_PATHS are what a model may be packed for; the last of each is the default. Tools and
-tests that compare variants name one by argument (PackedWeights.pack(..., bf16_path=...),
-GRU(..., bf16_path=...), int8.pack(..., path=...)); nothing here is assigned from outside.
+tests that compare variants name one by argument (PackedWeights.pack(..., kernel_path=...),
+GRU(..., kernel_path=...), int8_pack.pack(..., path=...)); nothing here is assigned from outside.
 """
 
 from __future__ import annotations
@@ -86,12 +86,18 @@ BF16_PATHS = ("widen",) + (("dot",) if BF16_DOT_PRODUCTS else ()) + (("tiles",) 
 INT8_PATHS = ("widen",) + (("vnni",) if VNNI else ())
 
 
-def bf16_path(path: str | None = None) -> str:
-    """`path` checked against BF16_PATHS, or the fastest of them when None."""
+def kernel_path(precision: str, path: str | None = None) -> str | None:
+    """The kernel variant of a model of `precision`: `path` checked against the variants this
+    CPU runs (BF16_PATHS for "bfloat16", INT8_PATHS for "int8"), or the fastest when None;
+    None for float32 and float64, which have one kernel each, whatever `path` says."""
+    paths = {"bfloat16": BF16_PATHS, "int8": INT8_PATHS}.get(precision)
+    if paths is None:
+        return None
     if path is None:
-        return BF16_PATHS[-1]
-    if path not in BF16_PATHS:
-        raise ValueError(f"bf16_path must be one of {BF16_PATHS} on this CPU, got {path!r}")
+        return paths[-1]
+    if path not in paths:
+        raise ValueError(f"kernel_path must be one of {paths} for {precision} on this CPU, "
+                         f"got {path!r}")
     return path
 
 

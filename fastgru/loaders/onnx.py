@@ -33,7 +33,7 @@ def spec_from_onnx(src, node: str | None = None) -> tuple[GRUSpec, bool]:
             raise ValueError(f"no GRU node named {node!r}; GRU nodes: {[n.name for n in grus]}")
         grus = named[:1]
     values = onnx_node.constant_inputs(graph, folder, grus, opset)
-    read = {id(g): onnx_node.read_gru_node(g, values) for g in grus}
+    read = {id(g): onnx_node.read_gru(graph, folder, opset, g, values) for g in grus}
     if node is not None:
         return _single_node(graph, folder, opset, grus[0], read[id(grus[0])])
     stack = read_stack(graph, folder, opset, grus, values, read)

@@ -20,7 +20,7 @@ CAST_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16,
               7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
               13: np.uint64}
 FOLDABLE = {"Identity", "Cast", "Slice", "Concat", "Transpose", "Unsqueeze", "Squeeze",
-            "Reshape", "Split", "Gather", "Flatten", "Constant"}
+            "Reshape", "Split", "Gather", "Flatten", "Constant", "DequantizeLinear"}
 
 
 def limit_for(stored_values: int) -> int:
@@ -120,7 +120,44 @@ def _run(op, inputs, attrs, opset, node, room, outputs):
         return [_slice(x, inputs, attrs, opset)]
     if op == "Split":
         return _split(x, inputs, attrs, opset, outputs)
+    if op == "DequantizeLinear":
+        zero = inputs[2] if len(inputs) > 2 else None
+        return [dequantize_linear(x, inputs[1], zero, attrs)]
     raise ValueError(f"{op} is not folded")
+
+
+def scale_shape(x: np.ndarray, scale: np.ndarray, attrs: dict) -> tuple:
+    """The shape DequantizeLinear broadcasts its scale (and zero point) to against x: () for
+    one scale, or a 1-D scale along the `axis` attribute (default 1). Blocked quantization
+    (block_size) is not read."""
+    if attrs.get("block_size", 0):
+        raise ValueError("DequantizeLinear with block_size is not folded")
+    if scale.size == 1 and scale.ndim <= 1:
+        return ()
+    axis = attrs.get("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
+    if scale.ndim != 1 or not 0 <= axis < x.ndim or scale.size != x.shape[axis]:
+        raise ValueError(f"DequantizeLinear scale of shape {scale.shape} for axis {axis} of "
+                         f"a tensor of shape {x.shape}")
+    return tuple(-1 if k == axis else 1 for k in range(x.ndim))
+
+
+def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
+                      attrs: dict) -> np.ndarray:
+    """ONNX DequantizeLinear: (x - zero) * scale in the scale's float type, each product rounded
+    once, per tensor or per axis (scale_shape); x of 8- or 16-bit integers or int32."""
+    if x.dtype not in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
+        raise ValueError(f"DequantizeLinear of {x.dtype} values is not folded")
+    if scale.dtype.kind != "f":
+        raise ValueError(f"DequantizeLinear scale must be floating point, got {scale.dtype}")
+    shape = scale_shape(x, scale, attrs)
+    shifted = x.astype(np.int64)
+    if zero is not None:
+        if zero.dtype != x.dtype or zero.shape != scale.shape:
+            raise ValueError(f"DequantizeLinear zero point {zero.dtype} {zero.shape} for "
+                             f"{x.dtype} values and scale of shape {scale.shape}")
+        shifted = shifted - zero.astype(np.int64).reshape(shape)
+    return shifted.astype(scale.dtype) * scale.reshape(shape)
 
 
 def _check_room(count: int, room: int) -> None:

@@ -6,10 +6,13 @@ order, so weights are taken as they are. Which GRU nodes form a stack is decided
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from fastgru._weights import DIRECTIONS, LayerWeights, num_directions
+from fastgru._weights import DIRECTIONS, Int8Layer, LayerWeights, num_directions
 from fastgru.errors import FormatError
+from fastgru.loaders import onnx_fold
 from fastgru.loaders.onnx_graph import (constant_names, decode, fold_constants, node_attributes,
                                         producers)
 
@@ -100,6 +103,46 @@ def read_gru_node(node, values: dict):
                "clip": None if clip is None else float(clip)}
     return LayerWeights(w=w, r=r, b=b), options, layout == 1
 
+
+
+def read_gru(graph, folder, opset: int, node, values: dict):
+    """read_gru_node's (LayerWeights, options, layout), the layer carrying its int8 values and
+    scales where W and R come quantized (int8_weights)."""
+    layer, options, layout = read_gru_node(node, values)
+    int8 = int8_weights(graph, folder, opset, node)
+    return (layer if int8 is None else replace(layer, int8=int8)), options, layout
+
+
+def int8_weights(graph, folder, opset: int, node) -> Int8Layer | None:
+    """A GRU node's W and R as int8 values and a scale per row, where each comes straight from
+    a DequantizeLinear of int8 constants that is symmetric (no zero point, or zeros) with one
+    scale, a scale per direction (axis 0) or a scale per row (axis 1); else None (the weights
+    are then read as the floats they dequantize to, by constant folding)."""
+    made_by = producers(graph)
+    parts = []
+    for name in gru_inputs(node)[1:3]:
+        dequantize = made_by.get(name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            return None
+        x, scale, zero = (list(dequantize.input) + ["", ""])[:3]
+        got = fold_constants(graph, folder, {n: f"DequantizeLinear input {n!r}"
+                                             for n in (x, scale, zero) if n}, opset)
+        if x not in got or scale not in got or (zero and zero not in got):
+            return None  # computed from the graph's inputs: not weights
+        values, scales = got[x], got[scale]
+        attrs = node_attributes(dequantize)
+        if values.dtype != np.int8 or values.ndim != 3 or scales.dtype != np.float32 or \
+                (zero and np.any(got[zero] != 0)):
+            return None
+        try:
+            shape = onnx_fold.scale_shape(values, scales, attrs)
+        except ValueError:
+            return None
+        if len(shape) == 3 and shape[2] == -1:  # a scale per input column is not per row
+            return None
+        rows = np.broadcast_to(scales.reshape(shape[:2] if shape else ()), values.shape[:2])
+        parts += [values, np.ascontiguousarray(rows, np.float32)]
+    return Int8Layer(*parts)
 
 
 def gru_nodes(graph) -> list:

@@ -1,4 +1,5 @@
-"""PyTorch weights (nn.GRU, nn.GRUCell, state dicts) to the canonical layout.
+"""PyTorch weights (nn.GRU, nn.GRUCell, their dynamically quantized GRU, state dicts) to the
+canonical layout.
 
 PyTorch stacks gate rows as (r, z, n); the canonical order is (z, r, n). Keys per layer k:
 weight_ih_l{k} (3H, D_in), weight_hh_l{k} (3H, H), bias_ih_l{k} (3H,), bias_hh_l{k} (3H,), with the
@@ -11,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from fastgru._boundary import memory_bytes
-from fastgru._weights import GRUSpec, LayerWeights
+from fastgru._weights import GRUSpec, Int8Layer, LayerWeights, dequantized
 from fastgru.errors import FormatError
 from fastgru.loaders import files, native
 
@@ -40,15 +42,68 @@ def _reorder(rows: np.ndarray, H: int) -> np.ndarray:
 
 
 def _module_state(src):
-    """(state dict, batch_first) of an nn.GRU / nn.GRUCell, or None for anything else."""
+    """(state dict, batch_first, int8 weights) of an nn.GRU / nn.GRUCell, or None for anything
+    else; the int8 weights of a dynamically quantized GRU (see _quantized_state), else None."""
     kind = type(src).__name__
     if not hasattr(src, "state_dict") or not callable(src.state_dict):
         return None
+    if kind == "GRU" and hasattr(src, "_all_weight_values"):
+        return (*_quantized_state(src), bool(src.batch_first))
     if kind == "GRU":
-        return src.state_dict(), bool(src.batch_first)
+        return src.state_dict(), None, bool(src.batch_first)
     if kind == "GRUCell":
-        return src.state_dict(), False
+        return src.state_dict(), None, False
     raise TypeError(f"from_torch takes a torch.nn.GRU or nn.GRUCell module, got {kind}")
+
+
+def _quantized_state(src) -> tuple[dict, dict]:
+    """(state dict of float weights, {name: (int8 values, float32 scale per row)}) of a GRU
+    quantized by torch.ao.quantization.quantize_dynamic (torch.ao.nn.quantized.dynamic.GRU):
+    qint8 weights, one scale per tensor or per row, zero points 0 (symmetric), kept as they
+    are; the float weights are those values times their scales. float16 dynamic quantization
+    gives float weights, read as such."""
+    if src.mode != "GRU":
+        raise TypeError(f"from_torch takes a GRU, got a quantized {src.mode}")
+    state, int8 = {}, {}
+    for name, tensor in {**src.get_weight(), **src.get_bias()}.items():
+        if not getattr(tensor, "is_quantized", False):
+            state[name] = tensor
+            continue
+        scheme = str(tensor.qscheme())
+        if str(tensor.dtype) != "torch.qint8" or scheme not in (
+                "torch.per_tensor_affine", "torch.per_tensor_symmetric",
+                "torch.per_channel_affine", "torch.per_channel_symmetric"):
+            raise FormatError(f"{name}: int8 weights must be qint8 per tensor or per row, got "
+                              f"{tensor.dtype} {scheme}")
+        per_row = "channel" in scheme
+        zeros = tensor.q_per_channel_zero_points() if per_row else tensor.q_zero_point()
+        if per_row and tensor.q_per_channel_axis() != 0:
+            raise FormatError(f"{name}: per-channel int8 weights must have a scale per row "
+                              f"(axis 0), got axis {tensor.q_per_channel_axis()}")
+        if np.any(np.asarray(zeros) != 0):
+            raise FormatError(f"{name}: int8 weights with a zero point other than 0 are not "
+                              f"symmetric, as fastgru's int8 kernels take them")
+        values = tensor.int_repr().numpy().astype(np.int8)
+        scale = (tensor.q_per_channel_scales().numpy() if per_row
+                 else np.full(values.shape[0], tensor.q_scale()))
+        int8[name] = values, scale.astype(np.float32)
+        state[name] = dequantized(*int8[name])
+    return state, int8
+
+
+def _with_int8(spec: GRUSpec, int8: dict) -> GRUSpec:
+    """spec with each layer's int8 values and scales (as _quantized_state gives them, keyed by
+    torch's names) attached, in the canonical gate order."""
+    H, dirs = spec.hidden_size, spec.num_directions
+    layers = []
+    for k, layer in enumerate(spec.layers):
+        parts = {}
+        for name in ("weight_ih", "weight_hh"):
+            pairs = [int8[f"{name}_l{k}{'_reverse' if d else ''}"] for d in range(dirs)]
+            parts[name] = (np.stack([_reorder(v, H) for v, _ in pairs]),
+                           np.stack([_reorder(s, H) for _, s in pairs]))
+        layers.append(replace(layer, int8=Int8Layer(*parts["weight_ih"], *parts["weight_hh"])))
+    return replace(spec, layers=tuple(layers))
 
 
 def _find_prefix(keys) -> str:
@@ -187,8 +242,9 @@ def spec_from_torch(src, prefix: str | None = None) -> tuple[GRUSpec, bool]:
         return spec_from_state_dict(files.read_torch(path), prefix=prefix), False
     module = _module_state(src)
     if module is not None:
-        state, batch_first = module
-        return spec_from_state_dict(state, prefix=prefix if prefix is not None else ""), batch_first
+        state, int8, batch_first = module
+        spec = spec_from_state_dict(state, prefix=prefix if prefix is not None else "")
+        return (spec if int8 is None else _with_int8(spec, int8)), batch_first
     if isinstance(src, Mapping):
         return spec_from_state_dict(src, prefix=prefix), False
     raise TypeError(f"from_torch takes an nn.GRU / nn.GRUCell module, a state dict "

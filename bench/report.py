@@ -211,7 +211,7 @@ def main(argv=None) -> int:
 
     print("machine ceilings...", file=sys.stderr)
     ceiling = ceilings(threads)
-    runtimes = ["fastgru", "fastgru-bf16", "onnxruntime", "torch"]
+    runtimes = ["fastgru", "fastgru-bf16", "fastgru-int8", "onnxruntime", "torch", "torch-int8"]
     if importlib.util.find_spec("openvino") is not None:
         runtimes += ["openvino", "openvino-f32"]
     records = run(list(SHAPES.values()), runtimes, threads, args.seconds, args.rounds)
@@ -236,7 +236,10 @@ def main(argv=None) -> int:
              "fastgru is faster.", "", "### Ceilings measured in the same run "
              "(`python bench/ceilings.py`)", "", ceilings_table(ceiling)]
     lines += ["", "### S1-S6 (DESIGN.md)", "", table(records, list(SHAPES.values())), ""]
-    lines += ["### bfloat16", "", bfloat16_table(records), ""]
+    lines += ["### bfloat16", "", precision_table(records, "fastgru-bf16", "openvino",
+                                                  "OpenVINO default"), ""]
+    lines += ["### int8", "", precision_table(records, "fastgru-int8", "torch-int8",
+                                              "torch-int8"), ""]
     lines += ["### What the ceilings allow (float32)", "", LIMITS_NOTE, "",
               limits_table(records, ceiling), ""]
     if has_chart:
@@ -270,25 +273,26 @@ def main(argv=None) -> int:
     return 0
 
 
-def bfloat16_table(records) -> str:
-    """fastgru in bfloat16 against its own float32 and OpenVINO's default precision: times and
-    each one's largest difference from onnxruntime's float32 outputs (which are within 4e-7 of
-    float64 on these shapes)."""
+def precision_table(records, ours: str, theirs: str, label: str) -> str:
+    """fastgru in a narrower precision (`ours`: "fastgru-bf16", "fastgru-int8") against its own
+    float32 and a peer's run in the same kind of precision (`theirs`, shown as `label`): times,
+    and each one's largest difference from onnxruntime's float32 outputs (which are within 4e-7
+    of float64 on these shapes)."""
     by = {(r["case"], r["threads"], r["runtime"]): r for r in records}
-    rows = ["| case | threads | fastgru-bf16 µs | fastgru float32 / bf16 | OpenVINO default µs "
-            "| OpenVINO default / fastgru-bf16 | fastgru-bf16 max diff | OpenVINO default max "
-            "diff |", "|---|---|---|---|---|---|---|---|"]
+    rows = [f"| case | threads | {ours} µs | fastgru float32 / {ours} | {label} µs "
+            f"| {label} / {ours} | {ours} max diff | {label} max diff |",
+            "|---|---|---|---|---|---|---|---|"]
     for (case, threads, runtime), r in by.items():
-        if runtime != "fastgru-bf16":
+        if runtime != ours:
             continue
         f32 = by[(case, threads, "fastgru")]
-        ov = by.get((case, threads, "openvino"))
-        peer = ["-", "-", "-"] if ov is None else [
-            f"{ov['median_s'] * 1e6:.1f}", f"{ov['median_s'] / r['median_s']:.2f}",
-            f"{ov['max_abs_diff']:.1e}"]
+        peer = by.get((case, threads, theirs))
+        cells = ["-", "-", "-"] if peer is None else [
+            f"{peer['median_s'] * 1e6:.1f}", f"{peer['median_s'] / r['median_s']:.2f}",
+            f"{peer['max_abs_diff']:.1e}"]
         rows.append(f"| {case} | {threads} | {r['median_s'] * 1e6:.1f} "
-                    f"| {f32['median_s'] / r['median_s']:.2f} | {peer[0]} | {peer[1]} "
-                    f"| {r['max_abs_diff']:.1e} | {peer[2]} |")
+                    f"| {f32['median_s'] / r['median_s']:.2f} | {cells[0]} | {cells[1]} "
+                    f"| {r['max_abs_diff']:.1e} | {cells[2]} |")
     return "\n".join(rows)
 
 

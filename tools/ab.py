@@ -41,14 +41,17 @@ from fastgru.benchmark import SHAPES, builtin_model
 assert fastgru.__file__.startswith(tree), fastgru.__file__
 case = SHAPES[shape]
 import inspect
-options = {} if path == "default" else {"bf16_path": path}
-if options and "bf16_path" not in inspect.signature(fastgru.GRU).parameters:
+options = {} if path == "default" else {"kernel_path": path}
+parameters = inspect.signature(fastgru.GRU).parameters
+if options and "kernel_path" not in parameters and "bf16_path" in parameters:
+    options = {"bf16_path": path}  # a tree from before int8 shared the argument
+elif options and "kernel_path" not in parameters:
     # a tree from before the variant was an argument: its module global, the only way it had
     try:
         from fastgru import _packed as packing
     except ImportError:  # a tree from before the packed weights had their own module
         from fastgru import _model as packing
-    packing.BF16_PATH = options.pop("bf16_path")
+    packing.BF16_PATH = options.pop("kernel_path")
 model = fastgru.GRU(builtin_model(case).spec, dtype=dtype, **options)
 x = np.random.default_rng(1).standard_normal((case.steps, case.batch, case.input_size))
 x = x.astype(np.float32)
@@ -95,9 +98,11 @@ def main() -> int:
     parser.add_argument("--new", default=os.path.dirname(HERE),
                         help="a source tree or a git revision (default: this checkout)")
     parser.add_argument("--shapes", default="S2,S3,S4,S5,S6")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float64", "bfloat16", "int8"])
     parser.add_argument("--path", default="default",
-                        help="bfloat16 path: widen, dot or tiles, passed as GRU(..., bf16_path=) "
+                        help="bfloat16 path (widen, dot, tiles) or int8 path (widen, vnni), passed "
+                             "as GRU(..., kernel_path=) "
                              "(default: the CPU's fastest)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)

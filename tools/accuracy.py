@@ -154,6 +154,8 @@ def main() -> int:
     long_sequences()
     print()
     bfloat16_long_sequences()
+    print()
+    int8_long_sequences()
     return 0
 
 
@@ -180,7 +182,7 @@ def bfloat16_long_sequences() -> None:
         errors = {}
         for kernel_path, label in zip(PATHS, paths, strict=True):
             model = fastgru.GRU(fastgru.GRU.from_torch(module).spec, dtype="bfloat16",
-                                bf16_path=kernel_path)
+                                kernel_path=kernel_path)
             errors[label] = max_error(model(x), truth)
         rounded = fastgru.GRU(model.spec, dtype="float64")
         errors[peers[-3]] = max_error(rounded(x.astype(np.float64)), truth)
@@ -199,6 +201,41 @@ def bfloat16_long_sequences() -> None:
             errors[peers[-1]] = max_error([outputs[o] for o in compiled.outputs], truth)
         cells = [f"{errors[p]:.1e}" if p in errors else "-" for p in peers]
         print(f"| {name} | {steps} | {' | '.join(cells)} |")
+
+
+def int8_long_sequences() -> None:
+    """int8 runtimes on the trained-like models and random S2-S6-like ones: each of fastgru's
+    int8 kernel paths this CPU runs (weights widened; vnni: operands quantized per row too) and
+    PyTorch's dynamic int8 GRU (quantize_dynamic, qint8 per tensor), each from the float
+    weights; max abs diff from the float64 network of those float weights, N(0,1) inputs for the
+    random ones."""
+    import copy
+
+    from fastgru.benchmark.peers import torch_int8
+    from fastgru.kernels.cpu import INT8_PATHS as PATHS
+
+    paths = [f"fastgru-int8 {path}" for path in PATHS]
+    peers = [*paths, "PyTorch int8"]
+    print("int8, max abs diff from the float64 network:\n")
+    print("| model | T | " + " | ".join(peers) + " |\n|---|---|" + "---|" * len(peers))
+    torch.manual_seed(0)
+    random = {f"random D={d} H={h}": torch.nn.GRU(d, h) for d, h in ((64, 256), (256, 512),
+                                                                    (256, 1024))}
+    cases = [("slow-units", 3_000), ("stack-256", 1_000), ("bidirectional", 1_000),
+             *((name, 1_000) for name in random)]
+    for name, steps in cases:
+        module = copy.deepcopy(random[name] if name in random else trained(name)).float()
+        rng = np.random.default_rng(5)
+        x = (rng.standard_normal((steps, 1, module.input_size)).astype(np.float32)
+             if name in random else long_input(rng, steps, 2, module.input_size))
+        truth = run_torch(copy.deepcopy(module).double(), x.astype(np.float64))
+        errors = {label: max_error(fastgru.GRU(fastgru.GRU.from_torch(module).spec, dtype="int8",
+                                               kernel_path=path)(x), truth)
+                  for path, label in zip(PATHS, paths, strict=True)}
+        with torch.no_grad():
+            errors[peers[-1]] = max_error([a.numpy() for a in torch_int8(module)(
+                torch.from_numpy(x))], truth)
+        print(f"| {name} | {steps} | {' | '.join(f'{errors[p]:.1e}' for p in peers)} |")
 
 
 def long_sequences() -> None:

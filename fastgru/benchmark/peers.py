@@ -2,8 +2,11 @@
 
 onnxruntime runs the graph ``GRU.to_onnx`` writes (one GRU node per layer, as torch.onnx.export
 writes it); PyTorch runs an nn.GRU (an nn.GRUCell for the stream step) holding the same weights.
-``fastgru-bf16`` is fastgru with dtype="bfloat16"; ``openvino`` runs the same ONNX graph as
-onnxruntime in OpenVINO's default precision (bfloat16 on CPUs with bf16 instructions),
+``fastgru-bf16`` and ``fastgru-int8`` are fastgru with dtype="bfloat16" and "int8";
+``torch-int8`` is PyTorch's dynamic quantized GRU (GRUCell for the stream step; qint8 weights
+per tensor, torch.ao.quantization.quantize_dynamic) on the same weights. ``openvino`` runs the
+same ONNX graph as onnxruntime in OpenVINO's default precision (bfloat16 on CPUs with bf16
+instructions),
 ``openvino-f32`` with INFERENCE_PRECISION_HINT=f32. OpenVINO is optional (``pip install
 openvino``), never a dependency. For S1 the peers carry the state too: onnxruntime feeds
 initial_h and reads Y_h each call.
@@ -21,7 +24,8 @@ from fastgru import checks
 from fastgru._onnxruntime import cpu_session
 from fastgru.benchmark.cases import Case, builtin_model
 
-RUNTIMES = ("fastgru", "fastgru-bf16", "onnxruntime", "torch", "openvino", "openvino-f32")
+RUNTIMES = ("fastgru", "fastgru-bf16", "fastgru-int8", "onnxruntime", "torch", "torch-int8",
+            "openvino", "openvino-f32")
 
 
 def package(runtime: str) -> str:
@@ -85,11 +89,11 @@ def _openvino_call(model, case: Case, x: np.ndarray, threads: int, f32: bool):
         (lambda: result["y"])
 
 
-def _fastgru_call(model, case: Case, x: np.ndarray, bfloat16: bool):
+def _fastgru_call(model, case: Case, x: np.ndarray, dtype: str):
     from fastgru import GRU
 
-    if bfloat16:
-        model = GRU(model.spec, batch_first=model.batch_first, dtype="bfloat16")
+    if dtype != "float32":
+        model = GRU(model.spec, batch_first=model.batch_first, dtype=dtype)
     if case.stream:
         stream = model.stream(case.batch)
         out = np.empty((case.batch, case.hidden_size), np.float32)
@@ -113,7 +117,20 @@ def _onnxruntime_call(model, case: Case, x: np.ndarray, threads: int):
         (lambda: result["y"])
 
 
-def _torch_call(model, case: Case, x: np.ndarray, threads: int):
+def torch_int8(module):
+    """torch's dynamic int8 quantization of an nn.GRU or nn.GRUCell (its default qconfig: qint8
+    weights, one scale per tensor)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's announced deprecation
+        return torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(module), {type(module)}, dtype=torch.qint8)[0]
+
+
+def _torch_call(model, case: Case, x: np.ndarray, threads: int, int8: bool):
     import torch
 
     from fastgru.loaders.torch import spec_to_state_dict
@@ -124,6 +141,7 @@ def _torch_call(model, case: Case, x: np.ndarray, threads: int):
         cell = torch.nn.GRUCell(case.input_size, case.hidden_size).eval()
         cell.load_state_dict({k.replace("_l0", ""): torch.from_numpy(v.astype(np.float32))
                               for k, v in spec_to_state_dict(model.spec).items()})
+        cell = torch_int8(cell) if int8 else cell
         h = torch.zeros(case.batch, case.hidden_size)
 
         def step():
@@ -132,6 +150,7 @@ def _torch_call(model, case: Case, x: np.ndarray, threads: int):
                 h = cell(xt[0], h)
         return step, (lambda: h.numpy().copy())
     module = checks.torch_module(model)
+    module = torch_int8(module) if int8 else module
     result = {}
 
     def run():
@@ -151,10 +170,11 @@ def make_call(runtime: str, case: Case, threads: int):
     x = rng.standard_normal((case.steps, case.batch, case.input_size)).astype(np.float32)
     if model.batch_first:
         x = np.ascontiguousarray(x.transpose(1, 0, 2))
-    if runtime in ("fastgru", "fastgru-bf16"):
-        return _fastgru_call(model, case, x, runtime == "fastgru-bf16")
+    if runtime.startswith("fastgru"):
+        dtype = {"fastgru": "float32", "fastgru-bf16": "bfloat16", "fastgru-int8": "int8"}
+        return _fastgru_call(model, case, x, dtype[runtime])
     if runtime.startswith("openvino"):
         return _openvino_call(model, case, x, threads, f32=runtime == "openvino-f32")
     if runtime == "onnxruntime":
         return _onnxruntime_call(model, case, x, threads)
-    return _torch_call(model, case, x, threads)
+    return _torch_call(model, case, x, threads, int8=runtime == "torch-int8")

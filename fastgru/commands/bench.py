@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="batch size for MODEL (default 1)")
     parser.add_argument("--seq", type=int, default=100, help="steps for MODEL (default 100)")
     parser.add_argument("--vs", default="onnxruntime",
-                        help="comma-separated peers among fastgru-bf16,onnxruntime,torch,openvino,"
-                             "openvino-f32 (default onnxruntime)")
+                        help="comma-separated peers among fastgru-bf16,fastgru-int8,onnxruntime,"
+                             "torch,torch-int8,openvino,openvino-f32 (default onnxruntime)")
     parser.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="timing budget per measurement (default 1.0)")

@@ -44,9 +44,11 @@ def in_process(model, x, lengths=None):
 
 
 @pytest.mark.parametrize("variable", [False, True], ids=["fixed-lengths", "variable-lengths"])
-def test_every_output_equals_one_in_process_call(client, rng, variable):
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_every_output_equals_one_in_process_call(client, rng, variable, dtype):
     h0 = rng.standard_normal((4, 12))
-    model = fastgru.GRU(random_spec(rng, 5, 12, 2, "bidirectional"), initial_state=h0)
+    model = fastgru.GRU(random_spec(rng, 5, 12, 2, "bidirectional"), initial_state=h0,
+                        dtype=dtype)
     x = rng.standard_normal((90, 16, 5)).astype(np.float32)
     lengths = rng.integers(0, 17, 90) if variable else None
     y, h_n = in_process(model, x, lengths)

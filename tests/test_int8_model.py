@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
+from llvmlite import binding as llvm_binding
 
 import fastgru
 from fastgru._weights import Int8Layer, LayerWeights
@@ -24,6 +25,7 @@ from fastgru.errors import FormatError
 from fastgru.kernels.cpu import INT8_PATHS
 from fastgru.testing.models import random_spec, spec_layers
 from fastgru.testing.reference import reference_gru
+from test_reference import HASWELL_FEATURES, compiled_for
 
 
 @pytest.fixture(params=INT8_PATHS)
@@ -104,6 +106,36 @@ def test_one_row_the_same_bits_anywhere(rng, path):
         np.testing.assert_array_equal(model(x)[0], y)
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(llvm_binding.get_host_cpu_features().get(f) for f in ("avx2", "fma")),
+                    reason="runs code compiled for an AVX2 CPU, so needs one")
+def test_avx2_build_runs_int8_models_widened(tmp_path):
+    """Compiled for Haswell (no AVX-512, no VNNI) in a fresh process: an int8 model takes the
+    widened path and matches the float64 reference on its dequantized weights, a bidirectional
+    2-layer model with lengths and without linear_before_reset included."""
+    code = """if True:
+        import numpy as np, fastgru
+        from fastgru.kernels.cpu import INT8_PATHS
+        from fastgru.testing.models import random_spec, spec_layers
+        from fastgru.testing.reference import reference_gru
+        assert INT8_PATHS == ("widen",)
+        rng = np.random.default_rng(2)
+        for config in (dict(num_layers=2, direction="bidirectional"),
+                       dict(linear_before_reset=False)):
+            spec = random_spec(rng, 13, 45, **config)
+            model = fastgru.GRU(spec, dtype="int8")
+            x = rng.standard_normal((9, 6, 13)).astype(np.float32)
+            lengths = np.array([9, 3, 0, 9, 1, 5])
+            y, h = model(x, lengths=lengths)
+            ref_y, ref_h = reference_gru(x, spec_layers(model.spec), direction=spec.direction,
+                                         linear_before_reset=spec.linear_before_reset,
+                                         lengths=lengths)
+            assert np.abs(y - ref_y).max() < 2e-5 and np.abs(h - ref_h).max() < 2e-5
+        print("checked")
+    """
+    assert compiled_for("haswell", HASWELL_FEATURES, code, tmp_path).strip() == "checked"
 
 
 def test_nan_stays_in_its_row(rng, path):

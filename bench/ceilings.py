@@ -9,10 +9,14 @@ count, in its own process):
 - fma_gflops: fused multiply-adds on vectors as wide as fastgru's kernels use, SUMS independent
   sums per thread and no memory traffic, on every thread at once. float32 arithmetic that does a
   shape's multiply-adds cannot take less than its FLOPs at this rate.
+- int8_gops (CPUs with AVX512_VNNI, else absent): the same with vpdpbusd, four byte products
+  added to each int32 lane, counted as two operations per multiply-add: int8 arithmetic cannot
+  do a shape's multiply-adds faster.
 - read_GBps: {bytes: GB/s} reading a float32 array of that size in order again and again, each
   thread its own part (as the kernels share out weights), for the sizes of S2-S6's recurrent
-  weights: the rate of the cache level that holds them. Not a strict limit: code that keeps part
-  of the array in a nearer cache from one pass to the next reads faster.
+  weights in float32 and in int8: the rate of the cache level that holds them. Not a strict
+  limit: code that keeps part of the array in a nearer cache from one pass to the next reads
+  faster.
 - sgemm_gflops, matvec_GBps_H256, matvec_GBps_H1024: NumPy's 2048² float32 matrix product and its
   product of 3H x H weights with one vector (DESIGN.md's ceilings): what the BLAS NumPy ships
   reaches here, for reference.
@@ -27,7 +31,8 @@ import numpy as np
 from numba import njit, prange
 
 from fastgru.benchmark import SHAPES, call_times
-from fastgru.kernels.cpu import empty_aligned
+from fastgru.kernels import int8
+from fastgru.kernels.cpu import VNNI, empty_aligned
 from fastgru.kernels.simd import fma, lanes, load_pair, splat, store
 
 # Independent sums a thread keeps: more than any x86 core's multiply-add units times their
@@ -53,6 +58,31 @@ def _multiply_adds(x, repeats, out):
         row = out[t]
         for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
             store(row, i * L, a)
+
+
+@njit(parallel=True)
+def _byte_products(word, weights, repeats, out):
+    """SUMS int32 vector sums per row of out (threads, SUMS * lanes) float32, each adding,
+    repeats times, the four products of `word`'s bytes (unsigned) by each lane's bytes of
+    weights (lanes,) int32 (signed): vpdpbusd with no memory traffic; then stored as float32.
+    The word is an argument, as x is in _multiply_adds."""
+    L = LANES
+    ones = np.ones(SUMS * L, np.float32)
+    for t in prange(out.shape[0]):
+        w = int8.load_words(weights, 0)
+        # sums from zero: the start the kernels give a zero point of 0 (-0 times any row)
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = int8.start_sums(
+            weights, 0, 0)
+        for _ in range(repeats):
+            a0, a1 = int8.dot_bytes(word, w, a0), int8.dot_bytes(word, w, a1)
+            a2, a3 = int8.dot_bytes(word, w, a2), int8.dot_bytes(word, w, a3)
+            a4, a5 = int8.dot_bytes(word, w, a4), int8.dot_bytes(word, w, a5)
+            a6, a7 = int8.dot_bytes(word, w, a6), int8.dot_bytes(word, w, a7)
+            a8, a9 = int8.dot_bytes(word, w, a8), int8.dot_bytes(word, w, a9)
+            a10, a11 = int8.dot_bytes(word, w, a10), int8.dot_bytes(word, w, a11)
+        row = out[t]
+        for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+            int8.store_scaled(row, i * L, a, ones, np.float32(1.0))
 
 
 @njit(parallel=True)
@@ -100,6 +130,17 @@ def fma_gflops(threads: int) -> float:
     return 2 * out.size * repeats / seconds / 1e9
 
 
+def int8_gops(threads: int) -> float:
+    """GOP/s (two per multiply-add) of SUMS independent vpdpbusd per thread on `threads`
+    threads."""
+    out = np.zeros((threads, SUMS * LANES), np.float32)
+    weights = np.full(LANES, 0x01010101, np.int32)
+    repeats = 2_000_000
+    seconds = _fastest_seconds(lambda: _byte_products(np.uint32(0x01010101), weights, repeats,
+                                                      out))
+    return 2 * 4 * out.size * repeats / seconds / 1e9
+
+
 def read_gbps(nbytes: int, threads: int) -> float:
     """GB/s reading a float32 array of about nbytes, again and again, on `threads` threads."""
     block = threads * READ_SUMS * LANES
@@ -111,9 +152,9 @@ def read_gbps(nbytes: int, threads: int) -> float:
     return values.nbytes * repeats / seconds / 1e9
 
 
-def recurrent_weight_bytes(hidden_size: int) -> int:
-    """Bytes of one layer-direction's float32 recurrent weights (3H x H)."""
-    return 12 * hidden_size * hidden_size
+def recurrent_weight_bytes(hidden_size: int, itemsize: int = 4) -> int:
+    """Bytes of one layer-direction's recurrent weights (3H x H), float32 or of `itemsize`."""
+    return 3 * itemsize * hidden_size * hidden_size
 
 
 def numpy_ceilings() -> dict[str, float]:
@@ -130,10 +171,12 @@ def numpy_ceilings() -> dict[str, float]:
 
 def main() -> None:
     threads = numba.get_num_threads()
-    sizes = sorted({recurrent_weight_bytes(c.hidden_size) for c in SHAPES.values()
-                    if c.name != "S1"})
+    sizes = sorted({recurrent_weight_bytes(c.hidden_size, itemsize) for c in SHAPES.values()
+                    for itemsize in (4, 1) if c.name != "S1"})
     found = {"threads": threads, "fma_gflops": fma_gflops(threads),
              "read_GBps": {str(n): read_gbps(n, threads) for n in sizes}, **numpy_ceilings()}
+    if VNNI:
+        found["int8_gops"] = int8_gops(threads)
     print(json.dumps(found))
 
 

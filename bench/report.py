@@ -90,16 +90,21 @@ GOALS = {"S2": 1.2, "S3": 1.2, "S4": 1.05, "S5": 1.3, "S6": 1.2}
 FLOAT32_PEERS = ("onnxruntime", "torch", "openvino-f32")
 
 
-def fastest_allowed(case: Case, threads: int, ceiling: dict) -> tuple[float, str]:
-    """The least time a float32 call of `case` can take here (seconds), and what sets it.
+def fastest_allowed(case: Case, threads: int, ceiling: dict,
+                    itemsize: int = 4) -> tuple[float, str]:
+    """The least time a float32 call of `case` (int8 with itemsize 1) can take here
+    (seconds), and what sets it.
 
-    Its multiply-adds at the measured fused multiply-add peak: no float32 code doing them can be
-    faster. Or fetching each layer-direction's recurrent weights once a step at the read rate
-    measured for their size on these threads, less what the threads' nearer caches can keep from
-    the step before: their L2s where the weights exceed them, else their L1s.
+    Its multiply-adds at the measured fused multiply-add peak (int8: vpdpbusd's, where the CPU
+    has it): no code doing them in that precision can be faster. Or fetching each
+    layer-direction's recurrent weights once a step at the read rate measured for their size on
+    these threads, less what the threads' nearer caches can keep from the step before: their
+    L2s where the weights exceed them, else their L1s.
     """
-    arithmetic = case.flops / (ceiling["fma_gflops"] * 1e9)
-    size = recurrent_weight_bytes(case.hidden_size)
+    peak = ceiling.get("int8_gops", ceiling["fma_gflops"]) if itemsize == 1 else \
+        ceiling["fma_gflops"]
+    arithmetic = case.flops / (peak * 1e9)
+    size = recurrent_weight_bytes(case.hidden_size, itemsize)
     beyond_l2 = size > threads * L2_BYTES
     kept = threads * (L2_BYTES if beyond_l2 else L1_BYTES)
     rate = ceiling["read_GBps"].get(str(size))
@@ -139,14 +144,30 @@ def limits_table(records, ceiling) -> str:
     return "\n".join(rows)
 
 
+def int8_limits_table(records, ceiling) -> str:
+    """Per shape: the fastest an int8 call can be here (fastest_allowed with int8 weights) and
+    fastgru-int8's time as a share of that."""
+    rows = ["| case | threads | fastest allowed µs | set by | fastgru-int8 µs "
+            "| allowed / fastgru-int8 |", "|---|---|---|---|---|---|"]
+    for r in records:
+        if r["runtime"] != "fastgru-int8" or r["case"] == "S1":
+            continue
+        allowed, limit = fastest_allowed(SHAPES[r["case"]], r["threads"], ceiling[r["threads"]],
+                                         itemsize=1)
+        rows.append(f"| {r['case']} | {r['threads']} | {allowed * 1e6:.0f} | {limit} "
+                    f"| {r['median_s'] * 1e6:.0f} | {allowed / r['median_s']:.0%} |")
+    return "\n".join(rows)
+
+
 def ceilings_table(ceiling) -> str:
     sizes = next(iter(ceiling.values()))["read_GBps"]
-    rows = ["| threads | fused multiply-add peak GFLOP/s | "
-            + " | ".join(f"read of {int(n) / 1e6:.1f} MB GB/s" for n in sizes)
+    rows = ["| threads | fused multiply-add peak GFLOP/s | int8 (vpdpbusd) peak GOP/s | "
+            + " | ".join(f"read of {int(n) / 1e6:.2f} MB GB/s" for n in sizes)
             + " | NumPy 2048² matrix product GFLOP/s | NumPy matvec over 3H×H weights, H=256 "
-            "(786 KB) GB/s | H=1024 (12.6 MB) GB/s |", "|---" * (5 + len(sizes)) + "|"]
+            "(786 KB) GB/s | H=1024 (12.6 MB) GB/s |", "|---" * (6 + len(sizes)) + "|"]
     for t, c in ceiling.items():
-        rows.append(f"| {t} | {c['fma_gflops']:.1f} | "
+        int8_peak = f"{c['int8_gops']:.1f}" if "int8_gops" in c else "-"
+        rows.append(f"| {t} | {c['fma_gflops']:.1f} | {int8_peak} | "
                     + " | ".join(f"{c['read_GBps'][n]:.1f}" for n in sizes)
                     + f" | {c['sgemm_gflops']:.1f} | {c['matvec_GBps_H256']:.1f} "
                     f"| {c['matvec_GBps_H1024']:.1f} |")
@@ -161,6 +182,14 @@ LIMITS_NOTE = (
     "them, else their L1s), whichever takes longer. "
     "\"Peer / allowed\" is the most any float32 code could be ahead of the best float32 peer "
     "here; issue 15's goal for fastgru is beside it.")
+
+
+INT8_LIMITS_NOTE = (
+    "As for float32, with int8 weights: the multiply-adds at the int8 peak above (vpdpbusd, "
+    "where the CPU has AVX512_VNNI; else the fused multiply-add peak, as the widened path "
+    "multiplies in float32), or the int8 recurrent weights (a quarter of float32's bytes) "
+    "fetched once a step at the read rate for their size, whichever takes longer. Quantizing "
+    "the activations and the gates are not counted.")
 
 
 def sweep_cases(quick: bool):
@@ -242,6 +271,8 @@ def main(argv=None) -> int:
                                               "torch-int8"), ""]
     lines += ["### What the ceilings allow (float32)", "", LIMITS_NOTE, "",
               limits_table(records, ceiling), ""]
+    lines += ["### What the ceilings allow (int8)", "", INT8_LIMITS_NOTE, "",
+              int8_limits_table(records, ceiling), ""]
     if has_chart:
         lines += ["![ratios](ratios.png)", ""]
     lines += ["### Sweep: T=20, D=128, 1 thread, fastgru against onnxruntime", "",

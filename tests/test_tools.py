@@ -90,3 +90,29 @@ def test_fastest_allowed_takes_the_slower_of_multiply_adds_and_weight_reads(monk
     assert np.isclose(seconds, 100 * (ceilings.recurrent_weight_bytes(256) - (48 << 10)) / 100e9)
     seconds, limit = report.fastest_allowed(S2, 1, {**ceiling, "fma_gflops": 1.0})
     assert limit == "multiply-adds" and seconds == S2.flops / 1e9
+
+
+@pytest.mark.skipif(not ceilings.VNNI, reason="vpdpbusd needs AVX512_VNNI")
+def test_int8_ceiling_counts_every_byte_product():
+    threads, repeats = 2, 1000
+    sums = np.zeros((threads, ceilings.SUMS * ceilings.LANES), np.float32)
+    weights = np.full(ceilings.LANES, 0x01FF0302, np.int32)  # bytes 2, 3, -1, 1 (signed)
+    ceilings._byte_products(np.uint32(0x04030201), weights, repeats, sums)  # bytes 1, 2, 3, 4
+    assert np.array_equal(sums, np.full(sums.shape, repeats * (1 * 2 + 2 * 3 - 3 + 4)))
+
+
+def test_int8_fastest_allowed_takes_int8_bytes_and_peak(monkeypatch):
+    monkeypatch.setattr(report, "L1_BYTES", 48 << 10)
+    monkeypatch.setattr(report, "L2_BYTES", 1 << 20)
+    read = {str(ceilings.recurrent_weight_bytes(1024, 1)): 100.0}
+    ceiling = {"fma_gflops": 250.0, "int8_gops": 1000.0, "read_GBps": read}
+    S6 = report.SHAPES["S6"]  # 3.1 MB of int8 weights a step, beyond one L2, within two
+    seconds, limit = report.fastest_allowed(S6, 1, ceiling, itemsize=1)
+    assert limit == "reads beyond L2"
+    assert np.isclose(seconds, 50 * (ceilings.recurrent_weight_bytes(1024, 1) - (1 << 20)) / 100e9)
+    slow = {**ceiling, "int8_gops": 100.0}
+    seconds, limit = report.fastest_allowed(S6, 2, slow, itemsize=1)
+    assert limit == "multiply-adds" and seconds == S6.flops / 100e9
+    without = {k: v for k, v in slow.items() if k != "int8_gops"}  # widened: float32's peak
+    assert report.fastest_allowed(S6, 2, {**without, "fma_gflops": 50.0},
+                                  itemsize=1)[0] == S6.flops / 50e9

@@ -31,14 +31,14 @@ class GRU:
     def __init__(self, spec: GRUSpec, *, batch_first: bool = False, dtype=None,
                  initial_state=None, kernel_path: str | None = None) -> None:
         """dtype: "float32", "float64", "bfloat16" or "int8" (see `precision`); by default
-        "int8" where the weights came quantized (the spec's layers hold int8 values), else
-        "float32". kernel_path: the kernel variant of a bfloat16 model, one of
+        "int8" where the weights came quantized (every layer of the spec holds int8 values),
+        else "float32". kernel_path: the kernel variant of a bfloat16 model, one of
         kernels.cpu.BF16_PATHS ("widen", "dot", "tiles"), or of an int8 model, one of
         kernels.cpu.INT8_PATHS ("widen", "vnni"): those this CPU runs; None, the default, takes
         the fastest. For tools and tests
         that compare variants; ignored for float32 and float64."""
         if dtype is None:
-            dtype = "int8" if any(layer.int8 is not None for layer in spec.layers) else "float32"
+            dtype = "int8" if all(layer.int8 is not None for layer in spec.layers) else "float32"
         self._precision = resolve_dtype(dtype)
         bfloat16 = self._precision == "bfloat16"
         narrow = self._precision in ("bfloat16", "int8")  # weights narrower than x, h and y

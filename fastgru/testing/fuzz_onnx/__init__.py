@@ -29,7 +29,11 @@ passed, side by side) with what exporters write around them: Squeeze/Unsqueeze i
 forms, Transpose, Reshape with -1/0/fixed targets or a target computed from Shape/Gather/Concat,
 Concat, Slice, Shape/Gather/ConstantOfShape zero states, Expand, Cast, Identity; front-ends
 (MatMul, Conv1d), dense heads, several consumers of one value, states and lengths as graph
-inputs or constants, dynamic and fixed dims, value_info on intermediates, opsets 11-21.
+inputs or constants, dynamic and fixed dims, value_info on intermediates, opsets 11-21; and
+weights stored in int8 or uint8 behind DequantizeLinear (QDQ), symmetric or not, per tensor,
+direction, row or column (drawn from a stream of their own, so every seed still makes the graph
+it made before they were added). An int8 model read from such a graph is compared on its
+widened path: the float network of its dequantized weights, as onnxruntime computes it.
 
 The modules, each used by the ones after it: ``case`` (constants, exceptions, what a case
 records), ``graph`` / ``sources`` / ``layers`` / ``outputs`` (the graph builder, layer by layer

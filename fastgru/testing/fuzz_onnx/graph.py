@@ -13,6 +13,10 @@ class Graph:
 
     def __init__(self, rng, opset: int, nominal: dict) -> None:
         self.rng, self.opset, self.nominal = rng, opset, dict(nominal)
+        # choices added later draw from their own stream, so every seed still makes the
+        # graph it made before they were added (the seeds of past findings stay meaningful)
+        self.later = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+        self.quantized_layer = False  # whether the GRU being made stores int8 weights (QDQ)
         self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
         self.shapes: dict = {}  # value -> tuple of ints, size symbols and None, or None
         self.types: dict = {}
@@ -162,7 +166,9 @@ class Graph:
         for node in nodes:
             for out in node.output:
                 shape = self.shapes.get(out)
-                if not out or out in io or node.op_type == "Constant":
+                # (a DequantizeLinear makes a weight: a constant, and no draws of the main
+                # stream, which would change every later choice of its seed)
+                if not out or out in io or node.op_type in ("Constant", "DequantizeLinear"):
                     continue
                 if shape is not None and fixed and self.chance(0.3):
                     # fixed at the nominal sizes: onnxruntime plans with them, so the graph runs

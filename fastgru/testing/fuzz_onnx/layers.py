@@ -31,7 +31,50 @@ class Layers(Sources):
             return self.op("Concat", parts, array.shape, axis=1)
         if form == "unsqueeze" and array.shape[0] == 1:
             return self.axes_op("Unsqueeze", self.constant(array[0], stem), [0], array.shape)
+        if form == "plain":
+            node = self.chance(0.2)  # drawn either way: the main stream stays as it was
+            if self.quantized_layer and self.later.random() < 0.9:
+                return self.dequantized(array, stem)
+            return self.constant(array, stem, node=node)
         return self.constant(array, stem)
+
+    def dequantized(self, array: np.ndarray, stem: str) -> str:
+        """A weight stored as int8 (or uint8) values and scales, and a DequantizeLinear that
+        makes it: symmetric with one scale, a scale per direction (axis 0) or per row (axis 1),
+        which fastgru keeps in int8; or with a zero point or a scale per column, which it reads
+        as the floats they make. Its choices draw from self.later."""
+        later = self.later
+        kinds = {"tensor": 3}  # how often each kind is drawn, relatively
+        if self.opset >= 13:
+            kinds.update(direction=2, row=3, zero=1, uint8=1, **({"column": 1} if array.ndim == 3
+                                                                   else {}))
+        odds = np.array(list(kinds.values()), float)
+        kind = list(kinds)[int(later.choice(len(kinds), p=odds / odds.sum()))]
+        axis = {"direction": 0, "row": 1, "zero": 1, "uint8": 1, "column": 2}.get(kind)
+        if axis is None:
+            scale = np.float32(np.abs(array).max() / 127 or 1.0)
+            shape = ()
+        else:
+            others = tuple(k for k in range(array.ndim) if k != axis)
+            scale = (np.abs(array).max(axis=others) / 127).astype(np.float32)
+            scale[scale == 0] = 1.0
+            shape = tuple(-1 if k == axis else 1 for k in range(array.ndim))
+        low, high, dtype = (0, 255, np.uint8) if kind == "uint8" else (-128, 127, np.int8)
+        zero = None
+        if kind == "zero":
+            zero = later.integers(-20, 21, np.shape(scale)).astype(np.int8)
+        elif kind == "uint8":
+            zero = np.full(np.shape(scale), 128, np.uint8)
+        elif later.random() < 0.3:  # an explicit zero point of zeros: still symmetric
+            zero = np.zeros(np.shape(scale), np.int8)
+        shift = 0 if zero is None else zero.astype(np.float64).reshape(shape)
+        values = np.clip(np.rint(array / scale.reshape(shape)) + shift, low, high).astype(dtype)
+        inputs = [self.constant(values, stem + "q", node=False),
+                  self.constant(scale, stem + "s", node=False)]
+        if zero is not None:
+            inputs.append(self.constant(zero, stem + "z", node=False))
+        attrs = {} if axis is None else {"axis": axis}
+        return self.op("DequantizeLinear", inputs, array.shape, **attrs)
 
     def gru(self, x: str, d: int, opts: dict, h0: tuple = ("", {}), lens: tuple = ("", "none"),
             weights: tuple | None = None) -> GruInfo:
@@ -43,6 +86,7 @@ class Layers(Sources):
         if weights is not None:  # another node's
             w, r, b = weights
         else:
+            self.quantized_layer = self.later.random() < 0.3  # its weights mostly int8 (QDQ)
             w = self.weight(0.5 * rng.standard_normal((dirs, 3 * H, d)), f"W{k}_")
             r = self.weight(0.5 * rng.standard_normal((dirs, 3 * H, H)), f"R{k}_")
             b = self.weight(0.5 * rng.standard_normal((dirs, 6 * H)), f"B{k}_") \

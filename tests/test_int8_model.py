@@ -202,6 +202,8 @@ def test_quantization_rule_and_kept_values(rng):
     layer = LayerWeights(w, r, spec.layers[0].b, kept)
     imported = fastgru.GRU(type(spec)((layer,)))  # int8 by default: the weights came quantized
     assert imported.precision == "int8"
+    second = random_spec(rng, 5, 4, num_layers=2).layers[1]  # float weights beside int8 ones
+    assert fastgru.GRU(type(spec)((layer, second))).precision == "float32"
     np.testing.assert_array_equal(imported.spec.layers[0].int8.w_values, values)
     x = rng.standard_normal((4, 2, 5)).astype(np.float32)
     floats = fastgru.GRU(type(spec)((layer,)), dtype="float32")

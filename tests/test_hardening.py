@@ -199,8 +199,10 @@ def test_small_refusals(rng):
     y, h_n = model(np.zeros((5, 0, 3)), lengths=[])  # an empty batch, empty lengths
     assert y.shape == (5, 0, 4) and h_n.shape == (1, 0, 4)
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64', "
-                                         r"'bfloat16'\), got None"):
-        fastgru.GRU(random_spec(rng, 3, 4), dtype=None)
+                                         r"'bfloat16', 'int8'\), got 'float16'"):
+        fastgru.GRU(random_spec(rng, 3, 4), dtype="float16")
+    # None: the weights' own (float32 for float weights; int8 where every layer came in int8)
+    assert fastgru.GRU(random_spec(rng, 3, 4), dtype=None).precision == "float32"
 
 
 def _package_copy(tmp_path):

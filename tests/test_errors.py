@@ -64,8 +64,10 @@ def test_dtype_choice(rng):
     assert fastgru.GRU(spec, dtype=np.float64).dtype == np.float64
     bf16 = fastgru.GRU(spec, dtype="bfloat16")
     assert bf16.dtype == np.float32 and bf16.precision == "bfloat16"  # arrays stay float32
+    int8 = fastgru.GRU(spec, dtype=np.int8)  # a NumPy dtype names it too
+    assert int8.dtype == np.float32 and int8.precision == "int8"
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64', "
-                                         r"'bfloat16'\), got 'float16'"):
+                                         r"'bfloat16', 'int8'\), got 'float16'"):
         fastgru.GRU(spec, dtype="float16")
     with pytest.raises(ValueError, match=r"dtype must be one of .* got 'banana'"):
         fastgru.GRU(spec, dtype="banana")

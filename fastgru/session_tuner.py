@@ -7,13 +7,17 @@ stage boundary costs more than fastgru wins on the GRU (one frame at a time). As
 benchmark mode and onnxruntime's tunable ops do, the tuner times both on the first calls of each
 input signature (the feeds' shapes and dtypes) and keeps the faster one:
 
-    call 1: staged, not timed (its first call warms it); call 2: onnxruntime, not timed (builds
-    its session); then blocks of `block` timed calls of each plan in turn, until each plan has
-    `calls` timings and either `seconds` of them or `most` timings; the lower median wins.
+    blocks of `block` timed calls of each plan in turn, the staged plan first, each plan's first
+    block led by one call that is not timed (it warms the plan: onnxruntime's first call builds
+    its session), until each plan has `calls` timings and either `seconds` of them or `most`
+    timings; the lower median wins.
 
-Blocks rather than strict alternation: onnxruntime's idle workers spin for a while after a run
-and would slow the staged call that follows, which only the first call of each block pays (the
-median ignores it). The signatures remembered are bounded (least recently used first out). All
+Blocks rather than strict alternation, and the staged plan timed before onnxruntime's session
+runs at all: onnxruntime's idle workers spin for a while after a run and slow the staged calls
+that follow, which only the first calls of a later block pay (the median ignores them).
+MEASURED_NOTE
+
+The signatures remembered are bounded (least recently used first out). All
 changes are made under one lock (sessions are called from many threads at once); a call whose
 signature has its plan reads it without the lock, as a single dict lookup, for 0.3 µs instead of 1.
 """
@@ -29,12 +33,13 @@ CHOICES = ("auto", *PLANS)
 
 
 class _Trial:
-    """One signature: calls handed out, timings per plan, and the choice once made."""
+    """One signature: the plan of the block being handed out and the calls left in it, the
+    plans warmed, timings per plan, and the choice once made."""
 
-    __slots__ = ("issued", "times", "choice")
+    __slots__ = ("plan", "left", "warmed", "times", "choice")
 
-    def __init__(self) -> None:
-        self.issued = 0
+    def __init__(self, block: int) -> None:
+        self.plan, self.left, self.warmed = PLANS[0], block + 1, set()
         self.times: dict[str, list[float]] = {plan: [] for plan in PLANS}
         self.choice: str | None = None
 
@@ -60,7 +65,7 @@ class PlanTuner:
     """
 
     def __init__(self, *, calls: int = 4, seconds: float = 0.005, most: int = 32,
-                 block: int = 4, signatures: int = 32, clock=time.perf_counter) -> None:
+                 block: int = 16, signatures: int = 32, clock=time.perf_counter) -> None:
         if calls < 1 or most < calls or block < 1 or signatures < 1:
             raise ValueError(f"PlanTuner needs 1 <= calls <= most, block >= 1 and signatures "
                              f">= 1, got calls={calls}, most={most}, block={block}, "
@@ -83,18 +88,20 @@ class PlanTuner:
         with self._lock:
             trial = self._trials.get(signature)
             if trial is None:
-                trial = self._trials[signature] = _Trial()
+                trial = self._trials[signature] = _Trial(self.block)
                 if len(self._trials) > self.signatures:
                     self._chosen.pop(self._trials.popitem(last=False)[0], None)
             else:
                 self._trials.move_to_end(signature)
             if trial.choice is not None:
                 return trial.choice, False
-            k = trial.issued
-            trial.issued += 1
-        if k < len(PLANS):  # each plan's first call warms it up
-            return PLANS[k], False
-        return PLANS[(k - len(PLANS)) // self.block % len(PLANS)], True
+            if trial.left == 0:  # the next block: the other plan's
+                trial.plan = PLANS[1 - PLANS.index(trial.plan)]
+                trial.left = self.block + (trial.plan not in trial.warmed)
+            trial.left -= 1
+            plan, timed = trial.plan, trial.plan in trial.warmed
+            trial.warmed.add(plan)
+            return plan, timed
 
     def record(self, signature, plan: str, seconds: float) -> None:
         """One timed call's duration; chooses once both plans have enough."""

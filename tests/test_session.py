@@ -341,7 +341,9 @@ def test_auto_times_both_plans_and_keeps_the_faster_per_signature(rng, streaming
                                     strict=True):
                 assert_close(ours, theirs, "float32", f"batch {batch}")
 
-    # one warm-up call each, then blocks of 2 until each plan has 3 timings: 2 + 8 calls
+    # blocks of 2, staged first, each plan's first led by a warm-up call, until each plan
+    # has 3 timings: staged 1 + 2, onnxruntime 1 + 2, staged 2, onnxruntime 1 (chosen), and
+    # the tenth call runs the staged plan kept
     calls(1, 10)
     assert counts == {"staged": 6, "onnxruntime": 4}
     one = (("frame", (1, 1, 10), "float32"), ("state_in", (2, 1, 20), "float32"))
@@ -362,6 +364,24 @@ def test_auto_times_both_plans_and_keeps_the_faster_per_signature(rng, streaming
     calls(1, 4)
     assert counts == {"staged": before["staged"] + 4, "onnxruntime": before["onnxruntime"] + 4}
     assert "-> onnxruntime" in session.describe()[-1]
+
+
+def test_tuner_times_the_staged_plan_before_onnxruntime_first_runs():
+    """The order of the calls handed out: the staged plan's first block (a warm-up call, then
+    `block` timed) before onnxruntime's first call, whose spinning workers would slow it; then
+    onnxruntime's, then blocks in turn until both have enough timings."""
+    from fastgru.session_tuner import PlanTuner
+
+    tuner = PlanTuner(calls=5, seconds=0.0, block=3)
+    order = []
+    while tuner.choice("s") is None:
+        plan, timed = tuner.next("s")
+        order.append((plan[0], timed))
+        if timed:
+            tuner.record("s", plan, 1.0 if plan == "staged" else 2.0)
+    S, O = ("s", True), ("o", True)
+    assert order == [("s", False), S, S, S, ("o", False), O, O, O, S, S, S, O, O]
+    assert tuner.next("s") == ("staged", False)
 
 
 def test_tuner_forgets_the_least_recently_used_signature():

@@ -379,8 +379,9 @@ def test_tuner_times_the_staged_plan_before_onnxruntime_first_runs():
         order.append((plan[0], timed))
         if timed:
             tuner.record("s", plan, 1.0 if plan == "staged" else 2.0)
-    S, O = ("s", True), ("o", True)
-    assert order == [("s", False), S, S, S, ("o", False), O, O, O, S, S, S, O, O]
+    st, ort_ = ("s", True), ("o", True)  # a timed call of each plan
+    assert order == [("s", False), st, st, st, ("o", False), ort_, ort_, ort_, st, st, st, ort_,
+                     ort_]
     assert tuner.next("s") == ("staged", False)
 
 
@@ -461,7 +462,7 @@ def test_auto_falls_back_to_staged_where_onnxruntime_alone_cannot_run(rng):
     session = fastgru.InferenceSession(model, threads=1)
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)
     y, _ = fastgru.GRU(spec, batch_first=True)(x)
-    for _ in range(3):
+    for _ in range(20):  # past the staged plan's first block, to onnxruntime's first call
         (z,) = session.run(None, {"X": x})
         assert_close(z, np.maximum(y, 0).reshape(2, 5, 1, 4), "float32", "Z")
     assert session.plan == "staged"

@@ -18,6 +18,7 @@ import warnings
 
 import numba
 from numba.core import caching
+from numba.core.runtime import rtsys
 
 from fastgru._fork import after_fork_in_child
 
@@ -106,8 +107,15 @@ class RecoveringCache(caching.FunctionCache):
         return (*super()._index_key(sig, codegen), _KERNEL_SOURCES)
 
     def load_overload(self, sig, target_context):
-        # Numba asks the cache before it compiles: a miss means a compilation starts now
-        loaded = super().load_overload(sig, target_context)
+        # Numba asks the cache before it compiles: a miss means a compilation starts now.
+        # Numba's own load_overload first refreshes the target context: it imports and installs
+        # every typing and lowering registry (most of a cached first call), and initializes
+        # Numba's runtime, the one thing rebuilding cached machine code needs. A compilation
+        # refreshes the context itself (numba.core.compiler.compile_extra).
+        rtsys.initialize(target_context)
+        loaded = None  # stays None where the guard below swallows an unreadable cache's error
+        with self._guard_against_spurious_io_errors():
+            loaded = self._load_overload(sig, target_context)
         if loaded is None:
             _say_compiling(self._cache_path)
         return loaded

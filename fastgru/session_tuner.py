@@ -14,12 +14,14 @@ input signature (the feeds' shapes and dtypes) and keeps the faster one:
 
 Blocks rather than strict alternation, and the staged plan timed before onnxruntime's session
 runs at all: onnxruntime's idle workers spin for a while after a run and slow the staged calls
-that follow, which only the first calls of a later block pay (the median ignores them).
-MEASURED_NOTE
+that follow, which only the first calls of a later block pay (the median ignores them). Timed
+in alternating blocks of 4 after onnxruntime's warm-up, the staged plan lost at two threads on
+every network of bench/whole_models.py, and onnxruntime was kept where the staged plan runs
+1.1-1.6x faster (bench/RESULTS.md, "Whole networks", 2026-12-07).
 
-The signatures remembered are bounded (least recently used first out). All
-changes are made under one lock (sessions are called from many threads at once); a call whose
-signature has its plan reads it without the lock, as a single dict lookup, for 0.3 µs instead of 1.
+The signatures remembered are bounded (least recently used first out). All changes are made
+under one lock (sessions are called from many threads at once); a call whose signature has its
+plan reads it without the lock, as a single dict lookup, for 0.3 µs instead of 1.
 """
 
 from __future__ import annotations

@@ -36,9 +36,13 @@ class GRUStep:
         if dtype not in (np.float32, np.float64):
             raise FormatError(f"GRU node {nodes[0].name!r}: fastgru runs float and double "
                               f"GRUs, this one is {dtype.name}")
-        if precision is not None and precision != dtype.name and dtype != np.float32:
-            raise FormatError(f"GRU node {nodes[0].name!r} is double: dtype={precision!r} "
-                              f"runs float GRUs (its inputs and outputs are float32)")
+        # the values around the node keep the graph's element type: float32 for a float
+        # node (bfloat16 and int8 models take and give float32), float64 for a double one
+        allowed = (dtype.name, "bfloat16", "int8") if dtype == np.float32 else (dtype.name,)
+        if precision is not None and precision not in allowed:
+            raise FormatError(f"GRU node {nodes[0].name!r} computes in {dtype.name}: "
+                              f"dtype={precision!r} is not one of {list(allowed)}, the "
+                              f"precisions whose inputs and outputs are {dtype.name}")
         dtype = dtype.name if precision is None else precision
         layers = tuple(layer for layer, _, _ in read)
         self.model = GRU(GRUSpec(layers, **read[0][1]), batch_first=bool(read[0][2]),

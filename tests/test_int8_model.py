@@ -345,6 +345,9 @@ def test_onnx_dequantized_weights_keep_their_int8_values(rng, tmp_path):
     np.testing.assert_allclose(int8_session.run(None, {"X": x})[0], expected[0], atol=0.05)
     with pytest.raises(ValueError, match="plan='onnxruntime' runs none"):
         fastgru.InferenceSession(path, dtype="int8", plan="onnxruntime")
+    with pytest.raises(FormatError, match=r"computes in float32: dtype='float64' is not one of "
+                                          r"\['float32', 'bfloat16', 'int8'\]"):
+        fastgru.InferenceSession(path, dtype="float64")  # its outputs would not be float32
 
     proto, _, _ = qdq_gru(rng, zero_point=3)
     onnx.save(proto, path)

@@ -2,10 +2,11 @@
 
 `matvec` multiplies rows by weight panels (layout.pack_gate_rows) of any operand type the
 kernels hold: float32 or float64, bfloat16 widened as read (uint16), bfloat16 pairs for the
-CPU's dot products (uint32) or for its AMX tiles (int32, amx.py). The weights' type picks the
-code at compile time; a row's result is the same bit for bit whatever batch position, thread or
-panel order computes it. `project` shares one product over many rows among Numba's threads;
-`dot_rows` multiplies unpadded weights with the same per-row guarantee.
+CPU's dot products (uint32) or for its AMX tiles (int32, amx.py), int8 weights (Int8Weights,
+int8_pack.py). The weights' type picks the code at compile time (operands.py); a row's result
+is the same bit for bit whatever batch position, thread or panel order computes it. `project`
+shares one product over many rows among Numba's threads; `dot_rows` multiplies unpadded
+weights with the same per-row guarantee.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from fastgru.kernels import cpu
 from fastgru.kernels.amx import matvec_tiles
 from fastgru.kernels.borrow import borrowed
 from fastgru.kernels.cpu import FOUR_ROW_TILES
-from fastgru.kernels.int8_pack import Int8Weights, Quantized
+from fastgru.kernels.int8_pack import Int8Weights
 from fastgru.kernels.operands import (finish, length, load_weights, madd, operand, operand_rows,
-                                      panel_inputs, panel_rows, panel_size, row_source, start,
-                                      vector_lanes)
+                                      operand_scratch, panel_inputs, panel_rows, panel_size,
+                                      row_source, start, vector_lanes)
 from fastgru.kernels.runtime import JIT_OPTIONS, recover_caches
 from fastgru.kernels.simd import prefetch
 
@@ -298,32 +299,26 @@ def project(x, wp, out):
 
 
 @njit(**JIT_OPTIONS)
-def _product_rows(v, w, scratch, out):
-    matvec(operand(v, w, scratch, 0, v.shape[0]), w, out, 0, v.shape[0], 0, length(w),
-           False)
+def _product_rows(v, w, out):
+    scratch = operand_scratch(w, v.shape[0], v.shape[1])
+    matvec(operand(v, w, scratch, 0, v.shape[0]), w, out, 0, v.shape[0], 0, length(w), False)
 
 
 def product(v: np.ndarray, w, out: np.ndarray | None = None) -> np.ndarray:
-    """v @ W^T for every row of v (B, K) and every packed column of w (panels*P columns, gate
-    columns as packed): for tests and tools. Checks and allocates, then calls `matvec`."""
+    """v @ W^T for every row of v (B, K) and every packed column of w, float weights (B,
+    panels*P) or int8 ones, gate columns as packed: for tests and tools. Checks the shapes and
+    allocates, then runs `operand` and `matvec` as the kernels do."""
     int8_weights = isinstance(w, Int8Weights)
     panels = w.words if int8_weights else w
-    dtype = np.float32 if int8_weights or panels.dtype.kind != "f" else panels.dtype
+    dtype = panels.dtype if panels.dtype.kind == "f" else np.dtype(np.float32)
     v = np.ascontiguousarray(v, dtype)
-    K = panels.shape[1] * 4 if panels.dtype == np.int32 and int8_weights else panels.shape[1]
-    if v.ndim != 2 or not (v.shape[1] <= K < v.shape[1] + 4 if K != panels.shape[1]
-                           else v.shape[1] == K):
-        raise ValueError(f"activations must be (B, {K}) {np.dtype(dtype)} for these weights, "
-                         f"got shape {v.shape}")
+    groups = 4 if int8_weights and panels.dtype == np.int32 else 1  # inputs a word holds
+    if v.ndim != 2 or -(-v.shape[1] // groups) != panels.shape[1]:
+        raise ValueError(f"activations must be (B, {panels.shape[1] * groups}) {dtype} for "
+                         f"these weights, got shape {v.shape}")
     if out is None:
         out = np.empty((v.shape[0], panels.shape[0] * panels.shape[2]), dtype)
-    scratch = (Quantized(np.zeros((v.shape[0], panels.shape[1]), np.uint32),
-                         np.zeros(v.shape[0], np.int32), np.zeros(v.shape[0], np.float32))
-               if int8_weights and panels.dtype == np.int32 else None)
-    if scratch is None:
-        matvec(v, w, out, 0, v.shape[0], 0, panels.shape[0], False)
-    else:
-        _product_rows(v, w, scratch, out)
+    _product_rows(v, w, out)
     return out
 
 

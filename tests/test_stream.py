@@ -101,43 +101,6 @@ def test_step_takes_any_layout_of_x(rng):
         assert np.array_equal(model.stream(2).step(variant), expected)
 
 
-@pytest.mark.slow
-def test_warmup_compiles_every_kernel_before_the_first_call():
-    """In a fresh process with an empty cache: after warmup(), no kernel compiles on a call."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-
-    code = """if True:
-        import numpy as np, fastgru
-        from fastgru.kernels import gru as k
-        from fastgru.kernels import products
-        kernels = [products.project, k.gru_layer, k.gru_layer_serial, k.gru_layer_columns,
-                   k.gru_stream_step, products.matvec]  # matvec: also called from the others
-        fastgru.warmup(("float32", "float64"))
-        counts = [len(f.signatures) for f in kernels]
-        assert all(c == 2 for c in counts[:-1]), counts
-        rng = np.random.default_rng(0)
-        for dtype in ("float32", "float64"):
-            state = {"weight_ih_l0": rng.standard_normal((900, 5)),
-                     "weight_hh_l0": rng.standard_normal((900, 300)),
-                     "weight_ih_l1": rng.standard_normal((900, 300)),
-                     "weight_hh_l1": rng.standard_normal((900, 300))}
-            model = fastgru.GRU.from_torch(state, dtype=dtype)
-            for batch in (1, 3, 40):
-                model(rng.standard_normal((4, batch, 5)))
-            model.stream(2).step(np.zeros((2, 5)))
-        assert [len(f.signatures) for f in kernels] == counts
-        print("ok")
-    """
-    with tempfile.TemporaryDirectory() as cache:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=600, env={**os.environ, "NUMBA_CACHE_DIR": cache,
-                                               "NUMBA_NUM_THREADS": "2"})
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
-
-
 def test_stream_batch_keeps_each_client_apart(rng):
     """Clients join and leave between steps; each one's outputs equal its own Stream's."""
     model = fastgru.GRU(random_spec(rng, 3, 5, 2))

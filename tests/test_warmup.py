@@ -85,9 +85,19 @@ def test_warmup_command_on_a_fresh_cache(tmp_path):
     assert sum(NOTICE in line for line in lines) == 1 and NOTICE in lines[0], cold.stderr
     assert [line.split(" ready in ")[0] for line in lines[1:]] == \
         ["fastgru warmup: float32 kernels", "fastgru warmup: float32 kernels with a clip"]
-    after = _in_fresh_process(["-c", "import numpy as np, fastgru\n"
-                                     "m = fastgru.GRU.from_torch({'weight_ih_l0': np.ones((6, 3)),"
-                                     " 'weight_hh_l0': np.ones((6, 2))})\n"
-                                     "m(np.ones((4, 1, 3))); m.stream(1).step(np.ones((1, 3)))"],
-                              tmp_path)
+    # every kernel a model runs: rows shared out (B=40), units shared out (B=1), the serial
+    # small-batch kernel (B=3), a stream step, with and without a clip
+    after = _in_fresh_process(["-c", """if True:
+        import dataclasses, numpy as np, fastgru
+        rng = np.random.default_rng(0)
+        state = {"weight_ih_l0": rng.standard_normal((900, 5)),
+                 "weight_hh_l0": rng.standard_normal((900, 300)),
+                 "weight_ih_l1": rng.standard_normal((900, 300)),
+                 "weight_hh_l1": rng.standard_normal((900, 300))}
+        plain = fastgru.GRU.from_torch(state)
+        for model in (plain, fastgru.GRU(dataclasses.replace(plain.spec, clip=1.0))):
+            for batch in (1, 3, 40):
+                model(rng.standard_normal((4, batch, 5)))
+            model.stream(2).step(np.zeros((2, 5)))
+        """], tmp_path)
     assert after.returncode == 0 and NOTICE not in after.stderr, after.stderr

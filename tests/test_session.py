@@ -327,6 +327,60 @@ def test_pinned_plans_match_onnxruntime(rng, streaming_path, plan):
     assert (session._whole is None) == (plan == "staged")  # never built when not needed
 
 
+@pytest.mark.parametrize("plan", ["auto", "onnxruntime"])
+def test_calls_like_checked_ones_skip_the_checks(rng, streaming_path, monkeypatch, plan):
+    """Once onnxruntime alone has run a call, a call with feeds of the same names, types,
+    shapes and dtypes (and the same outputs asked for) goes straight to it; any other call is
+    checked as before, and bad feeds are still refused."""
+    from fastgru import session as module
+
+    checked = []
+    check = module._Feed.__call__
+    monkeypatch.setattr(module._Feed, "__call__",
+                        lambda feed, value: checked.append(feed.arg.name) or check(feed, value))
+    session = fastgru.InferenceSession(streaming_path, threads=1, plan=plan)
+    peer = ort.InferenceSession(streaming_path, providers=["CPUExecutionProvider"])
+    if plan == "auto":
+        _costed(session, {"staged": 2.0, "onnxruntime": 1.0}, {})
+        for _ in range(10):  # timing, until onnxruntime is kept
+            session.run(None, _stream_feeds(rng, 1))
+        assert list(session.plans.values()) == ["onnxruntime"]
+
+    def calls(n, output_names=None, batch=1):
+        before = len(checked)
+        for _ in range(n):
+            feeds = _stream_feeds(rng, batch)
+            wanted = [o.name for o in peer.get_outputs()] if output_names is None \
+                else output_names
+            for ours, theirs in zip(session.run(output_names, feeds),
+                                    peer.run(wanted, feeds), strict=True):
+                assert_close(ours, theirs, "float32", f"{output_names} batch {batch}")
+        return len(checked) - before
+
+    # the first call's two feeds, then none (with auto, the first call after the choice was
+    # that first call)
+    assert calls(5) == (2 if plan == "onnxruntime" else 0)
+    assert calls(3, ["state_out"]) == 2  # other outputs asked for: checked once
+    # another shape: checked once; with auto, a signature timed on its own, its first block
+    # the staged plan's (a warm-up call and 2), every call checked
+    assert calls(3, batch=3) == (2 if plan == "onnxruntime" else 6)
+    feeds = _stream_feeds(rng, 1)
+    with pytest.raises(TypeError, match="must be tensor\\(float\\)"):
+        session.run(None, {**feeds, "frame": feeds["frame"].astype(np.float64)})
+    with pytest.raises(ValueError, match="must have shape"):
+        session.run(None, {**feeds, "frame": feeds["frame"][0]})
+    with pytest.raises(ValueError, match="unknown"):
+        session.run(None, {**feeds, "other": feeds["frame"]})
+    class Tagged(np.ndarray):
+        pass
+
+    before = len(checked)  # an array of another type: checked (and converted)
+    tagged = session.run(None, {**feeds, "frame": feeds["frame"].view(Tagged)})
+    assert len(checked) == before + 2
+    for ours, theirs in zip(tagged, session.run(None, feeds), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 def test_auto_times_both_plans_and_keeps_the_faster_per_signature(rng, streaming_path):
     session = fastgru.InferenceSession(streaming_path, threads=1)
     peer = ort.InferenceSession(streaming_path, providers=["CPUExecutionProvider"])

@@ -89,13 +89,10 @@ def test_warmup_command_on_a_fresh_cache(tmp_path):
     # small-batch kernel (B=3), a stream step, with and without a clip
     after = _in_fresh_process(["-c", """if True:
         import dataclasses, numpy as np, fastgru
+        from fastgru.testing.models import random_spec
         rng = np.random.default_rng(0)
-        state = {"weight_ih_l0": rng.standard_normal((900, 5)),
-                 "weight_hh_l0": rng.standard_normal((900, 300)),
-                 "weight_ih_l1": rng.standard_normal((900, 300)),
-                 "weight_hh_l1": rng.standard_normal((900, 300))}
-        plain = fastgru.GRU.from_torch(state)
-        for model in (plain, fastgru.GRU(dataclasses.replace(plain.spec, clip=1.0))):
+        spec = random_spec(rng, 5, 300, num_layers=2)
+        for model in (fastgru.GRU(spec), fastgru.GRU(dataclasses.replace(spec, clip=1.0))):
             for batch in (1, 3, 40):
                 model(rng.standard_normal((4, batch, 5)))
             model.stream(2).step(np.zeros((2, 5)))

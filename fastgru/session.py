@@ -56,7 +56,7 @@ def _node_arg(value_info) -> NodeArg:
 _STRAIGHT_SIGNATURES = 64
 
 
-def _call_key(output_names, input_feed: dict) -> tuple:
+def _call_key(output_names: list | None, input_feed: dict) -> tuple:
     """The output names asked for and each feed's name, type, shape and dtype, in feed order:
     a call with the key of one checked before needs no checks again."""
     return (None if output_names is None else tuple(output_names),
@@ -225,19 +225,22 @@ class InferenceSession:
 
     def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
         """The requested outputs (all, in the graph's order, when output_names is None)."""
-        if run_options is None:  # feeds like ones checked before that onnxruntime alone runs:
-            try:  # straight to it (a one-frame network spends 1 µs less here than below)
-                known = self._straight.get(_call_key(output_names, input_feed))
+        wanted = None if output_names is None else list(output_names)  # an iterator: read once
+        if self._straight and run_options is None and self._plan != "staged":
+            # feeds like ones checked before, that onnxruntime alone runs: straight to it
+            # (the checks cost a one-frame network 2% here: bench/RESULTS.md, "straight calls")
+            try:
+                known = self._straight.get(_call_key(wanted, input_feed))
             except (AttributeError, TypeError):  # not arrays, or names that are no list
                 known = None
             if known is not None:
                 return self._runners["onnxruntime"](known, input_feed)
         if run_options is not None:
             raise TypeError("fastgru.InferenceSession.run takes no run_options")
-        if output_names is None:
+        if wanted is None:
             names = self._output_names
         else:
-            names = list(output_names)
+            names = wanted
             unknown = [n for n in names if n not in self._output_names]
             if unknown:
                 raise ValueError(f"unknown output names {unknown}; the outputs are "
@@ -272,7 +275,7 @@ class InferenceSession:
                  self._tuner.choice(signature) == "onnxruntime") and \
                 len(self._straight) < _STRAIGHT_SIGNATURES and \
                 all(type(value) is np.ndarray for value in input_feed.values()):
-            self._straight[_call_key(output_names, input_feed)] = names
+            self._straight[_call_key(wanted, input_feed)] = names
         return results
 
     # ---- the plans -----------------------------------------------------------------------------
@@ -312,6 +315,7 @@ class InferenceSession:
         results = self._run_staged(names, feeds)
         self._whole_refused = f"onnxruntime failed on the whole graph: {failure}"
         self._plan = "staged"
+        self._straight.clear()
         return results
 
     def _whole_session(self):

@@ -267,6 +267,25 @@ def test_torch_quantize_dynamic_keeps_its_int8_values(per_row):
     assert ours < 0.05
 
 
+def test_torch_float16_dynamic_quantization_loads_as_float(rng):
+    """quantize_dynamic with dtype=torch.float16 stores float16 weights, no int8: the module
+    loads as float32 weights (its float16 values) and runs as torch runs it."""
+    torch.manual_seed(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation of torch.ao.quantization
+        quantized_module = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(torch.nn.GRU(6, 8, num_layers=2)), {torch.nn.GRU},
+            dtype=torch.float16)[0]
+    model = fastgru.GRU.from_torch(quantized_module)
+    assert model.precision == "float32"
+    x = rng.standard_normal((7, 3, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = quantized_module(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(model(x)[0], expected, atol=1e-5)
+    # int8 asked for: quantized by fastgru's rule, as any float model
+    assert fastgru.GRU.from_torch(quantized_module, dtype="int8").precision == "int8"
+
+
 def test_every_entry_point_takes_int8(rng, tmp_path):
     """GRU, from_torch, from_onnx, fastgru.load, streams and the command line take dtype
     int8 (pickling, save and load: test_saved_pickled_and_loaded_as_they_run)."""

@@ -88,7 +88,7 @@ def _quantized_state(src) -> tuple[dict, dict]:
                  else np.full(values.shape[0], tensor.q_scale()))
         int8[name] = values, scale.astype(np.float32)
         state[name] = dequantized(*int8[name])
-    return state, int8
+    return state, int8 or None  # float16 quantization: float weights only
 
 
 def _with_int8(spec: GRUSpec, int8: dict) -> GRUSpec:

@@ -10,7 +10,8 @@ from fastgru import _execution as execution
 from fastgru._boundary import as_float_array, as_lengths, check_shape, resolve_dtype
 from fastgru._packed import PackedWeights
 from fastgru._streams import Stream, StreamBatch
-from fastgru._weights import GRUSpec, LayerWeights, bfloat16_bits, bfloat16_values, int8_weights
+from fastgru._weights import (GRUSpec, Int8Layer, LayerWeights, bfloat16_bits, bfloat16_values,
+                             int8_weights)
 from fastgru._workspace import WorkspacePool
 
 
@@ -35,8 +36,8 @@ class GRU:
         else "float32". kernel_path: the kernel variant of a bfloat16 model, one of
         kernels.cpu.BF16_PATHS ("widen", "dot", "tiles"), or of an int8 model, one of
         kernels.cpu.INT8_PATHS ("widen", "vnni"): those this CPU runs; None, the default, takes
-        the fastest. For tools and tests
-        that compare variants; ignored for float32 and float64."""
+        the fastest. For tools and tests that compare variants; ignored for float32 and
+        float64."""
         if dtype is None:
             dtype = "int8" if all(layer.int8 is not None for layer in spec.layers) else "float32"
         self._precision = resolve_dtype(dtype)
@@ -53,7 +54,9 @@ class GRU:
         def own_layer(layer):
             if self._precision != "int8":  # int8 values of a quantized source are dropped
                 return LayerWeights(own(layer.w, True), own(layer.r, True), own(layer.b))
-            int8 = int8_weights(layer)  # kept as they came, or quantized here
+            int8 = int8_weights(layer)  # kept as they came (a copy: the caller's stay theirs)
+            int8 = Int8Layer(*(np.array(a) for a in (int8.w_values, int8.w_scales,
+                                                    int8.r_values, int8.r_scales)))
             for array in (int8.w_values, int8.w_scales, int8.r_values, int8.r_scales):
                 array.setflags(write=False)
             return LayerWeights(*int8.dequantized(), own(layer.b), int8)

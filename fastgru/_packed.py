@@ -128,6 +128,9 @@ class PackedWeights:
         path = cpu.kernel_path(precision, kernel_path)
         dirs, H = spec.num_directions, spec.hidden_size
         quantized = [int8_weights(layer) for layer in spec.layers] if int8 else None
+        if int8 and kernel_path is None and \
+                max(H, *(layer.w.shape[-1] for layer in spec.layers)) > int8_pack.MAX_INPUTS:
+            path = "widen"  # more inputs than vnni sums exactly: the path every CPU runs
 
         def weights(a):  # packed weights as the kernels read them (see kernels/bfloat16.py)
             return pack_bfloat16(bfloat16_bits(a), path) if bfloat16 else a

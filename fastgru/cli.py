@@ -173,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--prefix", help="the GRU's key prefix in a larger PyTorch state dict")
     group.add_argument("--node", help="one GRU node of an ONNX graph, by name")
     group.add_argument("--layer", help="one GRU layer of a Keras file, by name")
-    group.add_argument("--dtype", default="float32",
-                       help="float32 (default), float64, bfloat16 or int8 (weights in bfloat16 "
-                            "or int8, inputs and outputs float32)")
+    group.add_argument("--dtype",
+                       help="float32, float64, bfloat16 or int8 (weights in bfloat16 or int8, "
+                            "inputs and outputs float32); default: int8 where every layer is "
+                            "stored quantized, else float32 (as fastgru.load)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, **kwargs):

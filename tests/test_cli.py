@@ -268,8 +268,8 @@ def test_a_whole_graph_failing_in_onnxruntime_is_one_line(graph_with_an_add, tmp
     assert main(argv) == 0
 
 
-@pytest.mark.parametrize("option", [["--dtype", "float64"], ["--dtype", "bfloat16"],
-                                    ["--batch-first"]])
+@pytest.mark.parametrize("option", [["--dtype", "float32"], ["--dtype", "float64"],
+                                    ["--dtype", "bfloat16"], ["--batch-first"]])
 @pytest.mark.parametrize("command", ["info", "check", "bench"])
 def test_load_options_are_refused_on_whole_graphs(graph_with_an_add, capsys, command, option):
     assert main([command, graph_with_an_add, *option]) == 2

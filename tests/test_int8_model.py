@@ -13,6 +13,7 @@ quantize the same float32 values.
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -227,6 +228,40 @@ def test_int8_layer_shapes_and_scales_are_checked(rng):
             type(spec)((LayerWeights(layer.w, layer.r, layer.b, Int8Layer(**{**good, **change})),))
 
 
+def test_the_callers_int8_arrays_stay_theirs(rng):
+    """A model copies the int8 values and scales it is given: the caller's arrays stay
+    writeable, and writing to them changes neither what the model runs nor what it saves."""
+    spec = random_spec(rng, 3, 4)
+    given = fastgru.GRU(spec, dtype="int8").spec.layers[0].int8
+    mine = Int8Layer(*(np.array(a) for a in (given.w_values, given.w_scales, given.r_values,
+                                             given.r_scales)))
+    layer = spec.layers[0]
+    model = fastgru.GRU(type(spec)((LayerWeights(layer.w, layer.r, layer.b, mine),)))
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    before = model(x)[0]
+    assert mine.w_values.flags.writeable and mine.r_scales.flags.writeable
+    mine.w_values[...] = 0
+    mine.r_scales[...] = 0
+    np.testing.assert_array_equal(model(x)[0], before)
+    np.testing.assert_array_equal(model.spec.layers[0].int8.w_values, given.w_values)
+
+
+def test_more_inputs_than_vnni_sums_exactly_take_the_widened_path(rng):
+    """vnni sums at most int8_pack.MAX_INPUTS inputs exactly in int32: a wider model runs the
+    widened path on every CPU by default, and asking for vnni says which path to take."""
+    from fastgru.kernels.int8_pack import MAX_INPUTS
+
+    spec = random_spec(rng, MAX_INPUTS + 1, 2, scale=0.01)
+    model = fastgru.GRU(spec, dtype="int8")
+    assert model.precision == "int8" and model._packed.kernel_path == "widen"
+    x = rng.standard_normal((2, 1, MAX_INPUTS + 1)).astype(np.float32)
+    y_ref, _ = reference_gru(x, spec_layers(model.spec))  # its dequantized weights
+    np.testing.assert_allclose(model(x)[0], y_ref, atol=1e-4)
+    if "vnni" in INT8_PATHS:
+        with pytest.raises(ValueError, match="kernel_path='widen'"):
+            fastgru.GRU(spec, dtype="int8", kernel_path="vnni")
+
+
 torch = pytest.importorskip("torch")
 
 
@@ -335,12 +370,14 @@ def qdq_gru(rng, zero_point=0, H=24, D=10):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), w, r
 
 
-def test_onnx_dequantized_weights_keep_their_int8_values(rng, tmp_path):
+def test_onnx_dequantized_weights_keep_their_int8_values(rng, tmp_path, capsys):
     """W and R made by DequantizeLinear of int8 initializers load as an int8 model of those very
     values; onnxruntime (dequantizing, then a float GRU) is the oracle. With a zero point other
     than 0 the weights are not symmetric: they load as the floats they dequantize to."""
     import onnx
     import onnxruntime as ort
+
+    from fastgru.cli import main
 
     proto, w, r = qdq_gru(rng)
     path = tmp_path / "qdq.onnx"
@@ -367,6 +404,10 @@ def test_onnx_dequantized_weights_keep_their_int8_values(rng, tmp_path):
     with pytest.raises(FormatError, match=r"computes in float32: dtype='float64' is not one of "
                                           r"\['float32', 'bfloat16', 'int8'\]"):
         fastgru.InferenceSession(path, dtype="float64")  # its outputs would not be float32
+    for option, precision in (([], "int8"), (["--dtype", "float32"], "float32")):
+        capsys.readouterr()  # the command line: the file's own precision unless --dtype says
+        assert main(["info", str(path), *option]) == 0
+        assert re.search(rf"^dtype: +{precision}$", capsys.readouterr().out, re.M), option
 
     proto, _, _ = qdq_gru(rng, zero_point=3)
     onnx.save(proto, path)

@@ -25,7 +25,7 @@ def load_options(args) -> dict:
                if getattr(args, name) is not None}
     if args.batch_first:
         options["batch_first"] = True
-    if args.dtype != "float32":
+    if args.dtype is not None:
         options["dtype"] = args.dtype
     return options
 
@@ -64,14 +64,16 @@ def is_gru(model) -> bool:
 
 
 def _refuse_load_options_on_whole_graph(path, args) -> None:
-    """--dtype and --batch-first change a GRU model; fastgru.InferenceSession takes neither, so
-    a whole graph refuses them rather than run without them."""
-    for given, option in ((args.dtype != "float32", "--dtype"),
-                          (args.batch_first, "--batch-first")):
+    """--dtype and --batch-first change a GRU model; the commands run a whole graph as the file
+    says (check's tolerance and bench's workers take no precision for it), so they refuse them
+    rather than run without them."""
+    for given, option, instead in (
+            (args.dtype is not None, "--dtype",
+             "; in Python, InferenceSession(path, dtype=...) sets its GRUs' precision"),
+            (args.batch_first, "--batch-first", "")):
         if given:
             raise UsageError(f"{option} applies to GRU models; {path!r} is a whole ONNX graph, "
-                             f"run as the file says by fastgru.InferenceSession, which takes "
-                             f"no {option}")
+                             f"run by fastgru.InferenceSession as the file says{instead}")
 
 
 def quiet_onnxruntime() -> None:

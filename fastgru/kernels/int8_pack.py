@@ -140,7 +140,7 @@ def pack(q, scale, hidden_size: int | None = None, path: str | None = None) -> I
     rows, K = q.shape
     if path == "vnni" and K > MAX_INPUTS:
         raise ValueError(f"the vnni path sums at most {MAX_INPUTS} inputs exactly in int32, "
-                         f"got {K}; use path='widen'")
+                         f"got {K}; use the widened path (GRU's kernel_path='widen')")
     columns, width = _gate_columns(rows, hidden_size)
     panels = width // PANEL
     colsum = np.zeros(width, np.int32)

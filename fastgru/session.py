@@ -113,7 +113,9 @@ class InferenceSession:
         only by the GRU's float rounding (fastgru's against onnxruntime's, ~1e-6).
     dtype : optional
         The precision of the GRUs fastgru runs, as GRU's dtype= ("float32", "float64",
-        "bfloat16", "int8"; a double GRU node only "float64"); default: their weights' own.
+        "bfloat16", "int8"; a double GRU node only "float64"); default: the graph's own float
+        type (GRU weights made by DequantizeLinear run as the floats they stand for, as
+        onnxruntime runs them; "int8" runs their int8 values, as fastgru.load reads them).
         Given, it pins the staged plan: onnxruntime's whole graph would compute the GRUs in the
         graph's own precision.
 

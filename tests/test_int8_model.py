@@ -304,7 +304,8 @@ def test_torch_quantize_dynamic_keeps_its_int8_values(per_row):
 
 def test_torch_float16_dynamic_quantization_loads_as_float(rng):
     """quantize_dynamic with dtype=torch.float16 stores float16 weights, no int8: the module
-    loads as float32 weights (its float16 values) and runs as torch runs it."""
+    loads as float32 weights (its float16 values) and runs as torch runs it. A quantized
+    GRUCell is refused by name."""
     torch.manual_seed(5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation of torch.ao.quantization
@@ -319,6 +320,12 @@ def test_torch_float16_dynamic_quantization_loads_as_float(rng):
     np.testing.assert_allclose(model(x)[0], expected, atol=1e-5)
     # int8 asked for: quantized by fastgru's rule, as any float model
     assert fastgru.GRU.from_torch(quantized_module, dtype="int8").precision == "int8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cell = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(torch.nn.GRUCell(6, 8)), {torch.nn.GRUCell}, dtype=torch.qint8)[0]
+    with pytest.raises(TypeError, match="not its GRUCell"):
+        fastgru.GRU.from_torch(cell)
 
 
 def test_every_entry_point_takes_int8(rng, tmp_path):
@@ -368,6 +375,27 @@ def qdq_gru(rng, zero_point=0, H=24, D=10):
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
          helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), w, r
+
+
+def test_dequantize_to_another_type_is_refused(rng):
+    """opset 23's output_dtype: W dequantized to float16 for a float GRU is not a model fastgru
+    reads (nor a valid graph); it is refused, never read as float32 or int8. float32 (1) is the
+    scale's own type and reads as without it."""
+    from onnx import helper
+
+    proto, w, _ = qdq_gru(rng)
+    proto.opset_import[0].version = 23
+    for output_dtype, read in ((10, None), (1, w)):
+        dequantize = proto.graph.node[0]
+        del dequantize.attribute[:]
+        dequantize.attribute.extend([helper.make_attribute("axis", 1),
+                                     helper.make_attribute("output_dtype", output_dtype)])
+        if read is None:
+            with pytest.raises(FormatError, match="DequantizeLinear to type 10"):
+                fastgru.GRU.from_onnx(proto)
+        else:
+            np.testing.assert_array_equal(
+                fastgru.GRU.from_onnx(proto).spec.layers[0].int8.w_values, read)
 
 
 def test_onnx_dequantized_weights_keep_their_int8_values(rng, tmp_path, capsys):

@@ -150,6 +150,11 @@ def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
         raise ValueError(f"DequantizeLinear of {x.dtype} values is not folded")
     if scale.dtype.kind != "f":
         raise ValueError(f"DequantizeLinear scale must be floating point, got {scale.dtype}")
+    output = attrs.get("output_dtype", 0)  # opset 23: the output's type, 0 for the scale's
+    if output not in (0, {np.dtype(np.float16): 10, np.dtype(np.float32): 1,
+                          np.dtype(np.float64): 11}.get(scale.dtype)):
+        raise ValueError(f"DequantizeLinear to type {output} from a {scale.dtype} scale is not "
+                         f"folded")
     shape = scale_shape(x, scale, attrs)
     shifted = x.astype(np.int64)
     if zero is not None:

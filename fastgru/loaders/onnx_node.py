@@ -132,8 +132,8 @@ def int8_weights(graph, folder, opset: int, node) -> Int8Layer | None:
         values, scales = got[x], got[scale]
         attrs = node_attributes(dequantize)
         if values.dtype != np.int8 or values.ndim != 3 or scales.dtype != np.float32 or \
-                (zero and np.any(got[zero] != 0)):
-            return None
+                attrs.get("output_dtype", 0) not in (0, 1) or (zero and np.any(got[zero] != 0)):
+            return None  # (output_dtype 1: float32)
         try:
             shape = onnx_fold.scale_shape(values, scales, attrs)
         except ValueError:

@@ -51,6 +51,9 @@ def _module_state(src):
         return (*_quantized_state(src), bool(src.batch_first))
     if kind == "GRU":
         return src.state_dict(), None, bool(src.batch_first)
+    if kind == "GRUCell" and ".quantized." in type(src).__module__:
+        raise TypeError("from_torch reads quantize_dynamic's GRU, not its GRUCell: load the "
+                        "float GRUCell (dtype='int8' quantizes it here)")
     if kind == "GRUCell":
         return src.state_dict(), None, False
     raise TypeError(f"from_torch takes a torch.nn.GRU or nn.GRUCell module, got {kind}")

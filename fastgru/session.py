@@ -273,9 +273,9 @@ class InferenceSession:
                 return results
         results = self._runners[plan](names, feeds)
         if plan == "onnxruntime" and self._whole is not None and not self._defaults and \
+                len(self._straight) < _STRAIGHT_SIGNATURES and \
                 (self._plan == "onnxruntime" or self._plan == "auto" and
                  self._tuner.choice(signature) == "onnxruntime") and \
-                len(self._straight) < _STRAIGHT_SIGNATURES and \
                 all(type(value) is np.ndarray for value in input_feed.values()):
             self._straight[_call_key(wanted, input_feed)] = names
         return results

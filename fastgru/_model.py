@@ -55,10 +55,11 @@ class GRU:
             if self._precision != "int8":  # int8 values of a quantized source are dropped
                 return LayerWeights(own(layer.w, True), own(layer.r, True), own(layer.b))
             int8 = int8_weights(layer)  # kept as they came (a copy: the caller's stay theirs)
-            int8 = Int8Layer(*(np.array(a) for a in (int8.w_values, int8.w_scales,
-                                                    int8.r_values, int8.r_scales)))
-            for array in (int8.w_values, int8.w_scales, int8.r_values, int8.r_scales):
+            arrays = [np.array(a) for a in (int8.w_values, int8.w_scales, int8.r_values,
+                                            int8.r_scales)]
+            for array in arrays:
                 array.setflags(write=False)
+            int8 = Int8Layer(*arrays)
             return LayerWeights(*int8.dequantized(), own(layer.b), int8)
 
         # The model holds its weights in its own dtype; spec shows exactly those values, so

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from fastgru.errors import FormatError
+from fastgru.loaders import onnx_proto
 
 # ONNX element types a Cast may produce here
 CAST_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
@@ -150,11 +151,9 @@ def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
         raise ValueError(f"DequantizeLinear of {x.dtype} values is not folded")
     if scale.dtype.kind != "f":
         raise ValueError(f"DequantizeLinear scale must be floating point, got {scale.dtype}")
-    output = attrs.get("output_dtype", 0)  # opset 23: the output's type, 0 for the scale's
-    if output not in (0, {np.dtype(np.float16): 10, np.dtype(np.float32): 1,
-                          np.dtype(np.float64): 11}.get(scale.dtype)):
-        raise ValueError(f"DequantizeLinear to type {output} from a {scale.dtype} scale is not "
-                         f"folded")
+    if dequantized_dtype(scale, attrs) != scale.dtype:
+        raise ValueError(f"DequantizeLinear to type {attrs['output_dtype']} from a "
+                         f"{scale.dtype} scale is not folded")
     shape = scale_shape(x, scale, attrs)
     shifted = x.astype(np.int64)
     if zero is not None:
@@ -163,6 +162,13 @@ def dequantize_linear(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None,
                              f"{x.dtype} values and scale of shape {scale.shape}")
         shifted = shifted - zero.astype(np.int64).reshape(shape)
     return shifted.astype(scale.dtype) * scale.reshape(shape)
+
+
+def dequantized_dtype(scale: np.ndarray, attrs: dict) -> np.dtype | None:
+    """The type DequantizeLinear makes: its scale's, or opset 23's output_dtype where set
+    (None for a type fastgru does not decode)."""
+    output = attrs.get("output_dtype", 0)
+    return scale.dtype if output == 0 else onnx_proto.dtype_of(output)
 
 
 def _check_room(count: int, room: int) -> None:

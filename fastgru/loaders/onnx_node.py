@@ -132,8 +132,9 @@ def int8_weights(graph, folder, opset: int, node) -> Int8Layer | None:
         values, scales = got[x], got[scale]
         attrs = node_attributes(dequantize)
         if values.dtype != np.int8 or values.ndim != 3 or scales.dtype != np.float32 or \
-                attrs.get("output_dtype", 0) not in (0, 1) or (zero and np.any(got[zero] != 0)):
-            return None  # (output_dtype 1: float32)
+                onnx_fold.dequantized_dtype(scales, attrs) != np.float32 or \
+                (zero and np.any(got[zero] != 0)):
+            return None
         try:
             shape = onnx_fold.scale_shape(values, scales, attrs)
         except ValueError:
